@@ -1,0 +1,1 @@
+//! Docker Engine API on the local unix socket. (being written)

@@ -1,0 +1,178 @@
+//! The seam between the Engine API (`api`) and the node (`node`): everything
+//! the local socket can ask of this agent. The API layer only translates HTTP
+//! and Docker's JSON models to and from these calls; the node implements them
+//! (forwarding to the raft leader where needed). Tests of the API layer use a
+//! fake implementation.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use crate::store::{Availability, Cluster, ClusterSpec, Node, NodeId, NodeSpec};
+
+/// Why a control call failed. The API maps each kind to Docker's HTTP status
+/// in one place (`api::error`); messages are shown to users as they are, so
+/// they say what happened and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    /// This node is in no swarm. (503)
+    #[error("This node is not a swarm manager. Use \"apiary swarm init\" or \"apiary swarm join\" to connect this node to swarm and try again.")]
+    NotInSwarm,
+    /// A worker asked a manager-only question. (503)
+    #[error("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.")]
+    NotManager,
+    /// init/join on a node already in a swarm. (503)
+    #[error("This node is already part of a swarm. Use \"apiary swarm leave\" to leave this swarm and join another one.")]
+    AlreadyInSwarm,
+    /// The manager is locked (autolock). (503)
+    #[error("Swarm is encrypted and needs to be unlocked before it can be used. Please use \"apiary swarm unlock\" to unlock it.")]
+    Locked,
+    /// Raft has no quorum: writes cannot commit. (503) The message names the
+    /// unreachable managers and the way out.
+    #[error("{0}")]
+    NoQuorum(String),
+    /// (404)
+    #[error("{0}")]
+    NotFound(String),
+    /// Stale version or name conflict. (409)
+    #[error("{0}")]
+    Conflict(String),
+    /// Bad input from the caller. (400)
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A rule of the cluster forbids it (last manager, Ready node rm). (400 or 412 in Docker; we use 400)
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A peer could not be reached or answered wrongly. (503)
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or local I/O failure. (500)
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type ControlResult<T> = Result<T, ControlError>;
+
+/// Whether and how this node is in a swarm (`/info` → Swarm.LocalNodeState).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalNodeState {
+    Inactive,
+    Pending,
+    Active,
+    Error,
+    Locked,
+}
+
+impl LocalNodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocalNodeState::Inactive => "inactive",
+            LocalNodeState::Pending => "pending",
+            LocalNodeState::Active => "active",
+            LocalNodeState::Error => "error",
+            LocalNodeState::Locked => "locked",
+        }
+    }
+}
+
+/// A manager as `/info` lists it in Swarm.RemoteManagers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteManager {
+    pub node_id: NodeId,
+    pub addr: String,
+}
+
+/// What `/info` reports about this node and its swarm.
+#[derive(Clone, Debug)]
+pub struct SwarmInfo {
+    pub state: LocalNodeState,
+    pub node_id: Option<NodeId>,
+    /// IP of this node as the swarm sees it.
+    pub node_addr: String,
+    pub is_manager: bool,
+    pub error: String,
+    pub remote_managers: Vec<RemoteManager>,
+    /// Only on managers:
+    pub cluster: Option<Cluster>,
+    pub nodes: Option<usize>,
+    pub managers: Option<usize>,
+    /// Human-readable warnings (even manager count, lost quorum, ...).
+    pub warnings: Vec<String>,
+}
+
+/// Host facts for `/info` and `/version`.
+#[derive(Clone, Debug)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub os: String,
+    pub architecture: String,
+    pub kernel_version: String,
+    pub ncpu: i64,
+    pub mem_total: i64,
+    pub data_dir: String,
+}
+
+/// The cluster object plus the full join tokens (`GET /swarm`).
+#[derive(Clone, Debug)]
+pub struct SwarmView {
+    pub cluster: Cluster,
+    pub worker_token: String,
+    pub manager_token: String,
+}
+
+/// A node as the API shows it: the stored record plus what only the answering
+/// manager knows right now.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    pub node: Node,
+    pub leader: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct InitRequest {
+    pub listen_addr: SocketAddr,
+    pub advertise_addr: Option<SocketAddr>,
+    pub force_new_cluster: bool,
+    pub availability: Availability,
+    pub spec: ClusterSpec,
+}
+
+#[derive(Clone, Debug)]
+pub struct JoinRequest {
+    pub listen_addr: SocketAddr,
+    pub advertise_addr: Option<SocketAddr>,
+    /// `host:port` of managers to try, in order.
+    pub remote_addrs: Vec<String>,
+    pub token: String,
+    pub availability: Availability,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SwarmUpdate {
+    pub version: u64,
+    pub spec: ClusterSpec,
+    pub rotate_worker_token: bool,
+    pub rotate_manager_token: bool,
+}
+
+/// Everything the local API can ask of the node. Implemented by
+/// `node::NodeHandle`; a fake backs the API layer's unit tests.
+pub trait Control: Send + Sync + 'static {
+    fn host_info(&self) -> HostInfo;
+    fn swarm_info(&self) -> impl Future<Output = SwarmInfo> + Send;
+    fn swarm_inspect(&self) -> impl Future<Output = ControlResult<SwarmView>> + Send;
+    /// Returns the new node's ID.
+    fn swarm_init(&self, req: InitRequest) -> impl Future<Output = ControlResult<NodeId>> + Send;
+    fn swarm_join(&self, req: JoinRequest) -> impl Future<Output = ControlResult<()>> + Send;
+    fn swarm_leave(&self, force: bool) -> impl Future<Output = ControlResult<()>> + Send;
+    fn swarm_update(&self, req: SwarmUpdate) -> impl Future<Output = ControlResult<()>> + Send;
+    fn nodes(&self) -> impl Future<Output = ControlResult<Vec<NodeView>>> + Send;
+    /// `id` may be a full ID, a unique ID prefix, or a hostname/name (Docker's lookup order).
+    fn node(&self, id: &str) -> impl Future<Output = ControlResult<NodeView>> + Send;
+    fn node_update(
+        &self,
+        id: &str,
+        version: u64,
+        spec: NodeSpec,
+    ) -> impl Future<Output = ControlResult<()>> + Send;
+    fn node_remove(&self, id: &str, force: bool) -> impl Future<Output = ControlResult<()>> + Send;
+}

@@ -1,0 +1,12 @@
+//! apiary: Docker Swarm mode as one static Rust agent.
+//!
+//! Dependencies point one way: `api` and `cli` at the edge; `node`, `manager`
+//! and `worker` in the middle; `store`, `raft`, `transport` and `pki`
+//! underneath. See `docs/architecture.md`.
+
+pub mod api;
+pub mod cli;
+pub mod control;
+pub mod pki;
+pub mod raft;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Root CA, node certificates, join tokens. (being written)

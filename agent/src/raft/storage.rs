@@ -1,0 +1,1 @@
+//! redb-backed raft log and state machine. (being written)

@@ -1,0 +1,15 @@
+//! Cluster objects and the deterministic state machine that raft replicates.
+//!
+//! Every manager holds the same [`State`], built by applying the same
+//! [`Command`]s in log order. `apply` is pure: anything that varies between
+//! machines (timestamps, random IDs, certificates) is decided by the proposer
+//! and carried inside the command, so replaying the log gives the same state.
+//!
+//! An object's `version` is the raft log index of the command that last
+//! changed it, which gives Docker's optimistic concurrency (`?version=N`).
+
+mod state;
+mod types;
+
+pub use state::{Change, State, StoreError, StoreErrorKind};
+pub use types::*;

@@ -1,0 +1,274 @@
+//! The replicated state and its pure `apply`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreErrorKind {
+    NotFound,
+    /// Stale version or a name/ID conflict: Docker answers 409... or 500 for
+    /// "update out of sequence"; the API layer decides.
+    Conflict,
+    /// The command breaks a cluster rule (e.g. removing the last manager).
+    Invalid,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn not_found(message: impl Into<String>) -> Self {
+        StoreError { kind: StoreErrorKind::NotFound, message: message.into() }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        StoreError { kind: StoreErrorKind::Conflict, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        StoreError { kind: StoreErrorKind::Invalid, message: message.into() }
+    }
+}
+
+/// One persisted row changed by an apply: `value: None` deletes it.
+/// Keys are `"<kind>/<id>"`, values are the object's JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+const CLUSTER_KEY: &str = "cluster/default";
+const NODE_PREFIX: &str = "node/";
+
+/// All cluster objects, as every manager holds them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub cluster: Option<Cluster>,
+    pub nodes: BTreeMap<NodeId, Node>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing our own plain data types cannot fail (no maps with
+    // non-string keys, no custom serializers).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl State {
+    /// Every object as a persisted row (for snapshots).
+    pub fn rows(&self) -> Vec<(String, Vec<u8>)> {
+        let mut rows = Vec::with_capacity(self.nodes.len() + 1);
+        if let Some(c) = &self.cluster {
+            rows.push((CLUSTER_KEY.to_string(), encode(c)));
+        }
+        for (id, n) in &self.nodes {
+            rows.push((format!("{NODE_PREFIX}{id}"), encode(n)));
+        }
+        rows
+    }
+
+    /// Rebuild from persisted rows. A row that does not decode is an error,
+    /// never skipped: silently losing a node record would be worse than
+    /// refusing to start.
+    pub fn from_rows<I>(rows: I) -> Result<State, StoreError>
+    where
+        I: IntoIterator<Item = (String, Vec<u8>)>,
+    {
+        let mut state = State::default();
+        for (key, value) in rows {
+            let bad = |e: serde_json::Error| {
+                StoreError::invalid(format!("stored object {key} does not decode: {e}"))
+            };
+            if key == CLUSTER_KEY {
+                state.cluster = Some(serde_json::from_slice(&value).map_err(bad)?);
+            } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
+                let node: Node = serde_json::from_slice(&value).map_err(bad)?;
+                state.nodes.insert(NodeId(id.to_string()), node);
+            } else {
+                return Err(StoreError::invalid(format!("unknown stored object {key}")));
+            }
+        }
+        Ok(state)
+    }
+
+    fn node_change(&self, id: &NodeId) -> Change {
+        Change {
+            key: format!("{NODE_PREFIX}{id}"),
+            value: self.nodes.get(id).map(encode),
+        }
+    }
+
+    fn cluster_change(&self) -> Change {
+        Change { key: CLUSTER_KEY.to_string(), value: self.cluster.as_ref().map(encode) }
+    }
+
+    pub fn managers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().filter(|n| n.manager_status.is_some())
+    }
+
+    /// Apply one committed command at log `index`. Deterministic: the same
+    /// state, index and command give the same result on every manager.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> (Response, Vec<Change>) {
+        match self.apply_inner(index, cmd) {
+            Ok((version, changes)) => (Response { version, error: None }, changes),
+            Err(e) => (Response { version: None, error: Some(e) }, Vec::new()),
+        }
+    }
+
+    fn apply_inner(
+        &mut self,
+        index: u64,
+        cmd: &Command,
+    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+        match cmd {
+            Command::InitCluster { cluster, node } => {
+                // Also used by --force-new-cluster: keeps everything else.
+                let mut cluster = cluster.clone();
+                cluster.version = index;
+                self.cluster = Some(cluster);
+                let mut node = node.clone();
+                node.version = index;
+                let id = node.id.clone();
+                self.nodes.insert(id.clone(), node);
+                Ok((Some(index), vec![self.cluster_change(), self.node_change(&id)]))
+            }
+            Command::AddNode { node } => {
+                if self.nodes.contains_key(&node.id) {
+                    return Err(StoreError::conflict(format!("node {} already exists", node.id)));
+                }
+                let mut node = node.clone();
+                node.version = index;
+                let id = node.id.clone();
+                self.nodes.insert(id.clone(), node);
+                Ok((Some(index), vec![self.node_change(&id)]))
+            }
+            Command::UpdateNodeSpec { id, version, spec, now } => {
+                let node = self
+                    .nodes
+                    .get(id)
+                    .ok_or_else(|| StoreError::not_found(format!("node {id} not found")))?;
+                if node.version != *version {
+                    return Err(StoreError::conflict(format!(
+                        "update out of sequence: node {id} is at version {}, the update was for version {version}; inspect the node again and retry",
+                        node.version
+                    )));
+                }
+                if node.spec.role == Role::Manager && spec.role == Role::Worker {
+                    let managers = self.nodes.values().filter(|n| n.spec.role == Role::Manager).count();
+                    if managers <= 1 {
+                        return Err(StoreError::invalid(format!(
+                            "node {id} is the last manager of the swarm; demoting it would leave the swarm without managers: promote another node first"
+                        )));
+                    }
+                }
+                let node = self.nodes.get_mut(id).ok_or_else(|| StoreError::not_found(format!("node {id} not found")))?;
+                node.spec = spec.clone();
+                node.version = index;
+                node.updated_at = now.clone();
+                Ok((Some(index), vec![self.node_change(id)]))
+            }
+            Command::SetNodeStatus { updates, now } => {
+                let mut changes = Vec::with_capacity(updates.len());
+                for u in updates {
+                    // A node removed while its status was in flight: skip it.
+                    let Some(node) = self.nodes.get_mut(&u.id) else { continue };
+                    if let Some(s) = u.state {
+                        node.status.state = s;
+                    }
+                    if let Some(m) = &u.message {
+                        node.status.message = m.clone();
+                    }
+                    if let Some(a) = &u.addr {
+                        node.status.addr = a.clone();
+                    }
+                    if let (Some(r), Some(ms)) = (u.reachability, node.manager_status.as_mut()) {
+                        ms.reachability = r;
+                    }
+                    if let Some(d) = &u.description {
+                        node.description = d.clone();
+                    }
+                    node.version = index;
+                    node.updated_at = now.clone();
+                    changes.push(self.node_change(&u.id));
+                }
+                Ok((Some(index), changes))
+            }
+            Command::SetNodeRole { id, role, manager_status, cert_expiry, now } => {
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::not_found(format!("node {id} not found")))?;
+                node.role = *role;
+                node.manager_status = manager_status.clone();
+                if let Some(e) = cert_expiry {
+                    node.cert_expiry = e.clone();
+                }
+                node.version = index;
+                node.updated_at = now.clone();
+                Ok((Some(index), vec![self.node_change(id)]))
+            }
+            Command::RemoveNode { id } => {
+                let node = self
+                    .nodes
+                    .get(id)
+                    .ok_or_else(|| StoreError::not_found(format!("node {id} not found")))?;
+                if node.manager_status.is_some() {
+                    return Err(StoreError::invalid(format!(
+                        "node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
+                    )));
+                }
+                self.nodes.remove(id);
+                Ok((None, vec![self.node_change(id)]))
+            }
+            Command::UpdateCluster { version, spec, now } => {
+                let cluster = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| StoreError::not_found("the swarm has no cluster object"))?;
+                if cluster.version != *version {
+                    return Err(StoreError::conflict(format!(
+                        "update out of sequence: the swarm is at version {}, the update was for version {version}; inspect the swarm again and retry",
+                        cluster.version
+                    )));
+                }
+                cluster.spec = spec.clone();
+                cluster.version = index;
+                cluster.updated_at = now.clone();
+                Ok((Some(index), vec![self.cluster_change()]))
+            }
+            Command::RotateJoinSecrets { worker, manager, now } => {
+                let cluster = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| StoreError::not_found("the swarm has no cluster object"))?;
+                if let Some(w) = worker {
+                    cluster.join_secrets.worker = w.clone();
+                }
+                if let Some(m) = manager {
+                    cluster.join_secrets.manager = m.clone();
+                }
+                cluster.version = index;
+                cluster.updated_at = now.clone();
+                Ok((Some(index), vec![self.cluster_change()]))
+            }
+            Command::SetRootCa { root_ca, now } => {
+                let cluster = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| StoreError::not_found("the swarm has no cluster object"))?;
+                cluster.root_ca = root_ca.clone();
+                cluster.version = index;
+                cluster.updated_at = now.clone();
+                Ok((Some(index), vec![self.cluster_change()]))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,305 @@
+//! The cluster's object model: what raft stores and the API shows.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's ID: 25 lowercase base-36 characters, like Docker's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub String);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Raft member IDs are random per join and never reused (a removed member
+/// that came back with its old ID could vote twice in one term).
+pub type RaftId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Worker,
+    Manager,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Manager => "manager",
+        }
+    }
+    /// The certificate OU that carries this role (Swarm's names).
+    pub fn ou(self) -> &'static str {
+        match self {
+            Role::Worker => "swarm-worker",
+            Role::Manager => "swarm-manager",
+        }
+    }
+    pub fn from_ou(ou: &str) -> Option<Role> {
+        match ou {
+            "swarm-worker" => Some(Role::Worker),
+            "swarm-manager" => Some(Role::Manager),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    #[default]
+    Active,
+    Pause,
+    Drain,
+}
+
+impl Availability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Availability> {
+        match s.to_ascii_lowercase().as_str() {
+            "active" => Some(Availability::Active),
+            "pause" => Some(Availability::Pause),
+            "drain" => Some(Availability::Drain),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Unknown,
+    Down,
+    Ready,
+    Disconnected,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Unknown => "unknown",
+            NodeState::Down => "down",
+            NodeState::Ready => "ready",
+            NodeState::Disconnected => "disconnected",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    #[default]
+    Unknown,
+    Unreachable,
+    Reachable,
+}
+
+impl Reachability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reachability::Unknown => "unknown",
+            Reachability::Unreachable => "unreachable",
+            Reachability::Reachable => "reachable",
+        }
+    }
+}
+
+/// What the user sets on a node (`node update`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeSpec {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Desired role: promote/demote change this, the role manager makes it so.
+    pub role: Role,
+    #[serde(default)]
+    pub availability: Availability,
+}
+
+impl Default for Role {
+    fn default() -> Self {
+        Role::Worker
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+}
+
+/// What the node reports about itself when it joins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeDescription {
+    pub hostname: String,
+    pub platform: Platform,
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+    pub engine_version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeStatus {
+    pub state: NodeState,
+    #[serde(default)]
+    pub message: String,
+    /// The address the node's traffic comes from (IP only, like Docker).
+    #[serde(default)]
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerStatus {
+    pub raft_id: RaftId,
+    /// host:port other managers reach this one on.
+    pub addr: String,
+    pub reachability: Reachability,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: NodeSpec,
+    pub description: NodeDescription,
+    pub status: NodeStatus,
+    /// The role the node currently holds a certificate for (`spec.role` is the wish).
+    pub role: Role,
+    /// Set while the node is a raft member.
+    pub manager_status: Option<ManagerStatus>,
+    /// Expiry of the node's current certificate, RFC 3339.
+    #[serde(default)]
+    pub cert_expiry: String,
+}
+
+/// Cluster-wide settings (`swarm update`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub task_history_limit: i64,
+    /// Nanoseconds, like the Engine API.
+    pub dispatcher_heartbeat_ns: i64,
+    pub cert_expiry_ns: i64,
+    pub snapshot_interval: u64,
+    pub autolock: bool,
+}
+
+pub const NANOS_PER_SEC: i64 = 1_000_000_000;
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            name: "default".into(),
+            labels: BTreeMap::new(),
+            task_history_limit: 5,
+            dispatcher_heartbeat_ns: 5 * NANOS_PER_SEC,
+            cert_expiry_ns: 90 * 24 * 3600 * NANOS_PER_SEC,
+            snapshot_interval: 10_000,
+            autolock: false,
+        }
+    }
+}
+
+/// The root CA as raft keeps it: every manager can sign node certificates.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for RootCa {
+    // Never print the CA key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootCa").field("key_pem", &"<redacted>").finish()
+    }
+}
+
+/// The secret halves of the join tokens; the digest half comes from the CA.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSecrets {
+    pub worker: String,
+    pub manager: String,
+}
+
+impl fmt::Debug for JoinSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JoinSecrets(<redacted>)")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub id: String,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: ClusterSpec,
+    pub root_ca: RootCa,
+    pub join_secrets: JoinSecrets,
+}
+
+/// Everything a write to the cluster can be. Proposed by the leader (or
+/// forwarded to it), applied by every manager in log order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// The first entry of a new cluster (and of `--force-new-cluster`).
+    InitCluster { cluster: Cluster, node: Node },
+    /// A node joined: its record as the leader built it.
+    AddNode { node: Node },
+    /// `node update` / promote / demote. `version` must match the node's.
+    UpdateNodeSpec { id: NodeId, version: u64, spec: NodeSpec, now: String },
+    /// Observed facts about nodes, batched by the dispatcher; no version check.
+    SetNodeStatus { updates: Vec<NodeStatusUpdate>, now: String },
+    /// A node's role and raft membership as they now are.
+    SetNodeRole {
+        id: NodeId,
+        role: Role,
+        manager_status: Option<ManagerStatus>,
+        cert_expiry: Option<String>,
+        now: String,
+    },
+    RemoveNode { id: NodeId },
+    /// `swarm update`. `version` must match the cluster's.
+    UpdateCluster { version: u64, spec: ClusterSpec, now: String },
+    /// `swarm join-token --rotate`.
+    RotateJoinSecrets { worker: Option<String>, manager: Option<String>, now: String },
+    /// `swarm ca --rotate` and `--force-new-cluster` bookkeeping.
+    SetRootCa { root_ca: RootCa, now: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatusUpdate {
+    pub id: NodeId,
+    pub state: Option<NodeState>,
+    pub message: Option<String>,
+    pub addr: Option<String>,
+    pub reachability: Option<Reachability>,
+    pub description: Option<NodeDescription>,
+}
+
+/// What applying a command answered. Errors here are deterministic (the same
+/// on every manager): conflicts, missing objects, rule violations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Response {
+    /// The new version of the object the command changed, if any.
+    pub version: Option<u64>,
+    pub error: Option<super::StoreError>,
+}
