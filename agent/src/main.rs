@@ -1,1 +1,58 @@
-fn main() {}
+//! The `apiary` binary: `apiary agent` runs the daemon; every other command
+//! is a client of a running agent's Engine API socket.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "apiary", version, about = "Docker Swarm mode as one static agent for the edge")]
+struct Cli {
+    /// Agent socket to talk to (unix:///path); default /run/apiary/apiary.sock.
+    #[arg(short = 'H', long = "host", env = "APIARY_HOST", global = true)]
+    host: Option<String>,
+    #[command(subcommand)]
+    cmd: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Run the apiary daemon on this node.
+    Agent(apiary::agent::AgentArgs),
+    #[command(flatten)]
+    Client(apiary::cli::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.cmd {
+        Top::Agent(args) => {
+            init_tracing(&args.log_level);
+            if let Err(e) = rustls::crypto::ring::default_provider().install_default() {
+                tracing::debug!("crypto provider already installed: {e:?}");
+            }
+            match rt.block_on(apiary::agent::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Top::Client(cmd) => rt.block_on(apiary::cli::run(cli.host, cmd)),
+    }
+}
+
+fn init_tracing(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+}

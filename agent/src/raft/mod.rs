@@ -1,6 +1,7 @@
 //! Raft for the managers: openraft 0.9 with the log, vote and state machine
 //! in one redb file (`<data-dir>/raft.redb`), and a network over `transport`.
 
+pub mod network;
 pub mod storage;
 
 use std::io::Cursor;

@@ -137,6 +137,25 @@ impl State {
                 self.nodes.insert(id.clone(), node);
                 Ok((Some(index), vec![self.cluster_change(), self.node_change(&id)]))
             }
+            Command::Restore { cluster, nodes } => {
+                // Old versions belong to the old log; restamping every object
+                // with this index keeps `?version=` checks meaningful.
+                let mut changes: Vec<Change> =
+                    self.nodes.keys().map(|id| Change { key: format!("{NODE_PREFIX}{id}"), value: None }).collect();
+                self.nodes.clear();
+                let mut cluster = cluster.clone();
+                cluster.version = index;
+                self.cluster = Some(cluster);
+                changes.push(self.cluster_change());
+                for n in nodes {
+                    let mut n = n.clone();
+                    n.version = index;
+                    let id = n.id.clone();
+                    self.nodes.insert(id.clone(), n);
+                    changes.push(self.node_change(&id));
+                }
+                Ok((Some(index), changes))
+            }
             Command::AddNode { node } => {
                 if self.nodes.contains_key(&node.id) {
                     return Err(StoreError::conflict(format!("node {} already exists", node.id)));

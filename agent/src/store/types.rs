@@ -281,6 +281,9 @@ pub enum Command {
     UpdateCluster { version: u64, spec: ClusterSpec, now: String },
     /// `swarm join-token --rotate`.
     RotateJoinSecrets { worker: Option<String>, manager: Option<String>, now: String },
+    /// `swarm init --force-new-cluster`: the first entry of the new log
+    /// carries every object of the old cluster.
+    Restore { cluster: Cluster, nodes: Vec<Node> },
     /// `swarm ca --rotate` and `--force-new-cluster` bookkeeping.
     SetRootCa { root_ca: RootCa, now: String },
 }

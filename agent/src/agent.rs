@@ -1,0 +1,76 @@
+//! `apiary agent`: the daemon. Serves the Engine API on a unix socket, and
+//! resumes the node's swarm membership from its data dir.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::node::{NodeConfig, NodeHandle};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Where the node keeps its state, certificates and raft data.
+    #[arg(long, env = "APIARY_DATA_DIR", default_value = "/var/lib/apiary")]
+    pub data_dir: PathBuf,
+    /// The unix socket to serve the Engine API on.
+    #[arg(long, env = "APIARY_SOCKET", default_value = "/run/apiary/apiary.sock")]
+    pub socket: PathBuf,
+    /// Report this host name instead of the machine's (several agents on one host).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Log filter, e.g. "info" or "apiary=debug" (RUST_LOG works too).
+    #[arg(long, env = "APIARY_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Bind the API socket, refusing to steal it from a running agent.
+async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("another agent is already serving {}: stop it first, or use --socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Like docker.sock: root and the socket's group only.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set permissions on {}", path.display()))?;
+    Ok(listener)
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let listener = bind_socket(&args.socket).await?;
+    let node = NodeHandle::start(NodeConfig { data_dir: args.data_dir.clone(), hostname: args.hostname.clone() })
+        .await
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot start the node from {}", args.data_dir.display()))?;
+    let shutdown = CancellationToken::new();
+    let api = tokio::spawn(crate::api::serve(listener, Arc::new(node.clone()), shutdown.clone()));
+    info!(socket = %args.socket.display(), data_dir = %args.data_dir.display(), "apiary agent ready");
+    wait_for_signal().await?;
+    info!("shutting down");
+    shutdown.cancel();
+    node.shutdown().await;
+    let _ = api.await;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Node liveness, decided by the leader from heartbeats.
+//!
+//! Heartbeats only touch memory; the leader writes a node's status to raft
+//! only when it changes (Ready ↔ Down), in one batch per tick, so an idle
+//! cluster writes nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::Manager;
+use crate::store::{Command, NodeId, NodeState, NodeStatusUpdate, Reachability, State};
+
+/// Swarm marks a node Down after three missed heartbeats.
+const MISSED_HEARTBEATS: u32 = 3;
+const TICK: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+pub struct Dispatcher {
+    inner: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    last: HashMap<NodeId, Instant>,
+    /// When this manager's current term as leader began: nodes it has not
+    /// heard from yet get a full grace period from then.
+    term_start: Option<Instant>,
+}
+
+impl Dispatcher {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn seen(&self, id: &NodeId) {
+        self.lock().last.insert(id.clone(), Instant::now());
+    }
+    pub fn forget(&self, id: &NodeId) {
+        self.lock().last.remove(id);
+    }
+    pub(super) fn start_term(&self) {
+        let mut s = self.lock();
+        s.last.clear();
+        s.term_start = Some(Instant::now());
+    }
+
+    /// Pure decision: the status changes to write now.
+    fn plan(&self, state: &State, me: &NodeId, now: Instant) -> Vec<NodeStatusUpdate> {
+        let Some(cluster) = &state.cluster else { return Vec::new() };
+        let period = Duration::from_nanos(cluster.spec.dispatcher_heartbeat_ns.max(1) as u64);
+        let grace = period * MISSED_HEARTBEATS;
+        let seen = self.lock();
+        let mut updates = Vec::new();
+        for node in state.nodes.values() {
+            // A node that left stays Down until it is removed or rejoins.
+            if node.status.state == NodeState::Down && node.status.message == "node left the swarm" {
+                continue;
+            }
+            let last = seen.last.get(&node.id).copied().or(seen.term_start);
+            let alive = &node.id == me || last.is_some_and(|t| now.duration_since(t) < grace);
+            let heard = &node.id == me || seen.last.contains_key(&node.id);
+            let (want_state, message) = if alive {
+                if heard { (NodeState::Ready, "") } else { (node.status.state, node.status.message.as_str()) }
+            } else {
+                (NodeState::Down, "heartbeat failure")
+            };
+            let want_reach = node.manager_status.as_ref().map(|_| {
+                if alive && heard { Reachability::Reachable } else if alive { Reachability::Unknown } else { Reachability::Unreachable }
+            });
+            let reach_changed = match (&node.manager_status, want_reach) {
+                (Some(ms), Some(r)) => ms.reachability != r && !(r == Reachability::Unknown),
+                _ => false,
+            };
+            if want_state != node.status.state || reach_changed {
+                updates.push(NodeStatusUpdate {
+                    id: node.id.clone(),
+                    state: Some(want_state),
+                    message: Some(message.to_string()),
+                    addr: None,
+                    reachability: want_reach.filter(|r| *r != Reachability::Unknown),
+                    description: None,
+                });
+            }
+        }
+        updates
+    }
+}
+
+pub(super) async fn run(m: Arc<Manager>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let updates = {
+            let state = m.state.read();
+            m.dispatcher.plan(&state, &m.me.node_id, Instant::now())
+        };
+        if updates.is_empty() {
+            continue;
+        }
+        for u in &updates {
+            info!(node.id = %u.id, state = ?u.state, reachability = ?u.reachability, "node status changed");
+        }
+        let cmd = Command::SetNodeStatus { updates, now: crate::util::now_rfc3339() };
+        if let Err(e) = m.propose(cmd).await {
+            debug!("could not record node status: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

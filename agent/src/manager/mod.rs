@@ -1,0 +1,682 @@
+//! The manager: a raft member that answers cluster RPCs, proposes writes (or
+//! forwards them to the leader), signs certificates, and — while it leads —
+//! runs the dispatcher and the role reconciler.
+
+mod dispatcher;
+mod roles;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::control::ControlError;
+use crate::pki;
+use crate::raft::network::{Network, MANAGER_SERVER_NAME};
+use crate::raft::{storage, Raft, StateReader};
+use crate::rpc::{self, Caller, Heartbeat, HeartbeatReply, JoinRequest, Joined, Renewed, Reply, Request, RpcError};
+use crate::store::{
+    Command, ManagerStatus, Node, NodeId, NodeSpec, NodeState, NodeStatus, RaftId, Reachability,
+    Response as StoreResponse, Role, State, StoreErrorKind,
+};
+use crate::transport::Transport;
+
+pub use dispatcher::Dispatcher;
+
+/// Raft timing. Elections start after 1–2 s without a leader heartbeat:
+/// long enough for an SD card's fsync stalls and a Wi-Fi hiccup, short
+/// enough that a dead leader is replaced in about 2 s.
+const RAFT_HEARTBEAT_MS: u64 = 250;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 1000;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
+/// A write that has not committed by then will not commit soon: say so.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits for an election in progress to produce a leader.
+const LEADER_WAIT: Duration = Duration::from_millis(3 * ELECTION_TIMEOUT_MAX_MS);
+/// A leader that heard from no quorum for this long has lost it.
+const QUORUM_ACK_STALE_MS: u64 = 3 * ELECTION_TIMEOUT_MAX_MS;
+/// Timeout for forwarding a call to the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_millis(1500);
+
+pub fn raft_config(snapshot_interval: u64) -> Result<openraft::Config, String> {
+    openraft::Config {
+        cluster_name: "apiary".into(),
+        heartbeat_interval: RAFT_HEARTBEAT_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_interval.max(1)),
+        max_in_snapshot_log_to_keep: 500,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| format!("invalid raft configuration: {e}"))
+}
+
+/// What a manager knows about itself.
+#[derive(Clone, Debug)]
+pub struct ManagerIdentity {
+    pub node_id: NodeId,
+    pub raft_id: RaftId,
+    /// `host:port` other managers reach this one on.
+    pub addr: String,
+}
+
+pub struct Manager {
+    pub raft: Raft,
+    pub state: StateReader,
+    pub me: ManagerIdentity,
+    transport: Transport,
+    dispatcher: Dispatcher,
+    /// Membership changes one at a time (openraft refuses overlapping ones).
+    membership: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Manager {
+    /// Open the raft database in `data_dir` and start raft (not initialised:
+    /// the caller initialises a new cluster or asks the leader to add us).
+    pub async fn start(
+        data_dir: &Path,
+        me: ManagerIdentity,
+        transport: Transport,
+        snapshot_interval: u64,
+    ) -> Result<Arc<Manager>, ControlError> {
+        let path = data_dir.join("raft.redb");
+        let (log, sm, state) = storage::open(&path)
+            .map_err(|e| ControlError::Internal(format!("cannot open the raft store: {e}")))?;
+        let config = Arc::new(raft_config(snapshot_interval).map_err(ControlError::Internal)?);
+        let raft = Raft::new(me.raft_id, config, Network::new(transport.clone()), log, sm)
+            .await
+            .map_err(|e| ControlError::Internal(format!("cannot start raft: {e}")))?;
+        let manager = Arc::new(Manager {
+            raft,
+            state,
+            me,
+            transport,
+            dispatcher: Dispatcher::default(),
+            membership: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        manager.tasks.spawn(leader_supervisor(manager.clone()));
+        Ok(manager)
+    }
+
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Err(e) = self.raft.shutdown().await {
+            warn!("raft did not shut down cleanly: {e}");
+        }
+    }
+
+    /// Start a one-member raft cluster with us as its voter.
+    pub async fn initialize(&self) -> Result<(), ControlError> {
+        let mut members = BTreeMap::new();
+        members.insert(self.me.raft_id, BasicNode { addr: self.me.addr.clone() });
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| ControlError::Internal(format!("cannot initialise raft: {e}")))?;
+        self.wait_for_leader(LEADER_WAIT).await;
+        Ok(())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.me.raft_id)
+    }
+
+    pub fn leader_raft_id(&self) -> Option<RaftId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The leader's cluster address, if one is known.
+    fn leader_addr(&self) -> Option<(RaftId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
+    }
+
+    async fn wait_for_leader(&self, patience: Duration) -> Option<RaftId> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Commit `cmd` through raft: here if we lead, else on the leader.
+    pub async fn propose(&self, cmd: Command) -> Result<StoreResponse, ControlError> {
+        let resp = self.propose_raw(cmd).await?;
+        match resp.error {
+            None => Ok(resp),
+            Some(e) => Err(match e.kind {
+                StoreErrorKind::NotFound => ControlError::NotFound(e.message),
+                StoreErrorKind::Conflict => ControlError::Conflict(e.message),
+                StoreErrorKind::Invalid => ControlError::FailedPrecondition(e.message),
+            }),
+        }
+    }
+
+    async fn propose_raw(&self, cmd: Command) -> Result<StoreResponse, ControlError> {
+        let leader = match self.leader_raft_id() {
+            Some(l) => Some(l),
+            None => self.wait_for_leader(LEADER_WAIT).await,
+        };
+        let Some(leader) = leader else {
+            return Err(ControlError::NoQuorum(self.quorum_message().await));
+        };
+        if leader != self.me.raft_id {
+            let reply = self.forward(Request::Propose(cmd), None).await?;
+            return match reply {
+                Reply::Proposed(r) => Ok(r),
+                Reply::Error(e) => Err(rpc_to_control(e)),
+                other => Err(ControlError::Internal(format!("unexpected answer from the leader: {other:?}"))),
+            };
+        }
+        let stale = {
+            let m = self.raft.metrics().borrow().clone();
+            let voters = m.membership_config.membership().voter_ids().count();
+            voters > 1 && m.millis_since_quorum_ack.map_or(true, |ms| ms > QUORUM_ACK_STALE_MS)
+        };
+        if stale {
+            return Err(ControlError::NoQuorum(self.quorum_message().await));
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd.clone())).await {
+            Err(_) => Err(ControlError::NoQuorum(self.quorum_message().await)),
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                // Leadership moved while we were writing: try the new leader once.
+                match self.forward(Request::Propose(cmd), None).await? {
+                    Reply::Proposed(r) => Ok(r),
+                    Reply::Error(e) => Err(rpc_to_control(e)),
+                    other => Err(ControlError::Internal(format!("unexpected answer from the leader: {other:?}"))),
+                }
+            }
+            Ok(Err(e)) => Err(ControlError::Internal(format!("raft write failed: {e}"))),
+        }
+    }
+
+    /// Send `req` to the current leader (waiting briefly for one).
+    pub async fn forward(&self, req: Request, caller: Option<Caller>) -> Result<Reply, ControlError> {
+        let mut target = self.leader_addr();
+        if target.is_none() {
+            self.wait_for_leader(LEADER_WAIT).await;
+            target = self.leader_addr();
+        }
+        let Some((leader, addr)) = target else {
+            return Err(ControlError::NoQuorum(self.quorum_message().await));
+        };
+        if leader == self.me.raft_id {
+            return Err(ControlError::Internal("asked to forward a call to ourselves".into()));
+        }
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| ControlError::Internal(format!("leader address {addr:?} is invalid: {e}")))?;
+        let req = match caller {
+            Some(caller) => Request::Forwarded { caller, inner: Box::new(req) },
+            None => req,
+        };
+        let bytes = self
+            .transport
+            .call(addr, MANAGER_SERVER_NAME, rpc::encode(&req), FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("the leader at {addr} did not answer: {e}")))?;
+        rpc::decode::<Reply>(&bytes).map_err(ControlError::Internal)
+    }
+
+    /// Explain a lost quorum: which managers do not answer, and the way out.
+    pub async fn quorum_message(&self) -> String {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: Vec<(RaftId, String)> = membership
+            .membership()
+            .nodes()
+            .filter(|(id, _)| membership.membership().voter_ids().any(|v| v == **id))
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let probes = voters.iter().filter(|(id, _)| *id != self.me.raft_id).map(|(id, addr)| {
+            let transport = self.transport.clone();
+            let addr = addr.clone();
+            let id = *id;
+            async move {
+                let ok = match addr.parse::<SocketAddr>() {
+                    Ok(a) => transport
+                        .call(a, MANAGER_SERVER_NAME, rpc::encode(&Request::Ping), PING_TIMEOUT)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                };
+                (id, addr, ok)
+            }
+        });
+        let results = futures::future::join_all(probes).await;
+        let state = self.state.read();
+        let name_of = |raft_id: RaftId| {
+            state
+                .managers()
+                .find(|n| n.manager_status.as_ref().map(|m| m.raft_id) == Some(raft_id))
+                .map(|n| n.description.hostname.clone())
+                .unwrap_or_else(|| format!("raft member {raft_id:x}"))
+        };
+        let down: Vec<String> = results
+            .iter()
+            .filter(|(_, _, ok)| !ok)
+            .map(|(id, addr, _)| format!("{} at {addr}", name_of(*id)))
+            .collect();
+        let total = voters.len();
+        let needed = total / 2 + 1;
+        if down.is_empty() {
+            return format!(
+                "the swarm has no leader right now (an election is in progress or the managers cannot reach each other); {total} managers, {needed} needed for changes. Retry in a few seconds."
+            );
+        }
+        format!(
+            "The swarm has lost quorum: {} of {total} managers are unreachable ({}), and a swarm of {total} managers needs {needed} to make changes. Cluster changes are refused; running tasks keep running and reads still answer from this manager's copy. Bring the unreachable managers back, or if they are gone for good, run `apiary swarm init --force-new-cluster` on this manager to continue with it as the only manager (all state is kept).",
+            down.len(),
+            down.join(", ")
+        )
+    }
+
+    /// Build a node's certificate: the role the cluster wants for it, except
+    /// that a node stays a manager until raft has let go of it.
+    fn issue_cert(&self, state: &State, node_id: &NodeId, csr_pem: &str, want: Role) -> Result<(String, String), RpcError> {
+        let cluster = state.cluster.as_ref().ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+        let validity = Duration::from_nanos(cluster.spec.cert_expiry_ns.max(3600 * crate::store::NANOS_PER_SEC) as u64);
+        let cert = pki::sign_csr(&cluster.root_ca, csr_pem, node_id, want, &cluster.id, validity)
+            .map_err(|e| RpcError::Other(format!("cannot sign the certificate request: {e}")))?;
+        Ok((cert, cluster.root_ca.cert_pem.clone()))
+    }
+
+    /// Serve one cluster RPC. `caller` is established by the transport layer
+    /// (certificate) or vouched for by a forwarding manager.
+    pub async fn handle(self: &Arc<Self>, caller: Caller, req: Request) -> Reply {
+        match self.handle_inner(caller, req).await {
+            Ok(r) => r,
+            Err(e) => Reply::Error(e),
+        }
+    }
+
+    async fn handle_inner(self: &Arc<Self>, caller: Caller, req: Request) -> Result<Reply, RpcError> {
+        let is_manager = caller.role == Some(Role::Manager);
+        let require_manager = || {
+            if is_manager {
+                Ok(())
+            } else {
+                Err(RpcError::PermissionDenied("only managers may make this call".into()))
+            }
+        };
+        match req {
+            Request::Ping => Ok(Reply::Ok),
+            Request::GetCa => {
+                let state = self.state.read();
+                let cluster = state.cluster.as_ref().ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+                Ok(Reply::Ca { cert_pem: cluster.root_ca.cert_pem.clone() })
+            }
+            Request::AppendEntries(r) => {
+                require_manager()?;
+                Ok(Reply::AppendEntries(self.raft.append_entries(r).await))
+            }
+            Request::Vote(r) => {
+                require_manager()?;
+                Ok(Reply::Vote(self.raft.vote(r).await))
+            }
+            Request::InstallSnapshot(r) => {
+                require_manager()?;
+                Ok(Reply::InstallSnapshot(self.raft.install_snapshot(r).await))
+            }
+            Request::Elect => {
+                require_manager()?;
+                self.raft.trigger().elect().await.map_err(|e| RpcError::Other(e.to_string()))?;
+                Ok(Reply::Ok)
+            }
+            Request::Forwarded { caller: inner_caller, inner } => {
+                require_manager()?;
+                Box::pin(self.handle_inner(inner_caller, *inner)).await
+            }
+            Request::Propose(cmd) => {
+                require_manager()?;
+                match self.propose_raw(cmd).await {
+                    Ok(r) => Ok(Reply::Proposed(r)),
+                    Err(e) => Err(control_to_rpc(e)),
+                }
+            }
+            // The rest only the leader can answer: forward, vouching for the caller.
+            req if !self.is_leader() => self
+                .forward(req, Some(caller))
+                .await
+                .map_err(control_to_rpc),
+            Request::Join(j) => self.handle_join(caller, j).await.map(Reply::Joined),
+            Request::RaftJoin { node_id, raft_id, addr } => {
+                require_manager()?;
+                if caller.node_id.as_ref() != Some(&node_id) {
+                    return Err(RpcError::PermissionDenied("a node may only add itself to raft".into()));
+                }
+                self.add_voter(&node_id, raft_id, addr).await?;
+                Ok(Reply::Ok)
+            }
+            Request::Heartbeat(hb) => self.handle_heartbeat(caller, hb).await.map(Reply::Heartbeat),
+            Request::RenewCert { csr_pem } => self.handle_renew(caller, &csr_pem).await.map(Reply::Renewed),
+            Request::Leave => self.handle_leave(caller).await.map(|_| Reply::Ok),
+        }
+    }
+
+    async fn handle_join(&self, caller: Caller, j: JoinRequest) -> Result<Joined, RpcError> {
+        let (role, node, cert_pem, ca_pem, cluster_id, managers) = {
+            let state = self.state.read();
+            let cluster = state.cluster.as_ref().ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+            let role = if pki::secrets_equal(&j.secret, &cluster.join_secrets.manager) {
+                Role::Manager
+            } else if pki::secrets_equal(&j.secret, &cluster.join_secrets.worker) {
+                Role::Worker
+            } else {
+                return Err(RpcError::InvalidToken(
+                    "The join token is not valid for this swarm: it may have been rotated. Get the current one with `apiary swarm join-token worker` (or `manager`) on a manager.".into(),
+                ));
+            };
+            let node_id = pki::new_node_id();
+            let (cert_pem, ca_pem) = self.issue_cert(&state, &node_id, &j.csr_pem, role)?;
+            let expiry = pki::parse_node_cert_pem(&cert_pem)
+                .map(|i| crate::util::rfc3339(i.not_after))
+                .unwrap_or_default();
+            let ip = advertised_ip(&j.advertise_addr).or(j.observed_ip.clone()).unwrap_or(caller.ip.clone());
+            let now = crate::util::now_rfc3339();
+            let node = Node {
+                id: node_id,
+                version: 0,
+                created_at: now.clone(),
+                updated_at: now,
+                spec: NodeSpec { name: String::new(), labels: Default::default(), role, availability: j.availability },
+                description: j.description,
+                status: NodeStatus { state: NodeState::Ready, message: String::new(), addr: ip },
+                role,
+                manager_status: None,
+                cert_expiry: expiry,
+            };
+            let managers = manager_addrs(&state);
+            (role, node, cert_pem, ca_pem, cluster.id.clone(), managers)
+        };
+        let node_id = node.id.clone();
+        self.propose(Command::AddNode { node }).await.map_err(control_to_rpc)?;
+        self.dispatcher.seen(&node_id);
+        info!(node.id = %node_id, role = role.as_str(), "node joined");
+        Ok(Joined { node_id, cluster_id, role, cert_pem, ca_pem, managers })
+    }
+
+    async fn handle_heartbeat(&self, caller: Caller, hb: Heartbeat) -> Result<HeartbeatReply, RpcError> {
+        if caller.node_id.as_ref() != Some(&hb.node_id) {
+            return Err(RpcError::PermissionDenied("a node may only heartbeat for itself".into()));
+        }
+        let (reply, description_changed) = {
+            let state = self.state.read();
+            let node = state.nodes.get(&hb.node_id).ok_or_else(|| RpcError::UnknownNode(hb.node_id.0.clone()))?;
+            let cluster = state.cluster.as_ref().ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+            let period_ms = (cluster.spec.dispatcher_heartbeat_ns / 1_000_000).max(100) as u64;
+            let reply = HeartbeatReply {
+                period_ms,
+                desired_role: node.spec.role,
+                raft_member: node.manager_status.is_some(),
+                managers: manager_addrs(&state),
+                renew: false,
+            };
+            (reply, node.description != hb.description)
+        };
+        self.dispatcher.seen(&hb.node_id);
+        if description_changed {
+            // Rare (a restart on new hardware, a new engine version): one write.
+            let update = crate::store::NodeStatusUpdate {
+                id: hb.node_id.clone(),
+                state: None,
+                message: None,
+                addr: None,
+                reachability: None,
+                description: Some(hb.description),
+            };
+            let cmd = Command::SetNodeStatus { updates: vec![update], now: crate::util::now_rfc3339() };
+            if let Err(e) = self.propose(cmd).await {
+                debug!("could not record a node description: {e}");
+            }
+        }
+        Ok(reply)
+    }
+
+    async fn handle_renew(&self, caller: Caller, csr_pem: &str) -> Result<Renewed, RpcError> {
+        let node_id = caller.node_id.clone().ok_or_else(|| RpcError::PermissionDenied("renewal needs a node certificate".into()))?;
+        let (cert_pem, ca_pem, role, manager_status) = {
+            let state = self.state.read();
+            let node = state.nodes.get(&node_id).ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
+            // Keep the manager role until raft has let the node go, so it can
+            // still answer raft while it is being removed.
+            let role = if node.manager_status.is_some() { Role::Manager } else { node.spec.role };
+            let (cert, ca) = self.issue_cert(&state, &node_id, csr_pem, role)?;
+            (cert, ca, role, node.manager_status.clone())
+        };
+        let expiry = pki::parse_node_cert_pem(&cert_pem).map(|i| crate::util::rfc3339(i.not_after)).ok();
+        let cmd = Command::SetNodeRole {
+            id: node_id.clone(),
+            role,
+            manager_status,
+            cert_expiry: expiry,
+            now: crate::util::now_rfc3339(),
+        };
+        self.propose(cmd).await.map_err(control_to_rpc)?;
+        info!(node.id = %node_id, role = role.as_str(), "issued a node certificate");
+        Ok(Renewed { cert_pem, ca_pem, role })
+    }
+
+    async fn handle_leave(&self, caller: Caller) -> Result<(), RpcError> {
+        let node_id = caller.node_id.clone().ok_or_else(|| RpcError::PermissionDenied("leave needs a node certificate".into()))?;
+        let raft_id = {
+            let state = self.state.read();
+            let node = state.nodes.get(&node_id).ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
+            node.manager_status.as_ref().map(|m| m.raft_id)
+        };
+        if let Some(raft_id) = raft_id {
+            self.remove_voter(&node_id, raft_id).await.map_err(control_to_rpc)?;
+        }
+        let update = crate::store::NodeStatusUpdate {
+            id: node_id.clone(),
+            state: Some(NodeState::Down),
+            message: Some("node left the swarm".into()),
+            addr: None,
+            reachability: None,
+            description: None,
+        };
+        self.dispatcher.forget(&node_id);
+        self.propose(Command::SetNodeStatus { updates: vec![update], now: crate::util::now_rfc3339() })
+            .await
+            .map_err(control_to_rpc)?;
+        Ok(())
+    }
+
+    /// Leader: make a manager-certified node a raft voter and record it.
+    async fn add_voter(&self, node_id: &NodeId, raft_id: RaftId, addr: String) -> Result<(), RpcError> {
+        let _guard = self.membership.lock().await;
+        {
+            let state = self.state.read();
+            let node = state.nodes.get(node_id).ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
+            if node.spec.role != Role::Manager {
+                return Err(RpcError::PermissionDenied(format!("node {node_id} is not meant to be a manager")));
+            }
+        }
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let used: BTreeSet<RaftId> = membership.membership().nodes().map(|(id, _)| *id).collect();
+        if !used.contains(&raft_id) {
+            self.raft
+                .add_learner(raft_id, BasicNode { addr: addr.clone() }, true)
+                .await
+                .map_err(|e| RpcError::Other(format!("cannot add the manager to raft: {e}")))?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([raft_id])), false)
+            .await
+            .map_err(|e| RpcError::Other(format!("cannot make the manager a raft voter: {e}")))?;
+        let cmd = Command::SetNodeRole {
+            id: node_id.clone(),
+            role: Role::Manager,
+            manager_status: Some(ManagerStatus { raft_id, addr, reachability: Reachability::Reachable }),
+            cert_expiry: None,
+            now: crate::util::now_rfc3339(),
+        };
+        self.propose(cmd).await.map_err(control_to_rpc)?;
+        self.dispatcher.seen(node_id);
+        info!(node.id = %node_id, raft.id = raft_id, "manager joined raft");
+        Ok(())
+    }
+
+    /// Leader: take a manager out of raft (demote, leave, force-remove). A
+    /// leader removing itself records the change first (it cannot propose
+    /// afterwards) and then asks another voter to take over at once.
+    pub async fn remove_voter(&self, node_id: &NodeId, raft_id: RaftId) -> Result<(), ControlError> {
+        let _guard = self.membership.lock().await;
+        let (role, cert_expiry) = {
+            let state = self.state.read();
+            let node = state.nodes.get(node_id).ok_or_else(|| ControlError::NotFound(format!("node {node_id} not found")))?;
+            (node.role, node.cert_expiry.clone())
+        };
+        let _ = cert_expiry;
+        let record = Command::SetNodeRole {
+            id: node_id.clone(),
+            role,
+            manager_status: None,
+            cert_expiry: None,
+            now: crate::util::now_rfc3339(),
+        };
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<RaftId> = membership.membership().voter_ids().collect();
+        if !voters.contains(&raft_id) {
+            self.propose(record).await?;
+            return Ok(());
+        }
+        if voters.len() <= 1 {
+            return Err(ControlError::FailedPrecondition(
+                "this is the last manager of the swarm and cannot be removed from raft".into(),
+            ));
+        }
+        let removing_self = raft_id == self.me.raft_id;
+        if removing_self {
+            self.propose(record.clone()).await?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([raft_id])), false)
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("cannot remove the manager from raft: {e}")))?;
+        if removing_self {
+            // Hand over: the most caught-up remaining voter starts an election
+            // now rather than after an election timeout.
+            let m = self.raft.metrics().borrow().clone();
+            let next = m
+                .replication
+                .as_ref()
+                .and_then(|r| {
+                    r.iter()
+                        .filter(|(id, _)| **id != raft_id && voters.contains(id))
+                        .max_by_key(|(_, log)| log.map(|l| l.index))
+                        .map(|(id, _)| *id)
+                })
+                .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
+            if let Some(addr) = next.and_then(|a| a.parse::<SocketAddr>().ok()) {
+                let _ = self
+                    .transport
+                    .call(addr, MANAGER_SERVER_NAME, rpc::encode(&Request::Elect), PING_TIMEOUT)
+                    .await;
+            }
+        } else {
+            self.propose(record).await?;
+        }
+        info!(node.id = %node_id, raft.id = raft_id, "manager left raft");
+        Ok(())
+    }
+
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+}
+
+/// Runs the leader-only loops while this manager leads, and stops them when
+/// it does not.
+async fn leader_supervisor(m: Arc<Manager>) {
+    let mut metrics = m.raft.metrics();
+    let mut running: Option<CancellationToken> = None;
+    loop {
+        let leading = {
+            let mm = metrics.borrow_and_update();
+            mm.state == ServerState::Leader
+        };
+        match (leading, running.is_some()) {
+            (true, false) => {
+                info!(raft.id = m.me.raft_id, "became the leader");
+                let token = m.shutdown.child_token();
+                m.dispatcher.start_term();
+                m.tasks.spawn(dispatcher::run(m.clone(), token.clone()));
+                m.tasks.spawn(roles::run(m.clone(), token.clone()));
+                running = Some(token);
+            }
+            (false, true) => {
+                info!(raft.id = m.me.raft_id, "no longer the leader");
+                if let Some(t) = running.take() {
+                    t.cancel();
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = m.shutdown.cancelled() => break,
+            r = metrics.changed() => if r.is_err() { break },
+        }
+    }
+    if let Some(t) = running {
+        t.cancel();
+    }
+}
+
+fn manager_addrs(state: &State) -> Vec<String> {
+    state.managers().filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone())).collect()
+}
+
+/// The IP part of an advertise address, unless it is unspecified.
+fn advertised_ip(addr: &str) -> Option<String> {
+    let sa: SocketAddr = addr.parse().ok()?;
+    (!sa.ip().is_unspecified()).then(|| sa.ip().to_string())
+}
+
+pub fn control_to_rpc(e: ControlError) -> RpcError {
+    match e {
+        ControlError::NoQuorum(m) => RpcError::NoQuorum(m),
+        ControlError::NotFound(m) => RpcError::Store(crate::store::StoreError::not_found(m)),
+        ControlError::Conflict(m) => RpcError::Store(crate::store::StoreError::conflict(m)),
+        ControlError::FailedPrecondition(m) => RpcError::Store(crate::store::StoreError::invalid(m)),
+        other => RpcError::Other(other.to_string()),
+    }
+}
+
+pub fn rpc_to_control(e: RpcError) -> ControlError {
+    match e {
+        RpcError::InvalidToken(m) => ControlError::InvalidArgument(m),
+        RpcError::NotManager => ControlError::NotManager,
+        RpcError::NoQuorum(m) => ControlError::NoQuorum(m),
+        RpcError::PermissionDenied(m) => ControlError::FailedPrecondition(format!("not allowed: {m}")),
+        RpcError::UnknownNode(id) => ControlError::FailedPrecondition(RpcError::UnknownNode(id).to_string()),
+        RpcError::Store(s) => match s.kind {
+            StoreErrorKind::NotFound => ControlError::NotFound(s.message),
+            StoreErrorKind::Conflict => ControlError::Conflict(s.message),
+            StoreErrorKind::Invalid => ControlError::FailedPrecondition(s.message),
+        },
+        RpcError::Other(m) => ControlError::Unavailable(m),
+    }
+}

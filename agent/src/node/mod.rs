@@ -1,0 +1,770 @@
+//! One apiary node: its membership in a swarm (none, worker, manager), the
+//! transport it talks on, the manager it runs when it is one, and the session
+//! that keeps it known to the leader. Implements [`Control`] for the API.
+
+mod host;
+pub mod persist;
+mod session;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::control::*;
+use crate::manager::{Manager, ManagerIdentity};
+use crate::pki;
+use crate::rpc::{self, Caller, JoinRequest as RpcJoin, Reply, Request, RpcError};
+use crate::store::{
+    Cluster, ClusterSpec, Command, JoinSecrets, ManagerStatus, Node, NodeDescription, NodeSpec,
+    NodeState, NodeStatus, Reachability, Role,
+};
+use crate::transport::{self, Handler, Identity, Peer, Transport};
+use persist::{Certs, DataDir, NodeFile};
+
+pub use host::host_info;
+
+/// The cluster port, as in Docker.
+pub const DEFAULT_PORT: u16 = 2377;
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    /// Overrides the host name the node reports (several agents on one host).
+    pub hostname: Option<String>,
+}
+
+/// The API's handle on the node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: DataDir,
+    host: HostInfo,
+    description: NodeDescription,
+    /// Serialises init/join/leave; holds the running membership.
+    phase: tokio::sync::Mutex<Option<Arc<Running>>>,
+    /// The same, for quick reads by API calls without waiting on `phase`.
+    current: RwLock<Option<Arc<Running>>>,
+}
+
+/// A node that is in a swarm.
+pub struct Running {
+    file: Mutex<NodeFile>,
+    certs: Mutex<Certs>,
+    transport: Transport,
+    manager: RwLock<Option<Arc<Manager>>>,
+    dir: DataDir,
+    description: NodeDescription,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    pub fn manager(&self) -> Option<Arc<Manager>> {
+        self.manager.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn set_manager(&self, m: Option<Arc<Manager>>) {
+        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = m;
+    }
+    pub fn file(&self) -> NodeFile {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn update_file(&self, f: impl FnOnce(&mut NodeFile)) -> Result<(), ControlError> {
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard);
+        self.dir.save_state(&guard).map_err(|e| ControlError::Internal(e.to_string()))
+    }
+    fn certs(&self) -> Certs {
+        self.certs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn self_caller(&self) -> Caller {
+        let f = self.file();
+        Caller { node_id: Some(f.node_id), role: Some(f.role), ip: ip_of(&f.advertise_addr) }
+    }
+
+    /// Replace this node's certificate (renewal or role change).
+    fn install_certs(&self, certs: Certs) -> Result<(), ControlError> {
+        let identity = identity_from(&certs)?;
+        self.transport
+            .set_identity(identity)
+            .map_err(|e| ControlError::Internal(format!("cannot use the new certificate: {e}")))?;
+        self.dir.save_certs(&certs).map_err(|e| ControlError::Internal(e.to_string()))?;
+        *self.certs.lock().unwrap_or_else(|p| p.into_inner()) = certs;
+        Ok(())
+    }
+
+    /// Start the manager side: open raft (existing data, or empty for a new
+    /// member) and answer cluster RPCs.
+    async fn start_manager(&self, raft_id: u64, snapshot_interval: u64) -> Result<Arc<Manager>, ControlError> {
+        let f = self.file();
+        let me = ManagerIdentity { node_id: f.node_id.clone(), raft_id, addr: f.advertise_addr.clone() };
+        let m = Manager::start(self.dir.root(), me, self.transport.clone(), snapshot_interval).await?;
+        self.set_manager(Some(m.clone()));
+        Ok(m)
+    }
+
+    async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Some(m) = self.manager() {
+            m.stop().await;
+        }
+        self.set_manager(None);
+        self.transport.close().await;
+    }
+}
+
+fn identity_from(certs: &Certs) -> Result<Identity, ControlError> {
+    let bad = |e: pki::PkiError| ControlError::Internal(format!("unusable node certificate: {e}"));
+    Ok(Identity {
+        ca_cert: pki::cert_der_from_pem(&certs.ca_pem).map_err(bad)?,
+        cert: pki::cert_der_from_pem(&certs.cert_pem).map_err(bad)?,
+        key: Arc::new(pki::key_der_from_pem(&certs.key_pem).map_err(bad)?),
+    })
+}
+
+fn ip_of(addr: &str) -> String {
+    addr.parse::<SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| addr.to_string())
+}
+
+fn new_raft_id() -> u64 {
+    // Zero is avoided only to keep logs readable; collisions of random u64s
+    // in a cluster of a handful of managers are not a concern.
+    rand::thread_rng().gen_range(1..u64::MAX)
+}
+
+/// Answers cluster RPCs arriving on the transport.
+struct RpcHandler {
+    running: Weak<Running>,
+}
+
+impl Handler for RpcHandler {
+    async fn handle(&self, peer: Peer, request: Vec<u8>) -> Result<Vec<u8>, String> {
+        let mut req: Request = rpc::decode(&request)?;
+        let running = self.running.upgrade().ok_or("the node is shutting down")?;
+        let ip = peer.remote.ip().to_string();
+        let caller = if peer.alpn == transport::ALPN_JOIN {
+            if !matches!(req, Request::GetCa | Request::Join(_) | Request::Ping) {
+                return Ok(rpc::encode(&Reply::Error(RpcError::PermissionDenied(
+                    "this call needs a node certificate".into(),
+                ))));
+            }
+            if let Request::Join(j) = &mut req {
+                j.observed_ip.get_or_insert(ip.clone());
+            }
+            Caller { node_id: None, role: None, ip }
+        } else {
+            let der = peer.cert.ok_or("a node certificate is required")?;
+            let info = pki::parse_node_cert_der(&der).map_err(|e| format!("bad node certificate: {e}"))?;
+            if info.cluster_id != running.file().cluster_id {
+                return Ok(rpc::encode(&Reply::Error(RpcError::PermissionDenied(
+                    "the certificate belongs to another swarm".into(),
+                ))));
+            }
+            Caller { node_id: Some(info.node_id), role: Some(info.role), ip }
+        };
+        let reply = match running.manager() {
+            Some(m) => m.handle(caller, req).await,
+            None => Reply::Error(RpcError::NotManager),
+        };
+        Ok(rpc::encode(&reply))
+    }
+}
+
+impl NodeHandle {
+    /// Open the data dir and, if the node was in a swarm, rejoin it as it was.
+    pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
+        let dir = DataDir::new(&cfg.data_dir);
+        dir.ensure().map_err(|e| e.to_string())?;
+        let host = host_info(&cfg);
+        let description = host::description(&host);
+        let inner = Arc::new(Inner {
+            dir: DataDir::new(&cfg.data_dir),
+            host,
+            description,
+            phase: tokio::sync::Mutex::new(None),
+            current: RwLock::new(None),
+        });
+        let handle = NodeHandle { inner };
+        if let Some((file, certs)) = dir.load().map_err(|e| e.to_string())? {
+            info!(node.id = %file.node_id, role = file.role.as_str(), "resuming swarm membership");
+            let running = handle.resume(file, certs).await.map_err(|e| e.to_string())?;
+            handle.set_running(Some(running)).await;
+        }
+        Ok(handle)
+    }
+
+    async fn set_running(&self, r: Option<Arc<Running>>) {
+        *self.inner.phase.lock().await = r.clone();
+        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = r;
+    }
+
+    fn current(&self) -> Option<Arc<Running>> {
+        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn manager(&self) -> ControlResult<Arc<Manager>> {
+        let r = self.current().ok_or(ControlError::NotInSwarm)?;
+        r.manager().ok_or(ControlError::NotManager)
+    }
+
+    pub async fn shutdown(&self) {
+        if let Some(r) = self.current() {
+            r.stop().await;
+        }
+    }
+
+    fn new_running(&self, file: NodeFile, certs: Certs, transport: Transport) -> Arc<Running> {
+        Arc::new(Running {
+            file: Mutex::new(file),
+            certs: Mutex::new(certs),
+            transport,
+            manager: RwLock::new(None),
+            dir: DataDir::new(self.inner.dir.root()),
+            description: self.inner.description.clone(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Serve cluster RPCs and keep the session with the leader.
+    fn start_loops(&self, running: &Arc<Running>) {
+        let handler = Arc::new(RpcHandler { running: Arc::downgrade(running) });
+        let t = running.transport.clone();
+        let token = running.shutdown.clone();
+        running.tasks.spawn(async move { t.serve(handler, token).await });
+        running.tasks.spawn(session::run(running.clone()));
+    }
+
+    async fn resume(&self, file: NodeFile, certs: Certs) -> ControlResult<Arc<Running>> {
+        let identity = identity_from(&certs)?;
+        let listen = parse_addr(&file.listen_addr)?;
+        let transport = Transport::bind(listen, Some(identity))
+            .map_err(|e| ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}")))?;
+        let running = self.new_running(file.clone(), certs, transport);
+        if let (Role::Manager, Some(raft_id)) = (file.role, file.raft_id) {
+            running.start_manager(raft_id, ClusterSpec::default().snapshot_interval).await?;
+        }
+        self.start_loops(&running);
+        Ok(running)
+    }
+
+    fn resolve_node(&self, m: &Manager, key: &str) -> ControlResult<Node> {
+        let state = m.state.read();
+        if let Some(n) = state.nodes.get(&crate::store::NodeId(key.to_string())) {
+            return Ok(n.clone());
+        }
+        if key == "self" {
+            if let Some(n) = state.nodes.get(&m.me.node_id) {
+                return Ok(n.clone());
+            }
+        }
+        let by_name: Vec<&Node> = state
+            .nodes
+            .values()
+            .filter(|n| n.spec.name == key || (n.spec.name.is_empty() && n.description.hostname == key))
+            .collect();
+        if by_name.len() == 1 {
+            return Ok(by_name[0].clone());
+        }
+        let by_prefix: Vec<&Node> = state.nodes.values().filter(|n| n.id.0.starts_with(key)).collect();
+        match (by_name.len(), by_prefix.len()) {
+            (0, 1) => Ok(by_prefix[0].clone()),
+            (0, 0) => Err(ControlError::NotFound(format!("node {key} not found"))),
+            (n, p) => Err(ControlError::NotFound(format!(
+                "node {key} is ambiguous ({} matches found); use the full node ID",
+                n + p
+            ))),
+        }
+    }
+
+    fn view(&self, m: &Manager, node: Node) -> NodeView {
+        let leader = m.leader_raft_id();
+        let is_leader = node.manager_status.as_ref().is_some_and(|ms| Some(ms.raft_id) == leader);
+        NodeView { node, leader: is_leader }
+    }
+
+    async fn init_new(&self, req: InitRequest) -> ControlResult<(Arc<Running>, crate::store::NodeId)> {
+        if req.spec.autolock {
+            return Err(ControlError::InvalidArgument(
+                "autolock is not available in this version of apiary yet; initialise without --autolock".into(),
+            ));
+        }
+        let advertise = advertise_for(req.listen_addr, req.advertise_addr, None)?;
+        let dir = &self.inner.dir;
+        dir.wipe().map_err(|e| ControlError::Internal(e.to_string()))?;
+        dir.ensure().map_err(|e| ControlError::Internal(e.to_string()))?;
+        let internal = |e: pki::PkiError| ControlError::Internal(e.to_string());
+        let root_ca = pki::new_root_ca().map_err(internal)?;
+        let cluster_id = pki::new_node_id().0;
+        let node_id = pki::new_node_id();
+        let kc = pki::new_key_and_csr().map_err(internal)?;
+        let validity = Duration::from_nanos(req.spec.cert_expiry_ns.max(0) as u64);
+        let cert_pem =
+            pki::sign_csr(&root_ca, &kc.csr_pem, &node_id, Role::Manager, &cluster_id, validity).map_err(internal)?;
+        let certs = Certs { ca_pem: root_ca.cert_pem.clone(), cert_pem, key_pem: kc.key_pem };
+        let transport = Transport::bind(req.listen_addr, Some(identity_from(&certs)?)).map_err(|e| {
+            ControlError::InvalidArgument(format!("cannot listen on {}: {e}", req.listen_addr))
+        })?;
+        let raft_id = new_raft_id();
+        let file = NodeFile {
+            node_id: node_id.clone(),
+            cluster_id: cluster_id.clone(),
+            role: Role::Manager,
+            raft_id: Some(raft_id),
+            listen_addr: req.listen_addr.to_string(),
+            advertise_addr: advertise.to_string(),
+            managers: vec![advertise.to_string()],
+        };
+        dir.save_certs(&certs).map_err(|e| ControlError::Internal(e.to_string()))?;
+        dir.save_state(&file).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let expiry = pki::parse_node_cert_pem(&certs.cert_pem).map(|i| crate::util::rfc3339(i.not_after)).unwrap_or_default();
+        let running = self.new_running(file, certs, transport);
+        let m = running.start_manager(raft_id, req.spec.snapshot_interval).await?;
+        m.initialize().await?;
+        let now = crate::util::now_rfc3339();
+        let cluster = Cluster {
+            id: cluster_id,
+            version: 0,
+            created_at: now.clone(),
+            updated_at: now.clone(),
+            spec: req.spec.clone(),
+            root_ca,
+            join_secrets: JoinSecrets { worker: pki::new_join_secret(), manager: pki::new_join_secret() },
+        };
+        let node = Node {
+            id: node_id.clone(),
+            version: 0,
+            created_at: now.clone(),
+            updated_at: now,
+            spec: NodeSpec { name: String::new(), labels: Default::default(), role: Role::Manager, availability: req.availability },
+            description: self.inner.description.clone(),
+            status: NodeStatus { state: NodeState::Ready, message: String::new(), addr: advertise.ip().to_string() },
+            role: Role::Manager,
+            manager_status: Some(ManagerStatus { raft_id, addr: advertise.to_string(), reachability: Reachability::Reachable }),
+            cert_expiry: expiry,
+        };
+        m.propose(Command::InitCluster { cluster, node }).await?;
+        self.start_loops(&running);
+        info!(node.id = %node_id, "swarm initialised");
+        Ok((running, node_id))
+    }
+
+    /// `--force-new-cluster`: keep every object, drop the other managers,
+    /// and start a fresh one-member raft log from the current state.
+    async fn force_new_cluster(&self, running: Arc<Running>, req: InitRequest) -> ControlResult<(Arc<Running>, crate::store::NodeId)> {
+        let m = running.manager().ok_or_else(|| {
+            ControlError::FailedPrecondition("--force-new-cluster needs a node that is a manager of the swarm".into())
+        })?;
+        let (cluster, mut nodes) = {
+            let state = m.state.read();
+            let cluster = state.cluster.clone().ok_or_else(|| ControlError::Internal("no cluster object in the raft store".into()))?;
+            (cluster, state.nodes.values().cloned().collect::<Vec<_>>())
+        };
+        let file = running.file();
+        running.stop().await;
+        // Keep the old log beside the new one: it is the user's backup.
+        let old = self.inner.dir.raft_db();
+        let backup = old.with_extension(format!("redb.before-force-new-cluster-{}", SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)));
+        std::fs::rename(&old, &backup).map_err(|e| ControlError::Internal(format!("cannot move {} aside: {e}", old.display())))?;
+        let listen = if req.listen_addr.port() != 0 && !req.listen_addr.ip().is_unspecified() { req.listen_addr } else { parse_addr(&file.listen_addr)? };
+        let advertise = match req.advertise_addr { Some(a) => a, None => parse_addr(&file.advertise_addr)? };
+        let raft_id = new_raft_id();
+        let certs = self.inner.dir.load().ok().flatten().map(|(_, c)| c).ok_or_else(|| ControlError::Internal("node certificates are missing".into()))?;
+        let transport = Transport::bind(listen, Some(identity_from(&certs)?))
+            .map_err(|e| ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}")))?;
+        let file = NodeFile { raft_id: Some(raft_id), listen_addr: listen.to_string(), advertise_addr: advertise.to_string(), managers: vec![advertise.to_string()], ..file };
+        self.inner.dir.save_state(&file).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let node_id = file.node_id.clone();
+        let running = self.new_running(file, certs, transport);
+        let m = running.start_manager(raft_id, cluster.spec.snapshot_interval).await?;
+        m.initialize().await?;
+        for n in nodes.iter_mut() {
+            if n.id == node_id {
+                n.manager_status = Some(ManagerStatus { raft_id, addr: advertise.to_string(), reachability: Reachability::Reachable });
+                n.status.state = NodeState::Ready;
+            } else if n.manager_status.take().is_some() {
+                // The other managers are no longer members; they must join again.
+                n.spec.role = Role::Worker;
+                n.status.state = NodeState::Down;
+                n.status.message = "removed from raft by --force-new-cluster; join this node again".into();
+            }
+        }
+        m.propose(Command::Restore { cluster, nodes }).await?;
+        self.start_loops(&running);
+        warn!(node.id = %node_id, "forced a new cluster from this manager's state");
+        Ok((running, node_id))
+    }
+
+    async fn join(&self, req: JoinRequest) -> ControlResult<Arc<Running>> {
+        let token = pki::JoinToken::parse(&req.token).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        if req.remote_addrs.is_empty() {
+            return Err(ControlError::InvalidArgument("no manager address given: say which manager to join, e.g. `apiary swarm join --token ... 10.0.0.1:2377`".into()));
+        }
+        let transport = Transport::bind(req.listen_addr, None)
+            .map_err(|e| ControlError::InvalidArgument(format!("cannot listen on {}: {e}", req.listen_addr)))?;
+        let result = self.join_with(&transport, &token, &req).await;
+        let (joined, key_pem, manager_addr) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                transport.close().await;
+                return Err(e);
+            }
+        };
+        let advertise = advertise_for(req.listen_addr, req.advertise_addr, Some(manager_addr))?;
+        let dir = &self.inner.dir;
+        dir.wipe().map_err(|e| ControlError::Internal(e.to_string()))?;
+        let certs = Certs { ca_pem: joined.ca_pem, cert_pem: joined.cert_pem, key_pem };
+        let mut managers = joined.managers;
+        if managers.is_empty() {
+            managers.push(manager_addr.to_string());
+        }
+        let file = NodeFile {
+            node_id: joined.node_id.clone(),
+            cluster_id: joined.cluster_id,
+            role: joined.role,
+            raft_id: None,
+            listen_addr: req.listen_addr.to_string(),
+            advertise_addr: advertise.to_string(),
+            managers,
+        };
+        dir.save_certs(&certs).map_err(|e| ControlError::Internal(e.to_string()))?;
+        dir.save_state(&file).map_err(|e| ControlError::Internal(e.to_string()))?;
+        transport
+            .set_identity(identity_from(&certs)?)
+            .map_err(|e| ControlError::Internal(format!("cannot use the node certificate: {e}")))?;
+        let running = self.new_running(file, certs, transport);
+        if joined.role == Role::Manager {
+            session::become_raft_member(&running).await?;
+        }
+        self.start_loops(&running);
+        info!(node.id = %joined.node_id, role = joined.role.as_str(), "joined the swarm");
+        Ok(running)
+    }
+
+    /// Find a manager that accepts the token; returns the answer, our key
+    /// and the manager's address.
+    async fn join_with(
+        &self,
+        transport: &Transport,
+        token: &pki::JoinToken,
+        req: &JoinRequest,
+    ) -> ControlResult<(rpc::Joined, String, SocketAddr)> {
+        let kc = pki::new_key_and_csr().map_err(|e| ControlError::Internal(e.to_string()))?;
+        let mut last_err = None;
+        for remote in &req.remote_addrs {
+            let addrs = match resolve(remote).await {
+                Ok(a) => a,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            for addr in addrs {
+                let (bytes, _chain) = match transport.join_call(addr, None, rpc::encode(&Request::GetCa), JOIN_TIMEOUT).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        last_err = Some(ControlError::Unavailable(format!("cannot reach a manager at {addr}: {e}")));
+                        continue;
+                    }
+                };
+                let ca_pem = match rpc::decode::<Reply>(&bytes).map_err(ControlError::Internal)? {
+                    Reply::Ca { cert_pem } => cert_pem,
+                    Reply::Error(e) => return Err(crate::manager::rpc_to_control(e)),
+                    other => return Err(ControlError::Internal(format!("unexpected answer from {addr}: {other:?}"))),
+                };
+                let digest = pki::ca_digest(&ca_pem).map_err(|e| ControlError::Unavailable(format!("the manager at {addr} sent an unusable CA certificate: {e}")))?;
+                if digest != token.ca_digest {
+                    return Err(ControlError::InvalidArgument(format!(
+                        "The manager at {addr} belongs to a different swarm: its CA certificate does not match the join token (or something is impersonating it). Check the address, and get the token from a manager of the swarm you want to join with `apiary swarm join-token worker`."
+                    )));
+                }
+                let ca_der = pki::cert_der_from_pem(&ca_pem).map_err(|e| ControlError::Internal(e.to_string()))?;
+                let join = Request::Join(RpcJoin {
+                    secret: token.secret.clone(),
+                    csr_pem: kc.csr_pem.clone(),
+                    description: self.inner.description.clone(),
+                    advertise_addr: req.advertise_addr.map(|a| a.to_string()).unwrap_or_default(),
+                    availability: req.availability,
+                    observed_ip: None,
+                });
+                let (bytes, _) = transport
+                    .join_call(addr, Some(ca_der), rpc::encode(&join), JOIN_TIMEOUT)
+                    .await
+                    .map_err(|e| ControlError::Unavailable(format!("joining through {addr} failed: {e}")))?;
+                return match rpc::decode::<Reply>(&bytes).map_err(ControlError::Internal)? {
+                    Reply::Joined(j) => Ok((j, kc.key_pem, addr)),
+                    Reply::Error(e) => Err(crate::manager::rpc_to_control(e)),
+                    other => Err(ControlError::Internal(format!("unexpected answer from {addr}: {other:?}"))),
+                };
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ControlError::Unavailable("no manager could be reached".into())))
+    }
+}
+
+/// Parse `host:port`, `ip:port` or an IP (default port 2377).
+pub fn parse_addr(s: &str) -> ControlResult<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    Err(ControlError::InvalidArgument(format!("invalid address {s:?}: expected IP or IP:PORT")))
+}
+
+async fn resolve(remote: &str) -> ControlResult<Vec<SocketAddr>> {
+    if let Ok(a) = parse_addr(remote) {
+        return Ok(vec![a]);
+    }
+    let with_port = if remote.contains(':') { remote.to_string() } else { format!("{remote}:{DEFAULT_PORT}") };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| ControlError::InvalidArgument(format!("cannot resolve manager address {remote:?}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ControlError::InvalidArgument(format!("manager address {remote:?} resolves to nothing")));
+    }
+    Ok(addrs)
+}
+
+/// The address to advertise: the one given, else the listen address, else
+/// (listening on all interfaces) the local address that routes to `towards`.
+fn advertise_for(listen: SocketAddr, advertise: Option<SocketAddr>, towards: Option<SocketAddr>) -> ControlResult<SocketAddr> {
+    if let Some(a) = advertise {
+        if a.ip().is_unspecified() {
+            return Err(ControlError::InvalidArgument(format!("advertise address must be a non-zero IP address, not {a}")));
+        }
+        let port = if a.port() == 0 { listen.port() } else { a.port() };
+        return Ok(SocketAddr::new(a.ip(), port));
+    }
+    if !listen.ip().is_unspecified() {
+        return Ok(listen);
+    }
+    // A UDP connect only consults the routing table; nothing is sent.
+    let probe = towards.unwrap_or_else(|| SocketAddr::from(([192, 0, 2, 1], 9)));
+    let ip = std::net::UdpSocket::bind(("0.0.0.0", 0))
+        .and_then(|s| s.connect(probe).and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .map_err(|_| {
+            ControlError::InvalidArgument(
+                "could not choose an address to advertise to other nodes: use --advertise-addr".into(),
+            )
+        })?;
+    Ok(SocketAddr::new(ip, listen.port()))
+}
+
+impl Control for NodeHandle {
+    fn host_info(&self) -> HostInfo {
+        self.inner.host.clone()
+    }
+
+    async fn swarm_info(&self) -> SwarmInfo {
+        let Some(r) = self.current() else {
+            return SwarmInfo {
+                state: LocalNodeState::Inactive,
+                node_id: None,
+                node_addr: String::new(),
+                is_manager: false,
+                error: String::new(),
+                remote_managers: Vec::new(),
+                cluster: None,
+                nodes: None,
+                managers: None,
+                warnings: Vec::new(),
+            };
+        };
+        let f = r.file();
+        let mut info = SwarmInfo {
+            state: LocalNodeState::Active,
+            node_id: Some(f.node_id.clone()),
+            node_addr: ip_of(&f.advertise_addr),
+            is_manager: false,
+            error: String::new(),
+            remote_managers: Vec::new(),
+            cluster: None,
+            nodes: None,
+            managers: None,
+            warnings: Vec::new(),
+        };
+        match r.manager() {
+            Some(m) => {
+                let state = m.state.read();
+                info.is_manager = true;
+                info.cluster = state.cluster.clone();
+                info.nodes = Some(state.nodes.len());
+                let managers: Vec<&Node> = state.managers().collect();
+                info.managers = Some(managers.len());
+                info.remote_managers = managers
+                    .iter()
+                    .filter_map(|n| n.manager_status.as_ref().map(|ms| RemoteManager { node_id: n.id.clone(), addr: ms.addr.clone() }))
+                    .collect();
+                if managers.len() % 2 == 0 {
+                    info.warnings.push(format!(
+                        "WARNING: the swarm has an even number of managers ({}): it tolerates no more failures than {} would. Use an odd number (3, 5 or 7).",
+                        managers.len(),
+                        managers.len() - 1
+                    ));
+                }
+            }
+            None => {
+                info.remote_managers = f
+                    .managers
+                    .iter()
+                    .map(|a| RemoteManager { node_id: crate::store::NodeId(String::new()), addr: a.clone() })
+                    .collect();
+            }
+        }
+        info
+    }
+
+    async fn swarm_inspect(&self) -> ControlResult<SwarmView> {
+        let m = self.manager()?;
+        let cluster = m.state.read().cluster.clone().ok_or_else(|| ControlError::Unavailable("the swarm is still starting".into()))?;
+        let digest = pki::ca_digest(&cluster.root_ca.cert_pem).map_err(|e| ControlError::Internal(e.to_string()))?;
+        Ok(SwarmView {
+            worker_token: pki::JoinToken::new(digest, cluster.join_secrets.worker.clone()).to_string(),
+            manager_token: pki::JoinToken::new(digest, cluster.join_secrets.manager.clone()).to_string(),
+            cluster,
+        })
+    }
+
+    async fn swarm_init(&self, req: InitRequest) -> ControlResult<crate::store::NodeId> {
+        let mut phase = self.inner.phase.lock().await;
+        let (running, id) = match (&*phase, req.force_new_cluster) {
+            (Some(r), true) => self.force_new_cluster(r.clone(), req).await?,
+            (Some(_), false) => return Err(ControlError::AlreadyInSwarm),
+            (None, _) => self.init_new(req).await?,
+        };
+        *phase = Some(running.clone());
+        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        Ok(id)
+    }
+
+    async fn swarm_join(&self, req: JoinRequest) -> ControlResult<()> {
+        let mut phase = self.inner.phase.lock().await;
+        if phase.is_some() {
+            return Err(ControlError::AlreadyInSwarm);
+        }
+        let running = self.join(req).await?;
+        *phase = Some(running.clone());
+        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        Ok(())
+    }
+
+    async fn swarm_leave(&self, force: bool) -> ControlResult<()> {
+        let mut phase = self.inner.phase.lock().await;
+        let Some(running) = phase.clone() else {
+            return Err(ControlError::FailedPrecondition("This node is not part of a swarm".into()));
+        };
+        if let Some(m) = running.manager() {
+            let (managers, reachable) = {
+                let state = m.state.read();
+                let managers: Vec<&Node> = state.managers().collect();
+                let reachable = managers.iter().filter(|n| n.manager_status.as_ref().is_some_and(|s| s.reachability == Reachability::Reachable)).count();
+                (managers.len(), reachable)
+            };
+            if !force {
+                let msg = if managers <= 1 {
+                    "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.".to_string()
+                } else {
+                    format!(
+                        "You are attempting to leave the swarm on a node that is participating as a manager. Removing this node leaves {} managers out of {managers}. Without a Raft quorum your swarm will be inaccessible. The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.",
+                        reachable.saturating_sub(1)
+                    )
+                };
+                return Err(ControlError::FailedPrecondition(msg));
+            }
+            if managers > 1 {
+                let caller = running.self_caller();
+                if let Reply::Error(e) = m.handle(caller, Request::Leave).await {
+                    warn!("could not leave raft cleanly: {e}");
+                }
+            }
+        } else {
+            session::notify_leave(&running).await;
+        }
+        running.stop().await;
+        self.inner.dir.wipe().map_err(|e| ControlError::Internal(e.to_string()))?;
+        *phase = None;
+        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+        info!("left the swarm");
+        Ok(())
+    }
+
+    async fn swarm_update(&self, req: SwarmUpdate) -> ControlResult<()> {
+        let m = self.manager()?;
+        if req.spec.autolock {
+            return Err(ControlError::InvalidArgument(
+                "autolock is not available in this version of apiary yet".into(),
+            ));
+        }
+        if req.spec.dispatcher_heartbeat_ns < crate::store::NANOS_PER_SEC / 10 {
+            return Err(ControlError::InvalidArgument("dispatcher heartbeat period must be at least 100ms".into()));
+        }
+        if req.spec.cert_expiry_ns < 3600 * crate::store::NANOS_PER_SEC {
+            return Err(ControlError::InvalidArgument("certificate expiry must be at least 1h".into()));
+        }
+        let now = crate::util::now_rfc3339();
+        m.propose(Command::UpdateCluster { version: req.version, spec: req.spec, now: now.clone() }).await?;
+        if req.rotate_worker_token || req.rotate_manager_token {
+            let cmd = Command::RotateJoinSecrets {
+                worker: req.rotate_worker_token.then(pki::new_join_secret),
+                manager: req.rotate_manager_token.then(pki::new_join_secret),
+                now,
+            };
+            m.propose(cmd).await?;
+        }
+        Ok(())
+    }
+
+    async fn nodes(&self) -> ControlResult<Vec<NodeView>> {
+        let m = self.manager()?;
+        let nodes: Vec<Node> = m.state.read().nodes.values().cloned().collect();
+        Ok(nodes.into_iter().map(|n| self.view(&m, n)).collect())
+    }
+
+    async fn node(&self, id: &str) -> ControlResult<NodeView> {
+        let m = self.manager()?;
+        let n = self.resolve_node(&m, id)?;
+        Ok(self.view(&m, n))
+    }
+
+    async fn node_update(&self, id: &str, version: u64, spec: NodeSpec) -> ControlResult<()> {
+        let m = self.manager()?;
+        let n = self.resolve_node(&m, id)?;
+        m.propose(Command::UpdateNodeSpec { id: n.id, version, spec, now: crate::util::now_rfc3339() }).await?;
+        Ok(())
+    }
+
+    async fn node_remove(&self, id: &str, force: bool) -> ControlResult<()> {
+        let m = self.manager()?;
+        let n = self.resolve_node(&m, id)?;
+        if n.manager_status.is_some() {
+            return Err(ControlError::FailedPrecondition(format!(
+                "node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal",
+                n.id
+            )));
+        }
+        if !force && n.status.state == NodeState::Ready {
+            return Err(ControlError::FailedPrecondition(format!(
+                "node {} is not down and can't be removed: stop the node first (or make it leave with `apiary swarm leave`), or use --force",
+                n.id
+            )));
+        }
+        m.propose(Command::RemoveNode { id: n.id.clone() }).await?;
+        m.dispatcher().forget(&n.id);
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! openraft's network over the QUIC transport.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+
+use super::TypeConfig;
+use crate::rpc::{self, Reply, Request};
+use crate::transport::Transport;
+
+/// Server name managers present (DNS SAN of every manager certificate).
+pub const MANAGER_SERVER_NAME: &str = "swarm-manager";
+
+#[derive(Clone)]
+pub struct Network {
+    transport: Transport,
+}
+
+impl Network {
+    pub fn new(transport: Transport) -> Self {
+        Network { transport }
+    }
+}
+
+pub struct Client {
+    transport: Transport,
+    target: u64,
+    addr: Result<SocketAddr, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Client;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Client {
+        let addr = node
+            .addr
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("raft member {target} has a bad address {:?}: {e}", node.addr));
+        Client { transport: self.transport.clone(), target, addr }
+    }
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
+
+impl Client {
+    async fn send<E: std::error::Error>(
+        &self,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Reply, RpcErr<E>> {
+        let addr = self
+            .addr
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+        let bytes = self
+            .transport
+            .call(addr, MANAGER_SERVER_NAME, rpc::encode(&req), timeout)
+            .await
+            // openraft backs off from Unreachable peers, which is what a dead
+            // or cut-off manager needs.
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let reply: Reply = rpc::decode(&bytes)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        if let Reply::Error(e) = reply {
+            return Err(RPCError::Network(NetworkError::new(&e)));
+        }
+        Ok(reply)
+    }
+
+    fn unexpected<E: std::error::Error>(&self, what: &str) -> RpcErr<E> {
+        RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+            "raft member {} answered {what} with an unexpected message",
+            self.target
+        ))))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Client {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        match self.send(Request::AppendEntries(rpc), option.hard_ttl()).await? {
+            Reply::AppendEntries(Ok(r)) => Ok(r),
+            Reply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.unexpected("append-entries")),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+        match self.send(Request::InstallSnapshot(rpc), option.hard_ttl()).await? {
+            Reply::InstallSnapshot(Ok(r)) => Ok(r),
+            Reply::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.unexpected("install-snapshot")),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RpcErr> {
+        match self.send(Request::Vote(rpc), option.hard_ttl()).await? {
+            Reply::Vote(Ok(r)) => Ok(r),
+            Reply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.unexpected("vote")),
+        }
+    }
+}

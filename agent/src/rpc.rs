@@ -1,0 +1,155 @@
+//! The cluster RPCs: what nodes say to managers over `transport`.
+//!
+//! Each call is one request and one response on its own QUIC stream, encoded
+//! as JSON (small, debuggable, and raft's types already implement serde).
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::raft::TypeConfig;
+use crate::store::{Availability, Command, NodeDescription, NodeId, RaftId, Response as StoreResponse, Role};
+
+type AppendReq = openraft::raft::AppendEntriesRequest<TypeConfig>;
+type VoteReq = openraft::raft::VoteRequest<u64>;
+type SnapReq = openraft::raft::InstallSnapshotRequest<TypeConfig>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    // ---- join protocol (ALPN_JOIN, no client certificate needed) ----
+    /// The cluster's root CA, for the joiner to check against its token.
+    GetCa,
+    /// Join with a token secret; the answer carries a signed certificate.
+    Join(JoinRequest),
+
+    // ---- cluster protocol (mTLS) ----
+    /// Raft traffic between managers.
+    AppendEntries(AppendReq),
+    Vote(VoteReq),
+    InstallSnapshot(SnapReq),
+    /// A write forwarded by a follower to the leader.
+    Propose(Command),
+    /// A manager that holds a manager certificate asks to become a raft voter.
+    RaftJoin { node_id: NodeId, raft_id: RaftId, addr: String },
+    /// Ask a manager to start an election now (leadership hand-over).
+    Elect,
+    /// Liveness and instructions, every heartbeat period, from every node.
+    Heartbeat(Heartbeat),
+    /// A new certificate for the calling node (renewal or role change).
+    RenewCert { csr_pem: String },
+    /// The calling node leaves the swarm (workers: marks it Down at once).
+    Leave,
+    /// Cheap reachability probe.
+    Ping,
+    /// A follower passing a call on to the leader, vouching for who made it.
+    /// Accepted only from managers.
+    Forwarded { caller: Caller, inner: Box<Request> },
+}
+
+/// Who made a call, as the manager that first received it established from
+/// the caller's certificate and address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Caller {
+    /// From the verified certificate; None on the join protocol.
+    pub node_id: Option<NodeId>,
+    pub role: Option<Role>,
+    pub ip: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub secret: String,
+    pub csr_pem: String,
+    pub description: NodeDescription,
+    pub advertise_addr: String,
+    pub availability: Availability,
+    /// The joiner's address as seen by the first manager it reached (kept
+    /// when a follower forwards the request to the leader).
+    pub observed_ip: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Joined {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub role: Role,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub managers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: NodeId,
+    /// The role of the certificate the node holds now.
+    pub role: Role,
+    pub description: NodeDescription,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub period_ms: u64,
+    /// What the cluster wants this node to be; differs from the held role
+    /// after promote/demote until the node has renewed its certificate.
+    pub desired_role: Role,
+    /// Whether the node is (still) a raft voter.
+    pub raft_member: bool,
+    /// Managers' cluster addresses, for failover of the session.
+    pub managers: Vec<String>,
+    /// Renew the certificate now (e.g. cert expiry policy changed).
+    pub renew: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Renewed {
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub role: Role,
+}
+
+/// Every answer. Errors a caller should act on are typed; the rest are text.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Ca { cert_pem: String },
+    Joined(Joined),
+    AppendEntries(Result<openraft::raft::AppendEntriesResponse<u64>, openraft::error::RaftError<u64>>),
+    Vote(Result<openraft::raft::VoteResponse<u64>, openraft::error::RaftError<u64>>),
+    InstallSnapshot(
+        Result<
+            openraft::raft::InstallSnapshotResponse<u64>,
+            openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>,
+        >,
+    ),
+    Proposed(StoreResponse),
+    Heartbeat(HeartbeatReply),
+    Renewed(Renewed),
+    Ok,
+    Error(RpcError),
+}
+
+/// Failures that cross the wire, typed so callers can map them to the right
+/// user-facing error.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum RpcError {
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error("this node is not a manager")]
+    NotManager,
+    #[error("{0}")]
+    NoQuorum(String),
+    #[error("not allowed: {0}")]
+    PermissionDenied(String),
+    #[error("node {0} is not part of this swarm (it was removed); join it again with a join token")]
+    UnknownNode(String),
+    #[error("{0}")]
+    Store(crate::store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our message types serialize infallibly (string keys, plain data).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("malformed cluster message: {e}"))
+}
