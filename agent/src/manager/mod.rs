@@ -91,7 +91,9 @@ impl Manager {
         snapshot_interval: u64,
     ) -> Result<Arc<Manager>, ControlError> {
         let path = data_dir.join("raft.redb");
-        let (log, sm, state) = storage::open(&path)
+        let (log, sm, state) = tokio::task::spawn_blocking(move || storage::open(&path))
+            .await
+            .map_err(|e| ControlError::Internal(format!("opening the raft store panicked: {e}")))?
             .map_err(|e| ControlError::Internal(format!("cannot open the raft store: {e}")))?;
         let config = Arc::new(raft_config(snapshot_interval).map_err(ControlError::Internal)?);
         let raft = Raft::new(me.raft_id, config, Network::new(transport.clone()), log, sm)

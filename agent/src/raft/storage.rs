@@ -1,1 +1,0 @@
-//! redb-backed raft log and state machine. (being written)

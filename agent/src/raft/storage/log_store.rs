@@ -1,0 +1,231 @@
+//! The raft log and vote.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, Entry, RaftLogReader, StorageIOError, Vote};
+use redb::{Database, ReadableTable, ReadableTableMetadata};
+
+use super::{
+    blocking, decode, encode, read_meta, write_meta, Error, LogId, Op, OrIo, LOG, META,
+    META_COMMITTED, META_LAST_PURGED, META_VOTE,
+};
+use crate::raft::TypeConfig;
+
+/// The log half of the raft database: entries, vote, committed and purge
+/// marks. Cheap to clone; clones read the same database (openraft hands one
+/// to each replication task as its log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub(super) fn new(db: Arc<Database>) -> Self {
+        LogStore { db }
+    }
+
+    /// True if the database holds a vote or any log (present or purged):
+    /// the node was a raft member before and must restart raft from this
+    /// state rather than initialise or join a cluster.
+    pub async fn has_state(&self) -> Result<bool, Error> {
+        let db = self.db.clone();
+        blocking(Op::ReadLogs, move || {
+            let txn = db.begin_read().or_io(Op::ReadLogs)?;
+            let meta = txn.open_table(META).or_io(Op::ReadLogs)?;
+            if meta.get(META_VOTE).or_io(Op::ReadVote)?.is_some()
+                || meta.get(META_LAST_PURGED).or_io(Op::ReadLogs)?.is_some()
+            {
+                return Ok(true);
+            }
+            let log = txn.open_table(LOG).or_io(Op::ReadLogs)?;
+            Ok(!log.is_empty().or_io(Op::ReadLogs)?)
+        })
+        .await
+    }
+}
+
+/// Decode the entry stored at `index`, checking it is the one asked for.
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, Error> {
+    let entry: Entry<TypeConfig> =
+        decode(bytes).map_err(|e| StorageIOError::read_log_at_index(index, AnyError::new(&e)))?;
+    if entry.log_id.index != index {
+        return Err(StorageIOError::read_log_at_index(
+            index,
+            AnyError::error(format!(
+                "entry stored at index {index} has log id {}",
+                entry.log_id
+            )),
+        )
+        .into());
+    }
+    Ok(entry)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        let range: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
+        let db = self.db.clone();
+        blocking(Op::ReadLogs, move || {
+            let txn = db.begin_read().or_io(Op::ReadLogs)?;
+            let log = txn.open_table(LOG).or_io(Op::ReadLogs)?;
+            let mut entries = Vec::new();
+            for row in log.range::<u64>(range).or_io(Op::ReadLogs)? {
+                let (k, v) = row.or_io(Op::ReadLogs)?;
+                entries.push(decode_entry(k.value(), v.value())?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, Error> {
+        let db = self.db.clone();
+        blocking(Op::ReadLogs, move || {
+            let txn = db.begin_read().or_io(Op::ReadLogs)?;
+            let meta = txn.open_table(META).or_io(Op::ReadLogs)?;
+            let last_purged_log_id: Option<LogId> =
+                read_meta(&meta, META_LAST_PURGED, Op::ReadLogs)?;
+            let log = txn.open_table(LOG).or_io(Op::ReadLogs)?;
+            let last_log_id = match log.last().or_io(Op::ReadLogs)? {
+                Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
+                None => last_purged_log_id,
+            };
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id,
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), Error> {
+        let db = self.db.clone();
+        let vote = *vote;
+        blocking(Op::WriteVote, move || {
+            let txn = db.begin_write().or_io(Op::WriteVote)?;
+            {
+                let mut meta = txn.open_table(META).or_io(Op::WriteVote)?;
+                write_meta(&mut meta, META_VOTE, Some(&vote), Op::WriteVote)?;
+            }
+            txn.commit().or_io(Op::WriteVote)
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, Error> {
+        let db = self.db.clone();
+        blocking(Op::ReadVote, move || {
+            let txn = db.begin_read().or_io(Op::ReadVote)?;
+            let meta = txn.open_table(META).or_io(Op::ReadVote)?;
+            read_meta(&meta, META_VOTE, Op::ReadVote)
+        })
+        .await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), Error> {
+        let db = self.db.clone();
+        blocking(Op::WriteLogs, move || {
+            let txn = db.begin_write().or_io(Op::WriteLogs)?;
+            {
+                let mut meta = txn.open_table(META).or_io(Op::WriteLogs)?;
+                write_meta(&mut meta, META_COMMITTED, committed.as_ref(), Op::WriteLogs)?;
+            }
+            txn.commit().or_io(Op::WriteLogs)
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, Error> {
+        let db = self.db.clone();
+        blocking(Op::ReadLogs, move || {
+            let txn = db.begin_read().or_io(Op::ReadLogs)?;
+            let meta = txn.open_table(META).or_io(Op::ReadLogs)?;
+            read_meta(&meta, META_COMMITTED, Op::ReadLogs)
+        })
+        .await
+    }
+
+    /// One write transaction for the whole batch; `callback` is told only
+    /// after it committed, so the entries are on disk (and readable) by then.
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let db = self.db.clone();
+        let written = blocking(Op::WriteLogs, move || {
+            let txn = db.begin_write().or_io(Op::WriteLogs)?;
+            {
+                let mut log = txn.open_table(LOG).or_io(Op::WriteLogs)?;
+                for entry in &entries {
+                    let bytes = encode(entry).map_err(|e| {
+                        StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e))
+                    })?;
+                    log.insert(entry.log_id.index, bytes.as_slice())
+                        .or_io(Op::WriteLogs)?;
+                }
+            }
+            txn.commit().or_io(Op::WriteLogs)
+        })
+        .await;
+        match written {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    /// Delete entries from `log_id.index` on, inclusive.
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), Error> {
+        let db = self.db.clone();
+        blocking(Op::WriteLogs, move || {
+            let txn = db.begin_write().or_io(Op::WriteLogs)?;
+            {
+                let mut log = txn.open_table(LOG).or_io(Op::WriteLogs)?;
+                log.retain_in(log_id.index.., |_, _| false)
+                    .or_io(Op::WriteLogs)?;
+            }
+            txn.commit().or_io(Op::WriteLogs)
+        })
+        .await
+    }
+
+    /// Delete entries up to `log_id.index`, inclusive, and remember `log_id`
+    /// as the last purged one, in one transaction.
+    async fn purge(&mut self, log_id: LogId) -> Result<(), Error> {
+        let db = self.db.clone();
+        blocking(Op::WriteLogs, move || {
+            let txn = db.begin_write().or_io(Op::WriteLogs)?;
+            {
+                let mut meta = txn.open_table(META).or_io(Op::WriteLogs)?;
+                write_meta(&mut meta, META_LAST_PURGED, Some(&log_id), Op::WriteLogs)?;
+                let mut log = txn.open_table(LOG).or_io(Op::WriteLogs)?;
+                log.retain_in(..=log_id.index, |_, _| false)
+                    .or_io(Op::WriteLogs)?;
+            }
+            txn.commit().or_io(Op::WriteLogs)
+        })
+        .await
+    }
+}

@@ -1,0 +1,298 @@
+//! redb-backed raft log and state machine: one database file per manager
+//! (`<data-dir>/raft.redb`) holds the log, the vote, the state machine's
+//! rows and the current snapshot.
+//!
+//! Tables:
+//! - `raft_log`: log index -> JSON of the [`Entry`](openraft::Entry);
+//! - `raft_meta`: `vote`, `committed`, `last_purged_log_id` (log side) and
+//!   `last_applied`, `last_membership`, `snapshot_meta` (state machine side),
+//!   each a JSON value;
+//! - `objects`: the state machine's rows (`"<kind>/<id>"` -> object JSON),
+//!   exactly what [`State::rows`] gives;
+//! - `snapshot`: the current snapshot blob under one key.
+//!
+//! redb is blocking: every access runs inside [`tokio::task::spawn_blocking`],
+//! never in an `async fn` body, and every write is one transaction committed
+//! with redb's default (immediate, fsynced) durability before the call
+//! returns or acknowledges.
+
+// openraft's `StorageError` is what every trait method must return; boxing it
+// in the helpers would only move the size around.
+#![allow(clippy::result_large_err)]
+
+mod log_store;
+mod snapshot;
+mod state_machine;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::{AnyError, StorageError, StorageIOError};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use log_store::LogStore;
+pub use state_machine::{SnapshotBuilder, StateMachineStore};
+
+use super::{shared_state, StateReader};
+use crate::store::{State, StoreError};
+
+/// Raft log: index -> JSON entry.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Small raft values, JSON, under the `META_*` keys.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// The state machine's rows, as [`State::rows`] names and encodes them.
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+/// The current snapshot blob, under [`SNAPSHOT_KEY`].
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+const META_VOTE: &str = "vote";
+const META_COMMITTED: &str = "committed";
+const META_LAST_PURGED: &str = "last_purged_log_id";
+const META_LAST_APPLIED: &str = "last_applied";
+const META_LAST_MEMBERSHIP: &str = "last_membership";
+const META_SNAPSHOT: &str = "snapshot_meta";
+const SNAPSHOT_KEY: &str = "current";
+
+type NodeId = u64;
+type LogId = openraft::LogId<NodeId>;
+type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+type Error = StorageError<NodeId>;
+
+/// Why the raft database could not be opened. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the raft database {}: {source}{}", path.display(), locked_hint(source))]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("cannot {what} in the raft database {}: {source}", path.display())]
+    Db {
+        path: PathBuf,
+        what: &'static str,
+        source: redb::Error,
+    },
+    #[error(
+        "the raft database {} is damaged: its stored {what} does not decode ({source}); \
+         restore the data directory from a backup or remove this manager and rejoin",
+        path.display()
+    )]
+    Decode {
+        path: PathBuf,
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error(
+        "the raft database {} is damaged: {source}; \
+         restore the data directory from a backup or remove this manager and rejoin",
+        path.display()
+    )]
+    State { path: PathBuf, source: StoreError },
+}
+
+fn locked_hint(e: &redb::DatabaseError) -> &'static str {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            " (is another apiary agent running with this data directory?)"
+        }
+        _ => "",
+    }
+}
+
+/// Open (creating if absent) `path` as the manager's raft database and load
+/// the replicated [`State`] from its rows.
+///
+/// Blocking: call it before the runtime starts or from `spawn_blocking`.
+/// Whether the node was a raft member before is [`LogStore::has_state`].
+pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore, StateReader), OpenError> {
+    let db = Database::create(path).map_err(|source| OpenError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    init(db, path)
+}
+
+/// [`open`] over redb's in-memory backend, for tests.
+pub fn open_in_memory() -> Result<(LogStore, StateMachineStore, StateReader), OpenError> {
+    let path = Path::new("<in-memory>");
+    let db = Database::builder()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .map_err(|source| OpenError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    init(db, path)
+}
+
+fn init(
+    db: Database,
+    path: &Path,
+) -> Result<(LogStore, StateMachineStore, StateReader), OpenError> {
+    let db_err = |what: &'static str| {
+        move |e: redb::Error| OpenError::Db {
+            path: path.to_path_buf(),
+            what,
+            source: e,
+        }
+    };
+    let decode_err = |what: &'static str| {
+        move |e: serde_json::Error| OpenError::Decode {
+            path: path.to_path_buf(),
+            what,
+            source: e,
+        }
+    };
+
+    // Create every table up front, so readers never meet a missing table.
+    let txn = db
+        .begin_write()
+        .map_err(|e| db_err("start a transaction")(e.into()))?;
+    for def in [META, OBJECTS, SNAPSHOTS] {
+        txn.open_table(def)
+            .map_err(|e| db_err("create tables")(e.into()))?;
+    }
+    txn.open_table(LOG)
+        .map_err(|e| db_err("create tables")(e.into()))?;
+    txn.commit()
+        .map_err(|e| db_err("create tables")(e.into()))?;
+
+    let txn = db
+        .begin_read()
+        .map_err(|e| db_err("start a transaction")(e.into()))?;
+    let meta = txn
+        .open_table(META)
+        .map_err(|e| db_err("read the raft metadata")(e.into()))?;
+    let get = |key: &str| -> Result<Option<Vec<u8>>, OpenError> {
+        let v = meta
+            .get(key)
+            .map_err(|e| db_err("read the raft metadata")(e.into()))?;
+        Ok(v.map(|g| g.value().to_vec()))
+    };
+    let last_applied: Option<LogId> = match get(META_LAST_APPLIED)? {
+        Some(b) => Some(decode(&b).map_err(decode_err("last applied log id"))?),
+        None => None,
+    };
+    let last_membership: StoredMembership = match get(META_LAST_MEMBERSHIP)? {
+        Some(b) => decode(&b).map_err(decode_err("last membership"))?,
+        None => StoredMembership::default(),
+    };
+    let objects = txn
+        .open_table(OBJECTS)
+        .map_err(|e| db_err("read the objects")(e.into()))?;
+    let mut rows = Vec::new();
+    for row in objects
+        .iter()
+        .map_err(|e| db_err("read the objects")(e.into()))?
+    {
+        let (k, v) = row.map_err(|e| db_err("read the objects")(e.into()))?;
+        rows.push((k.value().to_string(), v.value().to_vec()));
+    }
+    drop((meta, objects, txn));
+    let state = State::from_rows(rows).map_err(|source| OpenError::State {
+        path: path.to_path_buf(),
+        source,
+    })?;
+
+    let (writer, reader) = shared_state(state, last_applied.map_or(0, |l| l.index));
+    let db = Arc::new(db);
+    let log = LogStore::new(db.clone());
+    let sm = StateMachineStore::new(db, writer, last_applied, last_membership);
+    Ok((log, sm, reader))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(v)
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(b)
+}
+
+/// What a storage call was doing, to build openraft's error for it.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    ReadLogs,
+    WriteLogs,
+    ReadVote,
+    WriteVote,
+    WriteStateMachine,
+    ReadSnapshot,
+    WriteSnapshot,
+}
+
+impl Op {
+    fn error(self, source: AnyError) -> Error {
+        match self {
+            Op::ReadLogs => StorageIOError::read_logs(source),
+            Op::WriteLogs => StorageIOError::write_logs(source),
+            Op::ReadVote => StorageIOError::read_vote(source),
+            Op::WriteVote => StorageIOError::write_vote(source),
+            Op::WriteStateMachine => StorageIOError::write_state_machine(source),
+            Op::ReadSnapshot => StorageIOError::read_snapshot(None, source),
+            Op::WriteSnapshot => StorageIOError::write_snapshot(None, source),
+        }
+        .into()
+    }
+}
+
+/// `result.or_io(Op::ReadLogs)?`: any error (redb, serde) as a `StorageError`.
+trait OrIo<T> {
+    fn or_io(self, op: Op) -> Result<T, Error>;
+}
+
+impl<T, E: std::error::Error + 'static> OrIo<T> for Result<T, E> {
+    fn or_io(self, op: Op) -> Result<T, Error> {
+        self.map_err(|e| op.error(AnyError::new(&e)))
+    }
+}
+
+/// Run blocking database work off the async runtime. A panic inside is a
+/// storage error for `op`, not a panic of the caller.
+async fn blocking<T, F>(op: Op, f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(op.error(AnyError::new(&e))),
+    }
+}
+
+/// Read one JSON value from the meta table.
+fn read_meta<T, Tbl>(table: &Tbl, key: &str, op: Op) -> Result<Option<T>, Error>
+where
+    T: DeserializeOwned,
+    Tbl: ReadableTable<&'static str, &'static [u8]>,
+{
+    match table.get(key).or_io(op)? {
+        Some(v) => decode(v.value())
+            .map_err(|e| op.error(AnyError::new(&e).add_context(|| format!("stored {key}"))))
+            .map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Write one JSON value to the meta table (`None` removes the key).
+fn write_meta<T: Serialize>(
+    table: &mut redb::Table<&str, &[u8]>,
+    key: &str,
+    value: Option<&T>,
+    op: Op,
+) -> Result<(), Error> {
+    match value {
+        Some(v) => {
+            let bytes = encode(v).or_io(op)?;
+            table.insert(key, bytes.as_slice()).or_io(op)?;
+        }
+        None => {
+            table.remove(key).or_io(op)?;
+        }
+    }
+    Ok(())
+}

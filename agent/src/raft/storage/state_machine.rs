@@ -1,0 +1,340 @@
+//! The state machine: applies committed commands to [`State`] and keeps its
+//! rows, the applied log id and membership, and the current snapshot.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{AnyError, Entry, EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use redb::Database;
+
+use super::{
+    blocking, read_meta, snapshot, write_meta, Error, LogId, Op, OrIo, SnapshotMeta,
+    StoredMembership, META, META_LAST_APPLIED, META_LAST_MEMBERSHIP, META_SNAPSHOT, OBJECTS,
+    SNAPSHOTS, SNAPSHOT_KEY,
+};
+use crate::raft::{StateReader, StateWriter, TypeConfig};
+use crate::store::{Response, State};
+
+/// The last applied log id and membership, as persisted. Kept in memory so
+/// `applied_state` and snapshot building need no I/O; updated only after
+/// the transaction that persists it has committed.
+#[derive(Clone, Debug, Default)]
+struct Applied {
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+}
+
+/// The state machine half of the raft database. It is the only writer of
+/// the shared [`State`] (through its [`StateWriter`]).
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    writer: Arc<StateWriter>,
+    reader: StateReader,
+    applied: Arc<Mutex<Applied>>,
+}
+
+fn lock(applied: &Mutex<Applied>) -> MutexGuard<'_, Applied> {
+    // Only plain assignments happen under this lock: a poisoned value is whole.
+    applied.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StateMachineStore {
+    pub(super) fn new(
+        db: Arc<Database>,
+        writer: StateWriter,
+        last_applied: Option<LogId>,
+        last_membership: StoredMembership,
+    ) -> Self {
+        let reader = writer.reader();
+        StateMachineStore {
+            db,
+            writer: Arc::new(writer),
+            reader,
+            applied: Arc::new(Mutex::new(Applied {
+                last_applied,
+                last_membership,
+            })),
+        }
+    }
+}
+
+/// What one committed batch produced.
+struct Batch {
+    state: State,
+    responses: Vec<Response>,
+    last: LogId,
+    membership: Option<StoredMembership>,
+}
+
+/// Apply `entries` to `state` (a working copy) and write their changes, the
+/// last applied id and any new membership in ONE transaction, then commit.
+/// The caller publishes the new state only if this returns `Ok`.
+fn apply_batch(
+    db: &Database,
+    mut state: State,
+    entries: &[Entry<TypeConfig>],
+) -> Result<Batch, Error> {
+    let op = Op::WriteStateMachine;
+    let Some(last) = entries.last().map(|e| e.log_id) else {
+        return Err(op.error(AnyError::error("apply called with no entries")));
+    };
+    let txn = db.begin_write().or_io(op)?;
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut membership = None;
+    {
+        let mut objects = txn.open_table(OBJECTS).or_io(op)?;
+        for entry in entries {
+            match &entry.payload {
+                EntryPayload::Blank => responses.push(Response::default()),
+                EntryPayload::Normal(cmd) => {
+                    let (response, changes) = state.apply(entry.log_id.index, cmd);
+                    for change in changes {
+                        match &change.value {
+                            Some(v) => {
+                                objects
+                                    .insert(change.key.as_str(), v.as_slice())
+                                    .or_io(op)?;
+                            }
+                            None => {
+                                objects.remove(change.key.as_str()).or_io(op)?;
+                            }
+                        }
+                    }
+                    responses.push(response);
+                }
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                    responses.push(Response::default());
+                }
+            }
+        }
+        let mut meta = txn.open_table(META).or_io(op)?;
+        write_meta(&mut meta, META_LAST_APPLIED, Some(&last), op)?;
+        if let Some(m) = &membership {
+            write_meta(&mut meta, META_LAST_MEMBERSHIP, Some(m), op)?;
+        }
+    }
+    txn.commit().or_io(op)?;
+    Ok(Batch {
+        state,
+        responses,
+        last,
+        membership,
+    })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), Error> {
+        let a = lock(&self.applied).clone();
+        Ok((a.last_applied, a.last_membership))
+    }
+
+    /// The whole batch in one transaction, applied to a copy of the state
+    /// that replaces the shared one only after the commit. If anything
+    /// fails (including a panic in `State::apply`), readers keep the last
+    /// committed state and raft stops on the returned error.
+    ///
+    /// Why a copy rather than apply-then-roll-back: after an I/O error redb
+    /// refuses all further I/O (`PreviousIo`), so the state could not be
+    /// reloaded from disk exactly when a rollback is needed. The price is
+    /// one `State` clone per batch, paid under the read lock only.
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, Error>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.db.clone();
+        let writer = self.writer.clone();
+        let reader = self.reader.clone();
+        let applied = self.applied.clone();
+        blocking(Op::WriteStateMachine, move || {
+            let working = reader.read().clone();
+            let batch = apply_batch(&db, working, &entries).inspect_err(|e| {
+                tracing::error!(error = %e, "applying raft entries failed; the state stays at the last committed batch");
+            })?;
+            // The old state is dropped outside the lock.
+            let old = writer.with(|s| std::mem::replace(s, batch.state));
+            drop(old);
+            {
+                let mut a = lock(&applied);
+                a.last_applied = Some(batch.last);
+                if let Some(m) = batch.membership {
+                    a.last_membership = m;
+                }
+            }
+            writer.set_applied(batch.last.index);
+            Ok(batch.responses)
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let applied = lock(&self.applied).clone();
+        let state = self.reader.read().clone();
+        SnapshotBuilder {
+            db: self.db.clone(),
+            state,
+            applied,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, Error> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    /// Replace the objects table, applied id, membership and current
+    /// snapshot in one transaction; the in-memory state is replaced only
+    /// after it committed.
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), Error> {
+        let blob = snapshot.into_inner();
+        let meta = meta.clone();
+        let db = self.db.clone();
+        let writer = self.writer.clone();
+        let applied = self.applied.clone();
+        blocking(Op::WriteSnapshot, move || {
+            let signature = Some(meta.signature());
+            let read_err = |e: AnyError| -> Error {
+                StorageIOError::read_snapshot(signature.clone(), e).into()
+            };
+
+            let decoded = snapshot::decode(&blob).map_err(|e| read_err(AnyError::new(&e)))?;
+            if decoded.meta.last_log_id != meta.last_log_id {
+                return Err(read_err(AnyError::error(format!(
+                    "snapshot data is for log id {:?}, its meta says {:?}",
+                    decoded.meta.last_log_id, meta.last_log_id
+                ))));
+            }
+
+            let op = Op::WriteSnapshot;
+            let txn = db.begin_write().or_io(op)?;
+            {
+                let mut objects = txn.open_table(OBJECTS).or_io(op)?;
+                objects.retain(|_, _| false).or_io(op)?;
+                for (k, v) in &decoded.rows {
+                    objects.insert(k.as_str(), v.as_slice()).or_io(op)?;
+                }
+                let mut t = txn.open_table(META).or_io(op)?;
+                write_meta(&mut t, META_LAST_APPLIED, meta.last_log_id.as_ref(), op)?;
+                write_meta(
+                    &mut t,
+                    META_LAST_MEMBERSHIP,
+                    Some(&meta.last_membership),
+                    op,
+                )?;
+                write_meta(&mut t, META_SNAPSHOT, Some(&meta), op)?;
+                let mut s = txn.open_table(SNAPSHOTS).or_io(op)?;
+                s.insert(SNAPSHOT_KEY, blob.as_slice()).or_io(op)?;
+            }
+            // Decode the rows before committing: a snapshot whose rows do not
+            // make a State must change nothing.
+            let state = State::from_rows(decoded.rows).map_err(|e| read_err(AnyError::new(&e)))?;
+            txn.commit().or_io(op)?;
+
+            let old = writer.with(|s| std::mem::replace(s, state));
+            drop(old);
+            {
+                let mut a = lock(&applied);
+                a.last_applied = meta.last_log_id;
+                a.last_membership = meta.last_membership.clone();
+            }
+            writer.set_applied(meta.last_log_id.map_or(0, |l| l.index));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
+        let db = self.db.clone();
+        blocking(Op::ReadSnapshot, move || {
+            let op = Op::ReadSnapshot;
+            let txn = db.begin_read().or_io(op)?;
+            let meta_table = txn.open_table(META).or_io(op)?;
+            let meta: Option<SnapshotMeta> = read_meta(&meta_table, META_SNAPSHOT, op)?;
+            let blobs = txn.open_table(SNAPSHOTS).or_io(op)?;
+            let blob = blobs
+                .get(SNAPSHOT_KEY)
+                .or_io(op)?
+                .map(|g| g.value().to_vec());
+            match (meta, blob) {
+                (Some(meta), Some(blob)) => Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(blob)),
+                })),
+                (None, None) => Ok(None),
+                (Some(_), None) => Err(op.error(AnyError::error(
+                    "snapshot meta is stored but its data is missing",
+                ))),
+                (None, Some(_)) => Err(op.error(AnyError::error(
+                    "snapshot data is stored but its meta is missing",
+                ))),
+            }
+        })
+        .await
+    }
+}
+
+/// Builds a snapshot of the state as it was when the builder was made (a
+/// copy, so applying goes on meanwhile), and stores it as the current one.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    state: State,
+    applied: Applied,
+}
+
+fn snapshot_id(last: Option<LogId>) -> String {
+    // Unique per build even for the same log id (e.g. after a restart).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    match last {
+        Some(l) => format!("{}-{}-{nanos:x}", l.leader_id.term, l.index),
+        None => format!("none-{nanos:x}"),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, Error> {
+        let state = std::mem::take(&mut self.state);
+        let applied = self.applied.clone();
+        let db = self.db.clone();
+        blocking(Op::WriteSnapshot, move || {
+            let op = Op::WriteSnapshot;
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.last_membership,
+                snapshot_id: snapshot_id(applied.last_applied),
+            };
+            let blob = snapshot::encode(&meta, &state.rows()).or_io(op)?;
+
+            let txn = db.begin_write().or_io(op)?;
+            {
+                let mut t = txn.open_table(META).or_io(op)?;
+                let current: Option<SnapshotMeta> = read_meta(&t, META_SNAPSHOT, op)?;
+                // Never replace a newer snapshot (e.g. one installed while
+                // this one was being built) with an older one.
+                if current.is_none_or(|c| c.last_log_id <= meta.last_log_id) {
+                    write_meta(&mut t, META_SNAPSHOT, Some(&meta), op)?;
+                    let mut s = txn.open_table(SNAPSHOTS).or_io(op)?;
+                    s.insert(SNAPSHOT_KEY, blob.as_slice()).or_io(op)?;
+                }
+            }
+            txn.commit().or_io(op)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(blob)),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,419 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{
+    AnyError, BasicNode, CommittedLeaderId, Entry, EntryPayload, Membership, RaftLogReader,
+    RaftSnapshotBuilder, StorageIOError, Vote,
+};
+
+use super::*;
+use crate::raft::TypeConfig;
+use crate::store::{Cluster, ClusterSpec, Command, JoinSecrets, Node, NodeId, Role, RootCa};
+
+/// Stores over a fresh file in a temp dir, kept alive by the guard.
+struct TempFileBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for TempFileBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), Error> {
+        let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        let path = dir.path().join("raft.redb");
+        let (log, sm, _reader) = tokio::task::spawn_blocking(move || open(&path))
+            .await
+            .map_err(|e| StorageIOError::write(AnyError::new(&e)))?
+            .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        Ok((dir, log, sm))
+    }
+}
+
+struct InMemoryBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore> for InMemoryBuilder {
+    async fn build(&self) -> Result<((), LogStore, StateMachineStore), Error> {
+        let (log, sm, _reader) =
+            open_in_memory().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        Ok(((), log, sm))
+    }
+}
+
+#[test]
+fn openraft_suite_over_temp_files() -> Result<(), Error> {
+    Suite::test_all(TempFileBuilder)
+}
+
+#[test]
+fn openraft_suite_in_memory() -> Result<(), Error> {
+    Suite::test_all(InMemoryBuilder)
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    openraft::LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(term, index),
+        payload,
+    }
+}
+
+fn membership() -> Membership<u64, BasicNode> {
+    Membership::new(
+        vec![BTreeSet::from([1])],
+        BTreeMap::from([(1, BasicNode::new("127.0.0.1:4242"))]),
+    )
+}
+
+fn node(id: &str) -> Node {
+    Node {
+        id: NodeId(id.to_string()),
+        version: 0,
+        created_at: "2025-01-01T00:00:00Z".into(),
+        updated_at: "2025-01-01T00:00:00Z".into(),
+        spec: Default::default(),
+        description: Default::default(),
+        status: Default::default(),
+        role: Role::Manager,
+        manager_status: None,
+        cert_expiry: String::new(),
+    }
+}
+
+fn init_cluster() -> Command {
+    Command::InitCluster {
+        cluster: Cluster {
+            id: "cluster1".into(),
+            version: 0,
+            created_at: "2025-01-01T00:00:00Z".into(),
+            updated_at: "2025-01-01T00:00:00Z".into(),
+            spec: ClusterSpec::default(),
+            root_ca: RootCa {
+                cert_pem: "cert".into(),
+                key_pem: "key".into(),
+            },
+            join_secrets: JoinSecrets {
+                worker: "w".into(),
+                manager: "m".into(),
+            },
+        },
+        node: node("node1"),
+    }
+}
+
+/// A membership entry, the cluster's first command and a second node.
+fn first_entries() -> Vec<Entry<TypeConfig>> {
+    vec![
+        entry(1, 1, EntryPayload::Membership(membership())),
+        entry(1, 2, EntryPayload::Normal(init_cluster())),
+        entry(
+            1,
+            3,
+            EntryPayload::Normal(Command::AddNode {
+                node: node("node2"),
+            }),
+        ),
+        entry(1, 4, EntryPayload::Blank),
+    ]
+}
+
+#[tokio::test]
+async fn reopen_restores_vote_log_applied_and_state() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("raft.redb");
+    let vote = Vote::new(1, 1);
+    {
+        let (mut log, mut sm, reader) = open(&path)?;
+        assert!(
+            !log.has_state().await?,
+            "a new database holds no raft state"
+        );
+        log.blocking_append(first_entries()).await?;
+        assert!(log.has_state().await?);
+        log.save_vote(&vote).await?;
+        log.save_committed(Some(log_id(1, 4))).await?;
+        let responses = sm.apply(first_entries()).await?;
+        assert_eq!(responses.len(), 4);
+        assert_eq!(responses[1].version, Some(2));
+        assert_eq!(responses[2].version, Some(3));
+        assert_eq!(responses[2].error, None);
+        assert_eq!(reader.applied(), 4);
+        assert_eq!(reader.read().nodes.len(), 2);
+    }
+
+    let (mut log, mut sm, reader) = open(&path)?;
+    assert!(log.has_state().await?);
+    assert_eq!(log.read_vote().await?, Some(vote));
+    assert_eq!(log.read_committed().await?, Some(log_id(1, 4)));
+    let state = log.get_log_state().await?;
+    assert_eq!(state.last_log_id, Some(log_id(1, 4)));
+    assert_eq!(state.last_purged_log_id, None);
+    let entries = log.try_get_log_entries(2..4).await?;
+    assert_eq!(entries.len(), 2);
+    assert!(matches!(
+        &entries[0].payload,
+        EntryPayload::Normal(Command::InitCluster { .. })
+    ));
+
+    let (applied, mem) = sm.applied_state().await?;
+    assert_eq!(applied, Some(log_id(1, 4)));
+    assert_eq!(mem.log_id(), &Some(log_id(1, 1)));
+    assert_eq!(mem.membership(), &membership());
+
+    assert_eq!(reader.applied(), 4);
+    let state = reader.read().clone();
+    let cluster = state
+        .cluster
+        .as_ref()
+        .ok_or("cluster missing after reopen")?;
+    assert_eq!(cluster.id, "cluster1");
+    assert_eq!(cluster.version, 2);
+    let n1 = state
+        .nodes
+        .get(&NodeId("node1".into()))
+        .ok_or("node1 missing after reopen")?;
+    assert_eq!(n1.version, 2);
+    let n2 = state
+        .nodes
+        .get(&NodeId("node2".into()))
+        .ok_or("node2 missing after reopen")?;
+    assert_eq!(n2.version, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn removed_object_stays_removed_after_reopen() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("raft.redb");
+    {
+        let (_log, mut sm, _reader) = open(&path)?;
+        sm.apply(first_entries()).await?;
+        let r = sm
+            .apply([entry(
+                1,
+                5,
+                EntryPayload::Normal(Command::RemoveNode {
+                    id: NodeId("node2".into()),
+                }),
+            )])
+            .await?;
+        // node2 has no manager status, so it may be removed.
+        assert_eq!(r[0].error, None);
+    }
+    let (_log, _sm, reader) = open(&path)?;
+    assert_eq!(reader.applied(), 5);
+    assert!(!reader.read().nodes.contains_key(&NodeId("node2".into())));
+    assert!(reader.read().nodes.contains_key(&NodeId("node1".into())));
+    Ok(())
+}
+
+#[tokio::test]
+async fn snapshot_round_trip() -> Result<(), Box<dyn std::error::Error>> {
+    let (_log_a, mut sm_a, reader_a) = open_in_memory()?;
+    sm_a.apply(first_entries()).await?;
+    let built = sm_a.get_snapshot_builder().await.build_snapshot().await?;
+    assert_eq!(built.meta.last_log_id, Some(log_id(1, 4)));
+    assert_eq!(built.meta.last_membership.membership(), &membership());
+
+    let current = sm_a
+        .get_current_snapshot()
+        .await?
+        .ok_or("no current snapshot after build")?;
+    assert_eq!(current.meta, built.meta);
+    assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("raft.redb");
+    {
+        let (_log_b, mut sm_b, reader_b) = open(&path)?;
+        let mut received = sm_b.begin_receiving_snapshot().await?;
+        assert!(received.get_ref().is_empty());
+        *received = *current.snapshot;
+        sm_b.install_snapshot(&current.meta, received).await?;
+
+        assert_eq!(*reader_b.read(), *reader_a.read());
+        assert_eq!(reader_b.applied(), 4);
+        assert_eq!(sm_b.applied_state().await?, sm_a.applied_state().await?);
+        let again = sm_b
+            .get_current_snapshot()
+            .await?
+            .ok_or("no snapshot after install")?;
+        assert_eq!(again.meta, built.meta);
+    }
+    // The installed state is durable.
+    let (_log_b, _sm_b, reader_b) = open(&path)?;
+    assert_eq!(*reader_b.read(), *reader_a.read());
+    assert_eq!(reader_b.applied(), 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn install_replaces_existing_objects() -> Result<(), Box<dyn std::error::Error>> {
+    let (_la, mut sm_a, reader_a) = open_in_memory()?;
+    sm_a.apply([entry(1, 1, EntryPayload::Membership(membership()))])
+        .await?;
+    sm_a.apply([entry(1, 2, EntryPayload::Normal(init_cluster()))])
+        .await?;
+    let snap = sm_a.get_snapshot_builder().await.build_snapshot().await?;
+
+    // The follower holds an extra node the snapshot does not know.
+    let (_lb, mut sm_b, reader_b) = open_in_memory()?;
+    sm_b.apply(first_entries()).await?;
+    assert_eq!(reader_b.read().nodes.len(), 2);
+    sm_b.install_snapshot(&snap.meta, snap.snapshot).await?;
+    assert_eq!(*reader_b.read(), *reader_a.read());
+    assert_eq!(reader_b.read().nodes.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn corrupt_snapshot_is_an_error_and_changes_nothing() -> Result<(), Box<dyn std::error::Error>>
+{
+    let (_la, mut sm_a, _ra) = open_in_memory()?;
+    sm_a.apply(first_entries()).await?;
+    let snap = sm_a.get_snapshot_builder().await.build_snapshot().await?;
+    let mut blob = snap.snapshot.into_inner();
+    blob.truncate(blob.len() - 3);
+
+    let (_lb, mut sm_b, reader_b) = open_in_memory()?;
+    let r = sm_b
+        .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(blob)))
+        .await;
+    assert!(r.is_err());
+    assert_eq!(*reader_b.read(), State::default());
+    assert_eq!(sm_b.get_current_snapshot().await?.map(|s| s.meta), None);
+    Ok(())
+}
+
+#[test]
+fn corrupt_row_fails_open_naming_the_file() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("raft.redb");
+    drop(open(&path)?);
+    {
+        let db = redb::Database::create(&path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(OBJECTS)?
+            .insert("node/x", b"not json".as_slice())?;
+        txn.commit()?;
+    }
+    let err = match open(&path) {
+        Ok(_) => return Err("a corrupt row must fail open".into()),
+        Err(e) => e,
+    };
+    assert!(matches!(err, OpenError::State { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn corrupt_log_entry_is_a_storage_error() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("raft.redb");
+    {
+        let (mut log, _sm, _r) = open(&path)?;
+        log.blocking_append(first_entries()).await?;
+    }
+    {
+        let db = redb::Database::create(&path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(LOG)?.insert(3, b"{".as_slice())?;
+        txn.commit()?;
+    }
+    let (mut log, _sm, _r) = open(&path)?;
+    assert!(log.try_get_log_entries(1..3).await.is_ok());
+    assert!(log.try_get_log_entries(1..5).await.is_err());
+    Ok(())
+}
+
+#[test]
+fn second_open_of_the_same_file_says_why() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path: &Path = &dir.path().join("raft.redb");
+    let _first = open(path)?;
+    let err = match open(path) {
+        Ok(_) => return Err("the file is already open".into()),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("another apiary agent"), "{err}");
+    Ok(())
+}
+
+/// An in-memory redb backend whose writes and syncs fail once told to.
+#[derive(Debug, Default)]
+struct FailingBackend {
+    inner: redb::backends::InMemoryBackend,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FailingBackend {
+    fn check(&self) -> std::io::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(std::io::Error::other("injected disk failure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl redb::StorageBackend for FailingBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.inner.read(offset, len)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.sync_data(eventual)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+}
+
+#[tokio::test]
+async fn failed_commit_leaves_state_and_applied_untouched() -> Result<(), Box<dyn std::error::Error>>
+{
+    let backend = FailingBackend::default();
+    let fail = backend.fail.clone();
+    let db = redb::Database::builder().create_with_backend(backend)?;
+    let (mut log, mut sm, reader) = init(db, Path::new("<failing>"))?;
+    sm.apply(first_entries()).await?;
+    let before = reader.read().clone();
+    let applied_before = sm.applied_state().await?;
+
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let node3 = entry(
+        1,
+        5,
+        EntryPayload::Normal(Command::AddNode {
+            node: node("node3"),
+        }),
+    );
+    assert!(
+        sm.apply([node3.clone()]).await.is_err(),
+        "apply must report the failed commit"
+    );
+    assert_eq!(
+        *reader.read(),
+        before,
+        "readers keep the last committed state"
+    );
+    assert_eq!(reader.applied(), 4);
+    assert_eq!(sm.applied_state().await?, applied_before);
+
+    assert!(
+        log.blocking_append([node3]).await.is_err(),
+        "append must report the failed commit"
+    );
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! A small harness for cluster tests: real `apiary agent` processes on
+//! loopback addresses, driven through the real CLIs, read like the seed
+//! chapter (`Cluster::new("walk").managers(3).workers(3).start()`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+pub const APIARY: &str = env!("CARGO_BIN_EXE_apiary");
+
+/// Each cluster in this process gets its own 127.N.0.0/16 slice, so tests
+/// can run side by side on the same port numbers as a real swarm (2377).
+static NEXT_NET: AtomicU8 = AtomicU8::new(20);
+
+/// How long to wait for something that should happen "soon" (elections,
+/// joins, heartbeats). Generous: CI machines are slow and shared.
+pub const PATIENCE: Duration = Duration::from_secs(40);
+
+pub struct Agent {
+    pub name: String,
+    pub ip: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn addr(&self) -> String {
+        format!("{}:2377", self.ip)
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("agent log file");
+        let child = Command::new(APIARY)
+            .args(["agent", "--data-dir"])
+            .arg(self.data_dir())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--hostname", &self.name, "--log-level", "info,apiary=debug"])
+            .stdout(Stdio::from(log.try_clone().expect("log fd")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn apiary agent");
+        self.child = Some(child);
+        let sock = self.socket.clone();
+        eventually(&format!("{}'s socket to answer", self.name), Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok().then_some(())
+        });
+    }
+
+    /// `kill -9`: no goodbye to anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Ok(Some(status)) = c.try_wait() {
+                    assert!(status.success(), "{} exited with {status} on SIGTERM\n{}", self.name, self.log());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    panic!("{} did not stop on SIGTERM within 15s\n{}", self.name, self.log());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Run `apiary <args>` against this agent.
+    pub fn apiary(&self, args: &[&str]) -> Out {
+        let out = Command::new(APIARY)
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run apiary CLI");
+        Out::from(out, format!("apiary {}", args.join(" ")))
+    }
+
+    /// Run the real docker CLI against this agent's socket.
+    pub fn docker(&self, args: &[&str]) -> Out {
+        let out = Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", self.host())
+            .env_remove("DOCKER_CONTEXT")
+            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker CLI (is it installed?)");
+        Out::from(out, format!("docker {}", args.join(" ")))
+    }
+
+    /// The `ID` of this node as it reports itself.
+    pub fn node_id(&self) -> String {
+        let out = self.apiary(&["node", "inspect", "self"]);
+        let v: Vec<serde_json::Value> = serde_json::from_str(out.ok()).expect("node inspect JSON");
+        v[0]["ID"].as_str().expect("node ID").to_string()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub cmd: String,
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(o: Output, cmd: String) -> Out {
+        Out {
+            cmd,
+            status: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Assert success; return stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.status, 0, "`{}` failed:\nstdout: {}\nstderr: {}", self.cmd, self.stdout, self.stderr);
+        &self.stdout
+    }
+
+    /// Assert failure; return stderr.
+    #[track_caller]
+    pub fn fails(&self) -> &str {
+        assert_ne!(self.status, 0, "`{}` should have failed:\nstdout: {}", self.cmd, self.stdout);
+        &self.stderr
+    }
+}
+
+/// Poll `f` until it gives a value, or panic after `patience` naming what
+/// was awaited.
+#[track_caller]
+pub fn eventually<T>(what: &str, patience: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {patience:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub struct Cluster {
+    pub name: String,
+    pub net: u8,
+    pub root: tempfile::TempDir,
+    pub managers: Vec<Agent>,
+    pub workers: Vec<Agent>,
+    want_managers: usize,
+    want_workers: usize,
+}
+
+impl Cluster {
+    pub fn new(name: &str) -> Cluster {
+        let net = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+        let root = tempfile::Builder::new().prefix(&format!("apiary-{name}-")).tempdir().expect("tempdir");
+        Cluster { name: name.into(), net, root, managers: vec![], workers: vec![], want_managers: 1, want_workers: 0 }
+    }
+
+    pub fn managers(mut self, n: usize) -> Self {
+        self.want_managers = n;
+        self
+    }
+
+    pub fn workers(mut self, n: usize) -> Self {
+        self.want_workers = n;
+        self
+    }
+
+    /// A started agent in no swarm yet, at 127.<net>.0.<host>.
+    pub fn agent(&self, name: &str, host: u8) -> Agent {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let mut a = Agent {
+            name: name.into(),
+            ip: format!("127.{}.0.{}", self.net, host),
+            socket: dir.join("apiary.sock"),
+            dir,
+            child: None,
+        };
+        a.start();
+        a
+    }
+
+    /// Start the agents and build the swarm as the seed chapter does:
+    /// init on mgr1, join workers with the worker token, managers with the
+    /// manager token.
+    pub fn start(mut self) -> Self {
+        let mgr1 = self.agent("mgr1", 1);
+        let addr = mgr1.addr();
+        mgr1.apiary(&["swarm", "init", "--advertise-addr", &addr, "--listen-addr", &addr]).ok();
+        let wtoken = mgr1.apiary(&["swarm", "join-token", "-q", "worker"]).ok().trim().to_string();
+        let mtoken = mgr1.apiary(&["swarm", "join-token", "-q", "manager"]).ok().trim().to_string();
+        self.managers.push(mgr1);
+        for i in 0..self.want_workers {
+            let w = self.agent(&format!("wrk{}", i + 1), 10 + i as u8);
+            let a = w.addr();
+            w.apiary(&["swarm", "join", "--token", &wtoken, &addr, "--advertise-addr", &a, "--listen-addr", &a]).ok();
+            self.workers.push(w);
+        }
+        for i in 1..self.want_managers {
+            let m = self.agent(&format!("mgr{}", i + 1), 1 + i as u8);
+            let a = m.addr();
+            m.apiary(&["swarm", "join", "--token", &mtoken, &addr, "--advertise-addr", &a, "--listen-addr", &a]).ok();
+            self.managers.push(m);
+        }
+        let total = self.want_managers + self.want_workers;
+        let m = &self.managers[0];
+        eventually("every node Ready", PATIENCE, || {
+            let nodes = m.nodes_json()?;
+            let ready = nodes.iter().filter(|n| n["Status"]["State"] == "ready").count();
+            (ready == total).then_some(())
+        });
+        self
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Agent> {
+        self.managers.iter().chain(self.workers.iter())
+    }
+
+    pub fn by_name(&self, name: &str) -> &Agent {
+        self.all().find(|a| a.name == name).unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// Dump every agent's log: called by tests on failure paths.
+    pub fn logs(&self) -> String {
+        self.all().map(|a| format!("===== {} =====\n{}", a.name, a.log())).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Agent {
+    /// `node ls --format json` as parsed JSON objects, or None if the call failed.
+    pub fn nodes_json(&self) -> Option<Vec<serde_json::Value>> {
+        let ls = self.apiary(&["node", "ls", "-q"]);
+        if ls.status != 0 {
+            return None;
+        }
+        let ids: Vec<&str> = ls.stdout.split_whitespace().collect();
+        if ids.is_empty() {
+            return Some(vec![]);
+        }
+        let mut args = vec!["node", "inspect"];
+        args.extend(ids);
+        let out = self.apiary(&args);
+        if out.status != 0 {
+            return None;
+        }
+        serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout).ok()
+    }
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
