@@ -541,17 +541,48 @@ impl Manager {
         Ok(())
     }
 
+    /// One pass of the role reconciler, under the membership lock so that it
+    /// never sees a half-done `add_voter`.
+    async fn reconcile_roles(&self, stop: &CancellationToken) -> Result<(), ControlError> {
+        let _guard = self.membership.lock().await;
+        let todo = {
+            let voters: BTreeSet<RaftId> =
+                self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            let state = self.state.read();
+            roles::plan(&state, &voters, self.me.raft_id)
+        };
+        for r in todo {
+            if stop.is_cancelled() {
+                break;
+            }
+            match r {
+                roles::Removal::Demoted(node_id, raft_id) => self.remove_voter_locked(&node_id, raft_id).await?,
+                roles::Removal::Orphan(raft_id) => {
+                    warn!(raft.id = raft_id, "removing a raft voter that no manager node accounts for");
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([raft_id])), false)
+                        .await
+                        .map_err(|e| ControlError::Unavailable(format!("cannot remove raft voter {raft_id:x}: {e}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Leader: take a manager out of raft (demote, leave, force-remove). A
     /// leader removing itself records the change first (it cannot propose
     /// afterwards) and then asks another voter to take over at once.
     pub async fn remove_voter(&self, node_id: &NodeId, raft_id: RaftId) -> Result<(), ControlError> {
         let _guard = self.membership.lock().await;
-        let (role, cert_expiry) = {
+        self.remove_voter_locked(node_id, raft_id).await
+    }
+
+    async fn remove_voter_locked(&self, node_id: &NodeId, raft_id: RaftId) -> Result<(), ControlError> {
+        let role = {
             let state = self.state.read();
             let node = state.nodes.get(node_id).ok_or_else(|| ControlError::NotFound(format!("node {node_id} not found")))?;
-            (node.role, node.cert_expiry.clone())
+            node.role
         };
-        let _ = cert_expiry;
         let record = Command::SetNodeRole {
             id: node_id.clone(),
             role,

@@ -239,10 +239,18 @@ impl NodeHandle {
 
     /// Serve cluster RPCs and keep the session with the leader.
     fn start_loops(&self, running: &Arc<Running>) {
+        self.start_serving(running);
+        self.start_session(running);
+    }
+
+    fn start_serving(&self, running: &Arc<Running>) {
         let handler = Arc::new(RpcHandler { running: Arc::downgrade(running) });
         let t = running.transport.clone();
         let token = running.shutdown.clone();
         running.tasks.spawn(async move { t.serve(handler, token).await });
+    }
+
+    fn start_session(&self, running: &Arc<Running>) {
         running.tasks.spawn(session::run(running.clone()));
     }
 
@@ -381,8 +389,7 @@ impl NodeHandle {
         let advertise = match req.advertise_addr { Some(a) => a, None => parse_addr(&file.advertise_addr)? };
         let raft_id = new_raft_id();
         let certs = self.inner.dir.load().ok().flatten().map(|(_, c)| c).ok_or_else(|| ControlError::Internal("node certificates are missing".into()))?;
-        let transport = Transport::bind(listen, Some(identity_from(&certs)?))
-            .map_err(|e| ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}")))?;
+        let transport = bind_retrying(listen, identity_from(&certs)?).await?;
         let file = NodeFile { raft_id: Some(raft_id), listen_addr: listen.to_string(), advertise_addr: advertise.to_string(), managers: vec![advertise.to_string()], ..file };
         self.inner.dir.save_state(&file).map_err(|e| ControlError::Internal(e.to_string()))?;
         let node_id = file.node_id.clone();
@@ -444,10 +451,16 @@ impl NodeHandle {
             .set_identity(identity_from(&certs)?)
             .map_err(|e| ControlError::Internal(format!("cannot use the node certificate: {e}")))?;
         let running = self.new_running(file, certs, transport);
+        // The leader replicates to us while adding us: serve raft first.
+        self.start_serving(&running);
         if joined.role == Role::Manager {
-            session::become_raft_member(&running).await?;
+            if let Err(e) = session::become_raft_member(&running).await {
+                running.stop().await;
+                let _ = self.inner.dir.wipe();
+                return Err(e);
+            }
         }
-        self.start_loops(&running);
+        self.start_session(&running);
         info!(node.id = %joined.node_id, role = joined.role.as_str(), "joined the swarm");
         Ok(running)
     }
@@ -510,6 +523,23 @@ impl NodeHandle {
             }
         }
         Err(last_err.unwrap_or_else(|| ControlError::Unavailable("no manager could be reached".into())))
+    }
+}
+
+/// Bind again right after closing the previous endpoint on the same port:
+/// quinn releases the socket a moment after `close`.
+async fn bind_retrying(listen: SocketAddr, identity: Identity) -> ControlResult<Transport> {
+    let mut attempts = 0;
+    loop {
+        match Transport::bind(listen, Some(identity.clone())) {
+            Ok(t) => return Ok(t),
+            Err(e) if attempts < 30 => {
+                attempts += 1;
+                tracing::debug!("rebinding {listen}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}"))),
+        }
     }
 }
 

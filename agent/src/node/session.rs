@@ -137,7 +137,7 @@ async fn follow(running: &Arc<Running>, r: &HeartbeatReply) -> Result<(), Contro
             // A promotion interrupted after the certificate: finish it.
             become_raft_member(running).await?;
         }
-        (Role::Manager, Role::Worker) if !r.raft_member => {
+        (Role::Manager, Role::Worker) if !r.raft_member && !still_voter(running) => {
             // Demotion: raft has let us go; drop the manager side and take a
             // worker certificate.
             if let Some(m) = running.manager() {
@@ -152,6 +152,16 @@ async fn follow(running: &Arc<Running>, r: &HeartbeatReply) -> Result<(), Contro
         _ => {}
     }
     Ok(())
+}
+
+/// Whether our own raft still counts us as a voter: a leader removing itself
+/// records the change before the membership change commits.
+fn still_voter(running: &Running) -> bool {
+    running.manager().is_some_and(|m| {
+        let metrics = m.raft.metrics().borrow().clone();
+        let me = m.me.raft_id;
+        metrics.current_leader == Some(me) && metrics.membership_config.membership().voter_ids().any(|v| v == me)
+    })
 }
 
 /// Get a fresh certificate for whatever role the cluster gives us now.
