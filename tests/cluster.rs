@@ -41,38 +41,83 @@ fn seed_walkthrough_with_the_apiary_cli() {
             return None;
         }
         let rows = table_rows(&o.stdout);
-        let managers = rows.iter().filter(|r| r.iter().any(|c| c == "Leader" || c == "Reachable")).count();
+        let managers = rows
+            .iter()
+            .filter(|r| r.iter().any(|c| c == "Leader" || c == "Reachable"))
+            .count();
         (rows.len() == 6 && managers == 3).then_some(o.stdout)
     });
     let header = out.lines().next().unwrap_or_default();
-    for col in ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"] {
+    for col in [
+        "ID",
+        "HOSTNAME",
+        "STATUS",
+        "AVAILABILITY",
+        "MANAGER STATUS",
+        "ENGINE VERSION",
+    ] {
         assert!(header.contains(col), "node ls header lacks {col}: {header}");
     }
     let rows = table_rows(&out);
     let starred: Vec<&Vec<String>> = rows.iter().filter(|r| r.iter().any(|c| c == "*")).collect();
     assert_eq!(starred.len(), 1, "exactly one row is starred:\n{out}");
-    assert!(starred[0].contains(&"mgr2".to_string()), "mgr2's row is starred:\n{out}");
-    assert_eq!(rows.iter().filter(|r| r.contains(&"Leader".to_string())).count(), 1, "one leader:\n{out}");
+    assert!(
+        starred[0].contains(&"mgr2".to_string()),
+        "mgr2's row is starred:\n{out}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.contains(&"Leader".to_string()))
+            .count(),
+        1,
+        "one leader:\n{out}"
+    );
     for w in ["wrk1", "wrk2", "wrk3"] {
-        let row = rows.iter().find(|r| r.contains(&w.to_string())).expect("worker row");
-        assert!(row.contains(&"Ready".to_string()) && row.contains(&"Active".to_string()), "{w} row: {row:?}");
-        assert!(!row.iter().any(|c| c == "Leader" || c == "Reachable"), "{w} is no manager: {row:?}");
+        let row = rows
+            .iter()
+            .find(|r| r.contains(&w.to_string()))
+            .expect("worker row");
+        assert!(
+            row.contains(&"Ready".to_string()) && row.contains(&"Active".to_string()),
+            "{w} row: {row:?}"
+        );
+        assert!(
+            !row.iter().any(|c| c == "Leader" || c == "Reachable"),
+            "{w} is no manager: {row:?}"
+        );
     }
 
     // join-token prints the whole join command; workers and managers differ
     // only in the token.
-    let wt = c.managers[0].apiary(&["swarm", "join-token", "worker"]).ok().to_string();
-    let mt = c.managers[0].apiary(&["swarm", "join-token", "manager"]).ok().to_string();
+    let wt = c.managers[0]
+        .apiary(&["swarm", "join-token", "worker"])
+        .ok()
+        .to_string();
+    let mt = c.managers[0]
+        .apiary(&["swarm", "join-token", "manager"])
+        .ok()
+        .to_string();
     assert!(wt.contains("apiary swarm join --token SWMTKN-1-"), "{wt}");
     assert!(wt.contains(&c.managers[0].addr()), "{wt}");
-    let tok = |s: &str| s.split_whitespace().find(|w| w.starts_with("SWMTKN-1-")).map(String::from);
-    let (w, m) = (tok(&wt).expect("worker token"), tok(&mt).expect("manager token"));
+    let tok = |s: &str| {
+        s.split_whitespace()
+            .find(|w| w.starts_with("SWMTKN-1-"))
+            .map(String::from)
+    };
+    let (w, m) = (
+        tok(&wt).expect("worker token"),
+        tok(&mt).expect("manager token"),
+    );
     assert_eq!(w.len(), 85);
     assert_ne!(w, m);
     assert_eq!(w[..60], m[..60], "same CA digest");
 
     // Workers can't answer manager questions, the way Docker says it.
-    let err = c.by_name("wrk1").apiary(&["node", "ls"]).fails().to_string();
+    let err = c
+        .by_name("wrk1")
+        .apiary(&["node", "ls"])
+        .fails()
+        .to_string();
     assert!(err.contains("not a swarm manager"), "{err}");
 
     // `info` on a worker and a manager.
@@ -87,10 +132,28 @@ fn seed_walkthrough_with_the_docker_cli() {
     let c = Cluster::new("dock");
     let mgr1 = c.agent("mgr1", 1);
     let addr = mgr1.addr();
-    let out = mgr1.docker(&["swarm", "init", "--advertise-addr", &addr, "--listen-addr", &addr]).ok().to_string();
+    let out = mgr1
+        .docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+        ])
+        .ok()
+        .to_string();
     assert!(out.contains("Swarm initialized: current node ("), "{out}");
-    let wtoken = mgr1.docker(&["swarm", "join-token", "-q", "worker"]).ok().trim().to_string();
-    let mtoken = mgr1.docker(&["swarm", "join-token", "-q", "manager"]).ok().trim().to_string();
+    let wtoken = mgr1
+        .docker(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_string();
+    let mtoken = mgr1
+        .docker(&["swarm", "join-token", "-q", "manager"])
+        .ok()
+        .trim()
+        .to_string();
     let mut agents = vec![];
     for (name, host, token) in [
         ("wrk1", 10u8, &wtoken),
@@ -101,30 +164,70 @@ fn seed_walkthrough_with_the_docker_cli() {
     ] {
         let a = c.agent(name, host);
         let me = a.addr();
-        let out = a.docker(&["swarm", "join", "--token", token, &addr, "--advertise-addr", &me, "--listen-addr", &me]).ok().to_string();
-        let want = if name.starts_with("mgr") { "as a manager" } else { "as a worker" };
+        let out = a
+            .docker(&[
+                "swarm",
+                "join",
+                "--token",
+                token,
+                &addr,
+                "--advertise-addr",
+                &me,
+                "--listen-addr",
+                &me,
+            ])
+            .ok()
+            .to_string();
+        let want = if name.starts_with("mgr") {
+            "as a manager"
+        } else {
+            "as a worker"
+        };
         assert!(out.contains(want), "{name}: {out}");
         agents.push(a);
     }
-    let out = eventually("docker node ls to show 6 Ready nodes, 3 managers", PATIENCE, || {
-        let o = mgr1.docker(&["node", "ls"]);
-        if o.status != 0 {
-            return None;
-        }
-        let rows = table_rows(&o.stdout);
-        let ready = rows.iter().filter(|r| r.contains(&"Ready".to_string())).count();
-        let managers = rows.iter().filter(|r| r.iter().any(|c| c == "Leader" || c == "Reachable")).count();
-        (rows.len() == 6 && ready == 6 && managers == 3).then_some(o.stdout)
-    });
-    assert!(out.lines().any(|l| l.contains("mgr1") && l.contains('*')), "{out}");
+    let out = eventually(
+        "docker node ls to show 6 Ready nodes, 3 managers",
+        PATIENCE,
+        || {
+            let o = mgr1.docker(&["node", "ls"]);
+            if o.status != 0 {
+                return None;
+            }
+            let rows = table_rows(&o.stdout);
+            let ready = rows
+                .iter()
+                .filter(|r| r.contains(&"Ready".to_string()))
+                .count();
+            let managers = rows
+                .iter()
+                .filter(|r| r.iter().any(|c| c == "Leader" || c == "Reachable"))
+                .count();
+            (rows.len() == 6 && ready == 6 && managers == 3).then_some(o.stdout)
+        },
+    );
+    assert!(
+        out.lines().any(|l| l.contains("mgr1") && l.contains('*')),
+        "{out}"
+    );
 
     // docker node inspect / update / promote / demote against apiary.
-    let v: Value = serde_json::from_str(mgr1.docker(&["node", "inspect", "wrk1"]).ok()).expect("JSON");
+    let v: Value =
+        serde_json::from_str(mgr1.docker(&["node", "inspect", "wrk1"]).ok()).expect("JSON");
     assert_eq!(v[0]["Spec"]["Role"], "worker");
-    mgr1.docker(&["node", "update", "--label-add", "zone=a", "wrk1"]).ok();
-    let v: Value = serde_json::from_str(mgr1.docker(&["node", "inspect", "wrk1"]).ok()).expect("JSON");
+    mgr1.docker(&["node", "update", "--label-add", "zone=a", "wrk1"])
+        .ok();
+    let v: Value =
+        serde_json::from_str(mgr1.docker(&["node", "inspect", "wrk1"]).ok()).expect("JSON");
     assert_eq!(v[0]["Spec"]["Labels"]["zone"], "a");
-    let info = agents[0].docker(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}"]).ok().to_string();
+    let info = agents[0]
+        .docker(&[
+            "info",
+            "--format",
+            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+        ])
+        .ok()
+        .to_string();
     assert_eq!(info.trim(), "active false");
 }
 
@@ -133,12 +236,20 @@ fn leader_kill_elects_a_new_leader_and_writes_work_again() {
     let mut c = Cluster::new("fail").managers(3).workers(1).start();
     let nodes = c.managers[0].nodes_json().expect("nodes");
     let leader = leader_of(&nodes).expect("a leader");
-    let idx = c.managers.iter().position(|m| m.name == leader).expect("leader agent");
+    let idx = c
+        .managers
+        .iter()
+        .position(|m| m.name == leader)
+        .expect("leader agent");
     let killed_at = Instant::now();
     c.managers[idx].kill();
     let survivor = &c.managers[(idx + 1) % 3];
     eventually("a write to succeed after the leader died", PATIENCE, || {
-        survivor.apiary(&["node", "update", "--label-add", "after=failover", "wrk1"]).status.eq(&0).then_some(())
+        survivor
+            .apiary(&["node", "update", "--label-add", "after=failover", "wrk1"])
+            .status
+            .eq(&0)
+            .then_some(())
     });
     let took = killed_at.elapsed();
     let nodes = survivor.nodes_json().expect("nodes");
@@ -146,41 +257,80 @@ fn leader_kill_elects_a_new_leader_and_writes_work_again() {
     assert_ne!(new_leader, leader);
     eprintln!("failover: writes accepted again {took:?} after kill -9 of {leader}");
     // The dead manager is eventually shown Unreachable.
-    eventually("the killed manager to be shown Unreachable", PATIENCE, || {
-        let nodes = survivor.nodes_json()?;
-        nodes
-            .iter()
-            .any(|n| n["Description"]["Hostname"] == leader.as_str() && n["ManagerStatus"]["Reachability"] == "unreachable")
-            .then_some(())
-    });
+    eventually(
+        "the killed manager to be shown Unreachable",
+        PATIENCE,
+        || {
+            let nodes = survivor.nodes_json()?;
+            nodes
+                .iter()
+                .any(|n| {
+                    n["Description"]["Hostname"] == leader.as_str()
+                        && n["ManagerStatus"]["Reachability"] == "unreachable"
+                })
+                .then_some(())
+        },
+    );
 }
 
 #[test]
 fn quorum_loss_is_explained_and_force_new_cluster_recovers() {
     let mut c = Cluster::new("quorum").managers(3).workers(1).start();
-    c.managers[0].apiary(&["node", "update", "--label-add", "keep=me", "wrk1"]).ok();
+    c.managers[0]
+        .apiary(&["node", "update", "--label-add", "keep=me", "wrk1"])
+        .ok();
     c.managers[1].kill();
     c.managers[2].kill();
     let m = &c.managers[0];
     let started = Instant::now();
-    let err = m.apiary(&["node", "update", "--label-add", "x=y", "wrk1"]).fails().to_string();
+    let err = m
+        .apiary(&["node", "update", "--label-add", "x=y", "wrk1"])
+        .fails()
+        .to_string();
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(15), "the write failed fast ({took:?})");
-    assert!(err.contains("quorum"), "the error says quorum is lost: {err}");
-    assert!(err.contains("mgr2") && err.contains("mgr3"), "it names the unreachable managers: {err}");
-    assert!(err.contains("--force-new-cluster"), "it says how to recover: {err}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the write failed fast ({took:?})"
+    );
+    assert!(
+        err.contains("quorum"),
+        "the error says quorum is lost: {err}"
+    );
+    assert!(
+        err.contains("mgr2") && err.contains("mgr3"),
+        "it names the unreachable managers: {err}"
+    );
+    assert!(
+        err.contains("--force-new-cluster"),
+        "it says how to recover: {err}"
+    );
     // Reads still answer.
     m.apiary(&["node", "ls"]).ok();
 
     let addr = m.addr();
-    m.apiary(&["swarm", "init", "--force-new-cluster", "--advertise-addr", &addr, "--listen-addr", &addr]).ok();
+    m.apiary(&[
+        "swarm",
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &addr,
+        "--listen-addr",
+        &addr,
+    ])
+    .ok();
     eventually("writes to work after --force-new-cluster", PATIENCE, || {
-        m.apiary(&["node", "update", "--label-add", "x=y", "wrk1"]).status.eq(&0).then_some(())
+        m.apiary(&["node", "update", "--label-add", "x=y", "wrk1"])
+            .status
+            .eq(&0)
+            .then_some(())
     });
     let v: Value = serde_json::from_str(m.apiary(&["node", "inspect", "wrk1"]).ok()).expect("JSON");
     assert_eq!(v[0]["Spec"]["Labels"]["keep"], "me", "state was kept");
     let nodes = m.nodes_json().expect("nodes");
-    let managers = nodes.iter().filter(|n| n["ManagerStatus"].is_object()).count();
+    let managers = nodes
+        .iter()
+        .filter(|n| n["ManagerStatus"].is_object())
+        .count();
     assert_eq!(managers, 1, "only the survivor is a manager now");
     assert_eq!(leader_of(&nodes).as_deref(), Some("mgr1"));
 }
@@ -190,22 +340,42 @@ fn promote_demote_and_restart_resume_membership() {
     let mut c = Cluster::new("roles").managers(1).workers(2).start();
     let m = &c.managers[0];
     m.apiary(&["node", "promote", "wrk1", "wrk2"]).ok();
-    eventually("three managers after promoting both workers", PATIENCE, || {
-        let nodes = m.nodes_json()?;
-        (nodes.iter().filter(|n| n["ManagerStatus"]["Reachability"] == "reachable").count() == 3).then_some(())
-    });
+    eventually(
+        "three managers after promoting both workers",
+        PATIENCE,
+        || {
+            let nodes = m.nodes_json()?;
+            (nodes
+                .iter()
+                .filter(|n| n["ManagerStatus"]["Reachability"] == "reachable")
+                .count()
+                == 3)
+                .then_some(())
+        },
+    );
     // A promoted node answers manager questions itself.
-    eventually("wrk1 to answer node ls", PATIENCE, || c.workers[0].apiary(&["node", "ls"]).status.eq(&0).then_some(()));
+    eventually("wrk1 to answer node ls", PATIENCE, || {
+        c.workers[0]
+            .apiary(&["node", "ls"])
+            .status
+            .eq(&0)
+            .then_some(())
+    });
 
     // An even number of managers draws a warning.
     m.apiary(&["node", "demote", "wrk2"]).ok();
     eventually("wrk2 to be a worker again", PATIENCE, || {
         let nodes = m.nodes_json()?;
-        let n = nodes.iter().find(|n| n["Description"]["Hostname"] == "wrk2")?;
+        let n = nodes
+            .iter()
+            .find(|n| n["Description"]["Hostname"] == "wrk2")?;
         (n["ManagerStatus"].is_null() && n["Spec"]["Role"] == "worker").then_some(())
     });
     let info = m.apiary(&["info"]).ok().to_string();
-    assert!(info.to_lowercase().contains("even number of managers"), "{info}");
+    assert!(
+        info.to_lowercase().contains("even number of managers"),
+        "{info}"
+    );
 
     // Restart every agent: membership and roles come back from the data dirs.
     for a in c.managers.iter_mut().chain(c.workers.iter_mut()) {
@@ -215,12 +385,23 @@ fn promote_demote_and_restart_resume_membership() {
         a.start();
     }
     let m = &c.managers[0];
-    eventually("all three nodes Ready again after a restart", PATIENCE, || {
-        let nodes = m.nodes_json()?;
-        (nodes.len() == 3 && nodes.iter().all(|n| n["Status"]["State"] == "ready")).then_some(())
-    });
+    eventually(
+        "all three nodes Ready again after a restart",
+        PATIENCE,
+        || {
+            let nodes = m.nodes_json()?;
+            (nodes.len() == 3 && nodes.iter().all(|n| n["Status"]["State"] == "ready"))
+                .then_some(())
+        },
+    );
     let nodes = m.nodes_json().expect("nodes");
-    assert_eq!(nodes.iter().filter(|n| n["ManagerStatus"].is_object()).count(), 2);
+    assert_eq!(
+        nodes
+            .iter()
+            .filter(|n| n["ManagerStatus"].is_object())
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -231,7 +412,17 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     let stranger = c.agent("stranger", 50);
     let me = stranger.addr();
     let join = |token: &str| {
-        stranger.apiary(&["swarm", "join", "--token", token, &addr, "--advertise-addr", &me, "--listen-addr", &me])
+        stranger.apiary(&[
+            "swarm",
+            "join",
+            "--token",
+            token,
+            &addr,
+            "--advertise-addr",
+            &me,
+            "--listen-addr",
+            &me,
+        ])
     };
 
     // Malformed token.
@@ -241,15 +432,37 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     // A token of another swarm: its CA digest does not match.
     let other = c.agent("other", 60);
     let oaddr = other.addr();
-    other.apiary(&["swarm", "init", "--advertise-addr", &oaddr, "--listen-addr", &oaddr]).ok();
-    let foreign = other.apiary(&["swarm", "join-token", "-q", "worker"]).ok().trim().to_string();
+    other
+        .apiary(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &oaddr,
+            "--listen-addr",
+            &oaddr,
+        ])
+        .ok();
+    let foreign = other
+        .apiary(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_string();
     let err = join(&foreign).fails().to_string();
     assert!(err.contains("different swarm"), "{err}");
 
     // A rotated token stops working at once; the new one works.
-    let old = m.apiary(&["swarm", "join-token", "-q", "worker"]).ok().trim().to_string();
-    m.apiary(&["swarm", "join-token", "--rotate", "worker"]).ok();
-    let new = m.apiary(&["swarm", "join-token", "-q", "worker"]).ok().trim().to_string();
+    let old = m
+        .apiary(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_string();
+    m.apiary(&["swarm", "join-token", "--rotate", "worker"])
+        .ok();
+    let new = m
+        .apiary(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_string();
     assert_ne!(old, new);
     let err = join(&old).fails().to_string();
     assert!(err.contains("not valid"), "{err}");
@@ -264,13 +477,17 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     // A stale version on update.
     let v: Value = serde_json::from_str(m.apiary(&["node", "inspect", "wrk1"]).ok()).expect("JSON");
     let version = v[0]["Version"]["Index"].as_u64().expect("version");
-    m.apiary(&["node", "update", "--label-add", "a=b", "wrk1"]).ok();
+    m.apiary(&["node", "update", "--label-add", "a=b", "wrk1"])
+        .ok();
     let spec = serde_json::to_string(&v[0]["Spec"]).expect("spec");
     let err = stale_update(m, "wrk1", version, &spec);
     assert!(err.contains("out of sequence"), "{err}");
 
     // Unknown node.
-    let err = m.apiary(&["node", "inspect", "nosuchnode"]).fails().to_string();
+    let err = m
+        .apiary(&["node", "inspect", "nosuchnode"])
+        .fails()
+        .to_string();
     assert!(err.contains("not found"), "{err}");
 
     // Demoting the last manager.
@@ -280,18 +497,36 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     // Removing a Ready node without --force, and a manager.
     let err = m.apiary(&["node", "rm", "wrk1"]).fails().to_string();
     assert!(err.contains("is not down"), "{err}");
-    let err = m.apiary(&["node", "rm", "--force", "mgr1"]).fails().to_string();
+    let err = m
+        .apiary(&["node", "rm", "--force", "mgr1"])
+        .fails()
+        .to_string();
     assert!(err.contains("must be demoted"), "{err}");
 
     // An address that cannot be bound.
     let lonely = c.agent("lonely", 70);
-    let err = lonely.apiary(&["swarm", "init", "--advertise-addr", "192.0.2.1:2377", "--listen-addr", "192.0.2.1:2377"]).fails().to_string();
+    let err = lonely
+        .apiary(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "192.0.2.1:2377",
+            "--listen-addr",
+            "192.0.2.1:2377",
+        ])
+        .fails()
+        .to_string();
     assert!(err.contains("cannot listen on 192.0.2.1:2377"), "{err}");
     let err = lonely.apiary(&["node", "ls"]).fails().to_string();
-    assert!(err.contains("not a swarm manager"), "init left nothing behind: {err}");
+    assert!(
+        err.contains("not a swarm manager"),
+        "init left nothing behind: {err}"
+    );
 
     // After all that, the swarm is as it was plus the one good join.
-    eventually("3 nodes", PATIENCE, || (m.nodes_json()?.len() == 3).then_some(()));
+    eventually("3 nodes", PATIENCE, || {
+        (m.nodes_json()?.len() == 3).then_some(())
+    });
 }
 
 /// POST an update with an old version straight to the API (the CLI always
@@ -300,8 +535,17 @@ fn stale_update(m: &harness::Agent, node: &str, version: u64, spec: &str) -> Str
     let out = std::process::Command::new("curl")
         .args(["-s", "--unix-socket"])
         .arg(&m.socket)
-        .args(["-X", "POST", "-H", "Content-Type: application/json", "-d", spec])
-        .arg(format!("http://localhost/v1.49/nodes/{node}/update?version={version}"))
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            spec,
+        ])
+        .arg(format!(
+            "http://localhost/v1.49/nodes/{node}/update?version={version}"
+        ))
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -35,11 +35,16 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            bail!("another agent is already serving {}: stop it first, or use --socket", path.display());
+            bail!(
+                "another agent is already serving {}: stop it first, or use --socket",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     // Like docker.sock: root and the socket's group only.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set permissions on {}", path.display()))?;
@@ -48,12 +53,19 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let listener = bind_socket(&args.socket).await?;
-    let node = NodeHandle::start(NodeConfig { data_dir: args.data_dir.clone(), hostname: args.hostname.clone() })
-        .await
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("cannot start the node from {}", args.data_dir.display()))?;
+    let node = NodeHandle::start(NodeConfig {
+        data_dir: args.data_dir.clone(),
+        hostname: args.hostname.clone(),
+    })
+    .await
+    .map_err(anyhow::Error::msg)
+    .with_context(|| format!("cannot start the node from {}", args.data_dir.display()))?;
     let shutdown = CancellationToken::new();
-    let api = tokio::spawn(crate::api::serve(listener, Arc::new(node.clone()), shutdown.clone()));
+    let api = tokio::spawn(crate::api::serve(
+        listener,
+        Arc::new(node.clone()),
+        shutdown.clone(),
+    ));
     info!(socket = %args.socket.display(), data_dir = %args.data_dir.display(), "apiary agent ready");
     wait_for_signal().await?;
     info!("shutting down");

@@ -4,15 +4,15 @@
 //! and `worker` in the middle; `store`, `raft`, `transport` and `pki`
 //! underneath. See `docs/architecture.md`.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod control;
+pub mod manager;
+pub mod node;
 pub mod pki;
 pub mod raft;
+pub mod rpc;
 pub mod store;
 pub mod transport;
-pub mod manager;
-pub mod rpc;
 pub mod util;
-pub mod node;
-pub mod agent;

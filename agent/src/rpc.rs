@@ -6,7 +6,9 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::raft::TypeConfig;
-use crate::store::{Availability, Command, NodeDescription, NodeId, RaftId, Response as StoreResponse, Role};
+use crate::store::{
+    Availability, Command, NodeDescription, NodeId, RaftId, Response as StoreResponse, Role,
+};
 
 type AppendReq = openraft::raft::AppendEntriesRequest<TypeConfig>;
 type VoteReq = openraft::raft::VoteRequest<u64>;
@@ -28,20 +30,29 @@ pub enum Request {
     /// A write forwarded by a follower to the leader.
     Propose(Command),
     /// A manager that holds a manager certificate asks to become a raft voter.
-    RaftJoin { node_id: NodeId, raft_id: RaftId, addr: String },
+    RaftJoin {
+        node_id: NodeId,
+        raft_id: RaftId,
+        addr: String,
+    },
     /// Ask a manager to start an election now (leadership hand-over).
     Elect,
     /// Liveness and instructions, every heartbeat period, from every node.
     Heartbeat(Heartbeat),
     /// A new certificate for the calling node (renewal or role change).
-    RenewCert { csr_pem: String },
+    RenewCert {
+        csr_pem: String,
+    },
     /// The calling node leaves the swarm (workers: marks it Down at once).
     Leave,
     /// Cheap reachability probe.
     Ping,
     /// A follower passing a call on to the leader, vouching for who made it.
     /// Accepted only from managers.
-    Forwarded { caller: Caller, inner: Box<Request> },
+    Forwarded {
+        caller: Caller,
+        inner: Box<Request>,
+    },
 }
 
 /// Who made a call, as the manager that first received it established from
@@ -108,9 +119,13 @@ pub struct Renewed {
 /// Every answer. Errors a caller should act on are typed; the rest are text.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
-    Ca { cert_pem: String },
+    Ca {
+        cert_pem: String,
+    },
     Joined(Joined),
-    AppendEntries(Result<openraft::raft::AppendEntriesResponse<u64>, openraft::error::RaftError<u64>>),
+    AppendEntries(
+        Result<openraft::raft::AppendEntriesResponse<u64>, openraft::error::RaftError<u64>>,
+    ),
     Vote(Result<openraft::raft::VoteResponse<u64>, openraft::error::RaftError<u64>>),
     InstallSnapshot(
         Result<
@@ -137,7 +152,9 @@ pub enum RpcError {
     NoQuorum(String),
     #[error("not allowed: {0}")]
     PermissionDenied(String),
-    #[error("node {0} is not part of this swarm (it was removed); join it again with a join token")]
+    #[error(
+        "node {0} is not part of this swarm (it was removed); join it again with a join token"
+    )]
     UnknownNode(String),
     #[error("{0}")]
     Store(crate::store::StoreError),

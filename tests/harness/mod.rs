@@ -62,9 +62,15 @@ impl Agent {
             .expect("spawn apiary agent");
         self.child = Some(child);
         let sock = self.socket.clone();
-        eventually(&format!("{}'s socket to answer", self.name), Duration::from_secs(20), || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok().then_some(())
-        });
+        eventually(
+            &format!("{}'s socket to answer", self.name),
+            Duration::from_secs(20),
+            || {
+                std::os::unix::net::UnixStream::connect(&sock)
+                    .is_ok()
+                    .then_some(())
+            },
+        );
     }
 
     /// `kill -9`: no goodbye to anyone.
@@ -78,16 +84,28 @@ impl Agent {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
                 if let Ok(Some(status)) = c.try_wait() {
-                    assert!(status.success(), "{} exited with {status} on SIGTERM\n{}", self.name, self.log());
+                    assert!(
+                        status.success(),
+                        "{} exited with {status} on SIGTERM\n{}",
+                        self.name,
+                        self.log()
+                    );
                     break;
                 }
                 if Instant::now() > deadline {
                     let _ = c.kill();
-                    panic!("{} did not stop on SIGTERM within 15s\n{}", self.name, self.log());
+                    panic!(
+                        "{} did not stop on SIGTERM within 15s\n{}",
+                        self.name,
+                        self.log()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -158,14 +176,22 @@ impl Out {
     /// Assert success; return stdout.
     #[track_caller]
     pub fn ok(&self) -> &str {
-        assert_eq!(self.status, 0, "`{}` failed:\nstdout: {}\nstderr: {}", self.cmd, self.stdout, self.stderr);
+        assert_eq!(
+            self.status, 0,
+            "`{}` failed:\nstdout: {}\nstderr: {}",
+            self.cmd, self.stdout, self.stderr
+        );
         &self.stdout
     }
 
     /// Assert failure; return stderr.
     #[track_caller]
     pub fn fails(&self) -> &str {
-        assert_ne!(self.status, 0, "`{}` should have failed:\nstdout: {}", self.cmd, self.stdout);
+        assert_ne!(
+            self.status, 0,
+            "`{}` should have failed:\nstdout: {}",
+            self.cmd, self.stdout
+        );
         &self.stderr
     }
 }
@@ -199,8 +225,19 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(name: &str) -> Cluster {
         let net = NEXT_NET.fetch_add(1, Ordering::SeqCst);
-        let root = tempfile::Builder::new().prefix(&format!("apiary-{name}-")).tempdir().expect("tempdir");
-        Cluster { name: name.into(), net, root, managers: vec![], workers: vec![], want_managers: 1, want_workers: 0 }
+        let root = tempfile::Builder::new()
+            .prefix(&format!("apiary-{name}-"))
+            .tempdir()
+            .expect("tempdir");
+        Cluster {
+            name: name.into(),
+            net,
+            root,
+            managers: vec![],
+            workers: vec![],
+            want_managers: 1,
+            want_workers: 0,
+        }
     }
 
     pub fn managers(mut self, n: usize) -> Self {
@@ -234,27 +271,68 @@ impl Cluster {
     pub fn start(mut self) -> Self {
         let mgr1 = self.agent("mgr1", 1);
         let addr = mgr1.addr();
-        mgr1.apiary(&["swarm", "init", "--advertise-addr", &addr, "--listen-addr", &addr]).ok();
-        let wtoken = mgr1.apiary(&["swarm", "join-token", "-q", "worker"]).ok().trim().to_string();
-        let mtoken = mgr1.apiary(&["swarm", "join-token", "-q", "manager"]).ok().trim().to_string();
+        mgr1.apiary(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+        ])
+        .ok();
+        let wtoken = mgr1
+            .apiary(&["swarm", "join-token", "-q", "worker"])
+            .ok()
+            .trim()
+            .to_string();
+        let mtoken = mgr1
+            .apiary(&["swarm", "join-token", "-q", "manager"])
+            .ok()
+            .trim()
+            .to_string();
         self.managers.push(mgr1);
         for i in 0..self.want_workers {
             let w = self.agent(&format!("wrk{}", i + 1), 10 + i as u8);
             let a = w.addr();
-            w.apiary(&["swarm", "join", "--token", &wtoken, &addr, "--advertise-addr", &a, "--listen-addr", &a]).ok();
+            w.apiary(&[
+                "swarm",
+                "join",
+                "--token",
+                &wtoken,
+                &addr,
+                "--advertise-addr",
+                &a,
+                "--listen-addr",
+                &a,
+            ])
+            .ok();
             self.workers.push(w);
         }
         for i in 1..self.want_managers {
             let m = self.agent(&format!("mgr{}", i + 1), 1 + i as u8);
             let a = m.addr();
-            m.apiary(&["swarm", "join", "--token", &mtoken, &addr, "--advertise-addr", &a, "--listen-addr", &a]).ok();
+            m.apiary(&[
+                "swarm",
+                "join",
+                "--token",
+                &mtoken,
+                &addr,
+                "--advertise-addr",
+                &a,
+                "--listen-addr",
+                &a,
+            ])
+            .ok();
             self.managers.push(m);
         }
         let total = self.want_managers + self.want_workers;
         let m = &self.managers[0];
         eventually("every node Ready", PATIENCE, || {
             let nodes = m.nodes_json()?;
-            let ready = nodes.iter().filter(|n| n["Status"]["State"] == "ready").count();
+            let ready = nodes
+                .iter()
+                .filter(|n| n["Status"]["State"] == "ready")
+                .count();
             (ready == total).then_some(())
         });
         self
@@ -265,12 +343,17 @@ impl Cluster {
     }
 
     pub fn by_name(&self, name: &str) -> &Agent {
-        self.all().find(|a| a.name == name).unwrap_or_else(|| panic!("no agent {name}"))
+        self.all()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent {name}"))
     }
 
     /// Dump every agent's log: called by tests on failure paths.
     pub fn logs(&self) -> String {
-        self.all().map(|a| format!("===== {} =====\n{}", a.name, a.log())).collect::<Vec<_>>().join("\n")
+        self.all()
+            .map(|a| format!("===== {} =====\n{}", a.name, a.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

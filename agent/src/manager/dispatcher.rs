@@ -50,26 +50,39 @@ impl Dispatcher {
 
     /// Pure decision: the status changes to write now.
     fn plan(&self, state: &State, me: &NodeId, now: Instant) -> Vec<NodeStatusUpdate> {
-        let Some(cluster) = &state.cluster else { return Vec::new() };
+        let Some(cluster) = &state.cluster else {
+            return Vec::new();
+        };
         let period = Duration::from_nanos(cluster.spec.dispatcher_heartbeat_ns.max(1) as u64);
         let grace = period * MISSED_HEARTBEATS;
         let seen = self.lock();
         let mut updates = Vec::new();
         for node in state.nodes.values() {
             // A node that left stays Down until it is removed or rejoins.
-            if node.status.state == NodeState::Down && node.status.message == "node left the swarm" {
+            if node.status.state == NodeState::Down && node.status.message == "node left the swarm"
+            {
                 continue;
             }
             let last = seen.last.get(&node.id).copied().or(seen.term_start);
             let alive = &node.id == me || last.is_some_and(|t| now.duration_since(t) < grace);
             let heard = &node.id == me || seen.last.contains_key(&node.id);
             let (want_state, message) = if alive {
-                if heard { (NodeState::Ready, "") } else { (node.status.state, node.status.message.as_str()) }
+                if heard {
+                    (NodeState::Ready, "")
+                } else {
+                    (node.status.state, node.status.message.as_str())
+                }
             } else {
                 (NodeState::Down, "heartbeat failure")
             };
             let want_reach = node.manager_status.as_ref().map(|_| {
-                if alive && heard { Reachability::Reachable } else if alive { Reachability::Unknown } else { Reachability::Unreachable }
+                if alive && heard {
+                    Reachability::Reachable
+                } else if alive {
+                    Reachability::Unknown
+                } else {
+                    Reachability::Unreachable
+                }
             });
             let reach_changed = match (&node.manager_status, want_reach) {
                 (Some(ms), Some(r)) => ms.reachability != r && !(r == Reachability::Unknown),
@@ -108,7 +121,10 @@ pub(super) async fn run(m: Arc<Manager>, stop: CancellationToken) {
         for u in &updates {
             info!(node.id = %u.id, state = ?u.state, reachability = ?u.reachability, "node status changed");
         }
-        let cmd = Command::SetNodeStatus { updates, now: crate::util::now_rfc3339() };
+        let cmd = Command::SetNodeStatus {
+            updates,
+            now: crate::util::now_rfc3339(),
+        };
         if let Err(e) = m.propose(cmd).await {
             debug!("could not record node status: {e}");
         }

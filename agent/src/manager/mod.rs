@@ -21,7 +21,9 @@ use crate::control::ControlError;
 use crate::pki;
 use crate::raft::network::{Network, MANAGER_SERVER_NAME};
 use crate::raft::{storage, Raft, StateReader};
-use crate::rpc::{self, Caller, Heartbeat, HeartbeatReply, JoinRequest, Joined, Renewed, Reply, Request, RpcError};
+use crate::rpc::{
+    self, Caller, Heartbeat, HeartbeatReply, JoinRequest, Joined, Renewed, Reply, Request, RpcError,
+};
 use crate::store::{
     Command, ManagerStatus, Node, NodeId, NodeSpec, NodeState, NodeStatus, RaftId, Reachability,
     Response as StoreResponse, Role, State, StoreErrorKind,
@@ -125,7 +127,12 @@ impl Manager {
     /// Start a one-member raft cluster with us as its voter.
     pub async fn initialize(&self) -> Result<(), ControlError> {
         let mut members = BTreeMap::new();
-        members.insert(self.me.raft_id, BasicNode { addr: self.me.addr.clone() });
+        members.insert(
+            self.me.raft_id,
+            BasicNode {
+                addr: self.me.addr.clone(),
+            },
+        );
         self.raft
             .initialize(members)
             .await
@@ -157,7 +164,10 @@ impl Manager {
             if let Some(l) = rx.borrow_and_update().current_leader {
                 return Some(l);
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return None;
             }
         }
@@ -189,13 +199,17 @@ impl Manager {
             return match reply {
                 Reply::Proposed(r) => Ok(r),
                 Reply::Error(e) => Err(rpc_to_control(e)),
-                other => Err(ControlError::Internal(format!("unexpected answer from the leader: {other:?}"))),
+                other => Err(ControlError::Internal(format!(
+                    "unexpected answer from the leader: {other:?}"
+                ))),
             };
         }
         let stale = {
             let m = self.raft.metrics().borrow().clone();
             let voters = m.membership_config.membership().voter_ids().count();
-            voters > 1 && m.millis_since_quorum_ack.map_or(true, |ms| ms > QUORUM_ACK_STALE_MS)
+            voters > 1
+                && m.millis_since_quorum_ack
+                    .map_or(true, |ms| ms > QUORUM_ACK_STALE_MS)
         };
         if stale {
             return Err(ControlError::NoQuorum(self.quorum_message().await));
@@ -208,7 +222,9 @@ impl Manager {
                 match self.forward(Request::Propose(cmd), None).await? {
                     Reply::Proposed(r) => Ok(r),
                     Reply::Error(e) => Err(rpc_to_control(e)),
-                    other => Err(ControlError::Internal(format!("unexpected answer from the leader: {other:?}"))),
+                    other => Err(ControlError::Internal(format!(
+                        "unexpected answer from the leader: {other:?}"
+                    ))),
                 }
             }
             Ok(Err(e)) => Err(ControlError::Internal(format!("raft write failed: {e}"))),
@@ -216,7 +232,11 @@ impl Manager {
     }
 
     /// Send `req` to the current leader (waiting briefly for one).
-    pub async fn forward(&self, req: Request, caller: Option<Caller>) -> Result<Reply, ControlError> {
+    pub async fn forward(
+        &self,
+        req: Request,
+        caller: Option<Caller>,
+    ) -> Result<Reply, ControlError> {
         let mut target = self.leader_addr();
         if target.is_none() {
             self.wait_for_leader(LEADER_WAIT).await;
@@ -226,20 +246,32 @@ impl Manager {
             return Err(ControlError::NoQuorum(self.quorum_message().await));
         };
         if leader == self.me.raft_id {
-            return Err(ControlError::Internal("asked to forward a call to ourselves".into()));
+            return Err(ControlError::Internal(
+                "asked to forward a call to ourselves".into(),
+            ));
         }
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|e| ControlError::Internal(format!("leader address {addr:?} is invalid: {e}")))?;
+        let addr: SocketAddr = addr.parse().map_err(|e| {
+            ControlError::Internal(format!("leader address {addr:?} is invalid: {e}"))
+        })?;
         let req = match caller {
-            Some(caller) => Request::Forwarded { caller, inner: Box::new(req) },
+            Some(caller) => Request::Forwarded {
+                caller,
+                inner: Box::new(req),
+            },
             None => req,
         };
         let bytes = self
             .transport
-            .call(addr, MANAGER_SERVER_NAME, rpc::encode(&req), FORWARD_TIMEOUT)
+            .call(
+                addr,
+                MANAGER_SERVER_NAME,
+                rpc::encode(&req),
+                FORWARD_TIMEOUT,
+            )
             .await
-            .map_err(|e| ControlError::Unavailable(format!("the leader at {addr} did not answer: {e}")))?;
+            .map_err(|e| {
+                ControlError::Unavailable(format!("the leader at {addr} did not answer: {e}"))
+            })?;
         rpc::decode::<Reply>(&bytes).map_err(ControlError::Internal)
     }
 
@@ -252,21 +284,29 @@ impl Manager {
             .filter(|(id, _)| membership.membership().voter_ids().any(|v| v == **id))
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
-        let probes = voters.iter().filter(|(id, _)| *id != self.me.raft_id).map(|(id, addr)| {
-            let transport = self.transport.clone();
-            let addr = addr.clone();
-            let id = *id;
-            async move {
-                let ok = match addr.parse::<SocketAddr>() {
-                    Ok(a) => transport
-                        .call(a, MANAGER_SERVER_NAME, rpc::encode(&Request::Ping), PING_TIMEOUT)
-                        .await
-                        .is_ok(),
-                    Err(_) => false,
-                };
-                (id, addr, ok)
-            }
-        });
+        let probes = voters
+            .iter()
+            .filter(|(id, _)| *id != self.me.raft_id)
+            .map(|(id, addr)| {
+                let transport = self.transport.clone();
+                let addr = addr.clone();
+                let id = *id;
+                async move {
+                    let ok = match addr.parse::<SocketAddr>() {
+                        Ok(a) => transport
+                            .call(
+                                a,
+                                MANAGER_SERVER_NAME,
+                                rpc::encode(&Request::Ping),
+                                PING_TIMEOUT,
+                            )
+                            .await
+                            .is_ok(),
+                        Err(_) => false,
+                    };
+                    (id, addr, ok)
+                }
+            });
         let results = futures::future::join_all(probes).await;
         let state = self.state.read();
         let name_of = |raft_id: RaftId| {
@@ -297,11 +337,32 @@ impl Manager {
 
     /// Build a node's certificate: the role the cluster wants for it, except
     /// that a node stays a manager until raft has let go of it.
-    fn issue_cert(&self, state: &State, node_id: &NodeId, csr_pem: &str, want: Role) -> Result<(String, String), RpcError> {
-        let cluster = state.cluster.as_ref().ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
-        let validity = Duration::from_nanos(cluster.spec.cert_expiry_ns.max(3600 * crate::store::NANOS_PER_SEC) as u64);
-        let cert = pki::sign_csr(&cluster.root_ca, csr_pem, node_id, want, &cluster.id, validity)
-            .map_err(|e| RpcError::Other(format!("cannot sign the certificate request: {e}")))?;
+    fn issue_cert(
+        &self,
+        state: &State,
+        node_id: &NodeId,
+        csr_pem: &str,
+        want: Role,
+    ) -> Result<(String, String), RpcError> {
+        let cluster = state
+            .cluster
+            .as_ref()
+            .ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+        let validity = Duration::from_nanos(
+            cluster
+                .spec
+                .cert_expiry_ns
+                .max(3600 * crate::store::NANOS_PER_SEC) as u64,
+        );
+        let cert = pki::sign_csr(
+            &cluster.root_ca,
+            csr_pem,
+            node_id,
+            want,
+            &cluster.id,
+            validity,
+        )
+        .map_err(|e| RpcError::Other(format!("cannot sign the certificate request: {e}")))?;
         Ok((cert, cluster.root_ca.cert_pem.clone()))
     }
 
@@ -314,21 +375,32 @@ impl Manager {
         }
     }
 
-    async fn handle_inner(self: &Arc<Self>, caller: Caller, req: Request) -> Result<Reply, RpcError> {
+    async fn handle_inner(
+        self: &Arc<Self>,
+        caller: Caller,
+        req: Request,
+    ) -> Result<Reply, RpcError> {
         let is_manager = caller.role == Some(Role::Manager);
         let require_manager = || {
             if is_manager {
                 Ok(())
             } else {
-                Err(RpcError::PermissionDenied("only managers may make this call".into()))
+                Err(RpcError::PermissionDenied(
+                    "only managers may make this call".into(),
+                ))
             }
         };
         match req {
             Request::Ping => Ok(Reply::Ok),
             Request::GetCa => {
                 let state = self.state.read();
-                let cluster = state.cluster.as_ref().ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
-                Ok(Reply::Ca { cert_pem: cluster.root_ca.cert_pem.clone() })
+                let cluster = state
+                    .cluster
+                    .as_ref()
+                    .ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+                Ok(Reply::Ca {
+                    cert_pem: cluster.root_ca.cert_pem.clone(),
+                })
             }
             Request::AppendEntries(r) => {
                 require_manager()?;
@@ -344,10 +416,17 @@ impl Manager {
             }
             Request::Elect => {
                 require_manager()?;
-                self.raft.trigger().elect().await.map_err(|e| RpcError::Other(e.to_string()))?;
+                self.raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map_err(|e| RpcError::Other(e.to_string()))?;
                 Ok(Reply::Ok)
             }
-            Request::Forwarded { caller: inner_caller, inner } => {
+            Request::Forwarded {
+                caller: inner_caller,
+                inner,
+            } => {
                 require_manager()?;
                 Box::pin(self.handle_inner(inner_caller, *inner)).await
             }
@@ -364,16 +443,28 @@ impl Manager {
                 .await
                 .map_err(control_to_rpc),
             Request::Join(j) => self.handle_join(caller, j).await.map(Reply::Joined),
-            Request::RaftJoin { node_id, raft_id, addr } => {
+            Request::RaftJoin {
+                node_id,
+                raft_id,
+                addr,
+            } => {
                 require_manager()?;
                 if caller.node_id.as_ref() != Some(&node_id) {
-                    return Err(RpcError::PermissionDenied("a node may only add itself to raft".into()));
+                    return Err(RpcError::PermissionDenied(
+                        "a node may only add itself to raft".into(),
+                    ));
                 }
                 self.add_voter(&node_id, raft_id, addr).await?;
                 Ok(Reply::Ok)
             }
-            Request::Heartbeat(hb) => self.handle_heartbeat(caller, hb).await.map(Reply::Heartbeat),
-            Request::RenewCert { csr_pem } => self.handle_renew(caller, &csr_pem).await.map(Reply::Renewed),
+            Request::Heartbeat(hb) => self
+                .handle_heartbeat(caller, hb)
+                .await
+                .map(Reply::Heartbeat),
+            Request::RenewCert { csr_pem } => self
+                .handle_renew(caller, &csr_pem)
+                .await
+                .map(Reply::Renewed),
             Request::Leave => self.handle_leave(caller).await.map(|_| Reply::Ok),
         }
     }
@@ -381,7 +472,10 @@ impl Manager {
     async fn handle_join(&self, caller: Caller, j: JoinRequest) -> Result<Joined, RpcError> {
         let (role, node, cert_pem, ca_pem, cluster_id, managers) = {
             let state = self.state.read();
-            let cluster = state.cluster.as_ref().ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+            let cluster = state
+                .cluster
+                .as_ref()
+                .ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
             let role = if pki::secrets_equal(&j.secret, &cluster.join_secrets.manager) {
                 Role::Manager
             } else if pki::secrets_equal(&j.secret, &cluster.join_secrets.worker) {
@@ -396,16 +490,27 @@ impl Manager {
             let expiry = pki::parse_node_cert_pem(&cert_pem)
                 .map(|i| crate::util::rfc3339(i.not_after))
                 .unwrap_or_default();
-            let ip = advertised_ip(&j.advertise_addr).or(j.observed_ip.clone()).unwrap_or(caller.ip.clone());
+            let ip = advertised_ip(&j.advertise_addr)
+                .or(j.observed_ip.clone())
+                .unwrap_or(caller.ip.clone());
             let now = crate::util::now_rfc3339();
             let node = Node {
                 id: node_id,
                 version: 0,
                 created_at: now.clone(),
                 updated_at: now,
-                spec: NodeSpec { name: String::new(), labels: Default::default(), role, availability: j.availability },
+                spec: NodeSpec {
+                    name: String::new(),
+                    labels: Default::default(),
+                    role,
+                    availability: j.availability,
+                },
                 description: j.description,
-                status: NodeStatus { state: NodeState::Ready, message: String::new(), addr: ip },
+                status: NodeStatus {
+                    state: NodeState::Ready,
+                    message: String::new(),
+                    addr: ip,
+                },
                 role,
                 manager_status: None,
                 cert_expiry: expiry,
@@ -414,20 +519,41 @@ impl Manager {
             (role, node, cert_pem, ca_pem, cluster.id.clone(), managers)
         };
         let node_id = node.id.clone();
-        self.propose(Command::AddNode { node }).await.map_err(control_to_rpc)?;
+        self.propose(Command::AddNode { node })
+            .await
+            .map_err(control_to_rpc)?;
         self.dispatcher.seen(&node_id);
         info!(node.id = %node_id, role = role.as_str(), "node joined");
-        Ok(Joined { node_id, cluster_id, role, cert_pem, ca_pem, managers })
+        Ok(Joined {
+            node_id,
+            cluster_id,
+            role,
+            cert_pem,
+            ca_pem,
+            managers,
+        })
     }
 
-    async fn handle_heartbeat(&self, caller: Caller, hb: Heartbeat) -> Result<HeartbeatReply, RpcError> {
+    async fn handle_heartbeat(
+        &self,
+        caller: Caller,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatReply, RpcError> {
         if caller.node_id.as_ref() != Some(&hb.node_id) {
-            return Err(RpcError::PermissionDenied("a node may only heartbeat for itself".into()));
+            return Err(RpcError::PermissionDenied(
+                "a node may only heartbeat for itself".into(),
+            ));
         }
         let (reply, description_changed) = {
             let state = self.state.read();
-            let node = state.nodes.get(&hb.node_id).ok_or_else(|| RpcError::UnknownNode(hb.node_id.0.clone()))?;
-            let cluster = state.cluster.as_ref().ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+            let node = state
+                .nodes
+                .get(&hb.node_id)
+                .ok_or_else(|| RpcError::UnknownNode(hb.node_id.0.clone()))?;
+            let cluster = state
+                .cluster
+                .as_ref()
+                .ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
             let period_ms = (cluster.spec.dispatcher_heartbeat_ns / 1_000_000).max(100) as u64;
             let reply = HeartbeatReply {
                 period_ms,
@@ -449,7 +575,10 @@ impl Manager {
                 reachability: None,
                 description: Some(hb.description),
             };
-            let cmd = Command::SetNodeStatus { updates: vec![update], now: crate::util::now_rfc3339() };
+            let cmd = Command::SetNodeStatus {
+                updates: vec![update],
+                now: crate::util::now_rfc3339(),
+            };
             if let Err(e) = self.propose(cmd).await {
                 debug!("could not record a node description: {e}");
             }
@@ -458,17 +587,29 @@ impl Manager {
     }
 
     async fn handle_renew(&self, caller: Caller, csr_pem: &str) -> Result<Renewed, RpcError> {
-        let node_id = caller.node_id.clone().ok_or_else(|| RpcError::PermissionDenied("renewal needs a node certificate".into()))?;
+        let node_id = caller
+            .node_id
+            .clone()
+            .ok_or_else(|| RpcError::PermissionDenied("renewal needs a node certificate".into()))?;
         let (cert_pem, ca_pem, role, manager_status) = {
             let state = self.state.read();
-            let node = state.nodes.get(&node_id).ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
+            let node = state
+                .nodes
+                .get(&node_id)
+                .ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
             // Keep the manager role until raft has let the node go, so it can
             // still answer raft while it is being removed.
-            let role = if node.manager_status.is_some() { Role::Manager } else { node.spec.role };
+            let role = if node.manager_status.is_some() {
+                Role::Manager
+            } else {
+                node.spec.role
+            };
             let (cert, ca) = self.issue_cert(&state, &node_id, csr_pem, role)?;
             (cert, ca, role, node.manager_status.clone())
         };
-        let expiry = pki::parse_node_cert_pem(&cert_pem).map(|i| crate::util::rfc3339(i.not_after)).ok();
+        let expiry = pki::parse_node_cert_pem(&cert_pem)
+            .map(|i| crate::util::rfc3339(i.not_after))
+            .ok();
         let cmd = Command::SetNodeRole {
             id: node_id.clone(),
             role,
@@ -478,18 +619,30 @@ impl Manager {
         };
         self.propose(cmd).await.map_err(control_to_rpc)?;
         info!(node.id = %node_id, role = role.as_str(), "issued a node certificate");
-        Ok(Renewed { cert_pem, ca_pem, role })
+        Ok(Renewed {
+            cert_pem,
+            ca_pem,
+            role,
+        })
     }
 
     async fn handle_leave(&self, caller: Caller) -> Result<(), RpcError> {
-        let node_id = caller.node_id.clone().ok_or_else(|| RpcError::PermissionDenied("leave needs a node certificate".into()))?;
+        let node_id = caller
+            .node_id
+            .clone()
+            .ok_or_else(|| RpcError::PermissionDenied("leave needs a node certificate".into()))?;
         let raft_id = {
             let state = self.state.read();
-            let node = state.nodes.get(&node_id).ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
+            let node = state
+                .nodes
+                .get(&node_id)
+                .ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
             node.manager_status.as_ref().map(|m| m.raft_id)
         };
         if let Some(raft_id) = raft_id {
-            self.remove_voter(&node_id, raft_id).await.map_err(control_to_rpc)?;
+            self.remove_voter(&node_id, raft_id)
+                .await
+                .map_err(control_to_rpc)?;
         }
         let update = crate::store::NodeStatusUpdate {
             id: node_id.clone(),
@@ -500,20 +653,33 @@ impl Manager {
             description: None,
         };
         self.dispatcher.forget(&node_id);
-        self.propose(Command::SetNodeStatus { updates: vec![update], now: crate::util::now_rfc3339() })
-            .await
-            .map_err(control_to_rpc)?;
+        self.propose(Command::SetNodeStatus {
+            updates: vec![update],
+            now: crate::util::now_rfc3339(),
+        })
+        .await
+        .map_err(control_to_rpc)?;
         Ok(())
     }
 
     /// Leader: make a manager-certified node a raft voter and record it.
-    async fn add_voter(&self, node_id: &NodeId, raft_id: RaftId, addr: String) -> Result<(), RpcError> {
+    async fn add_voter(
+        &self,
+        node_id: &NodeId,
+        raft_id: RaftId,
+        addr: String,
+    ) -> Result<(), RpcError> {
         let _guard = self.membership.lock().await;
         {
             let state = self.state.read();
-            let node = state.nodes.get(node_id).ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
+            let node = state
+                .nodes
+                .get(node_id)
+                .ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
             if node.spec.role != Role::Manager {
-                return Err(RpcError::PermissionDenied(format!("node {node_id} is not meant to be a manager")));
+                return Err(RpcError::PermissionDenied(format!(
+                    "node {node_id} is not meant to be a manager"
+                )));
             }
         }
         let membership = self.raft.metrics().borrow().membership_config.clone();
@@ -531,7 +697,11 @@ impl Manager {
         let cmd = Command::SetNodeRole {
             id: node_id.clone(),
             role: Role::Manager,
-            manager_status: Some(ManagerStatus { raft_id, addr, reachability: Reachability::Reachable }),
+            manager_status: Some(ManagerStatus {
+                raft_id,
+                addr,
+                reachability: Reachability::Reachable,
+            }),
             cert_expiry: None,
             now: crate::util::now_rfc3339(),
         };
@@ -546,8 +716,14 @@ impl Manager {
     async fn reconcile_roles(&self, stop: &CancellationToken) -> Result<(), ControlError> {
         let _guard = self.membership.lock().await;
         let todo = {
-            let voters: BTreeSet<RaftId> =
-                self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            let voters: BTreeSet<RaftId> = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
             let state = self.state.read();
             roles::plan(&state, &voters, self.me.raft_id)
         };
@@ -556,13 +732,25 @@ impl Manager {
                 break;
             }
             match r {
-                roles::Removal::Demoted(node_id, raft_id) => self.remove_voter_locked(&node_id, raft_id).await?,
+                roles::Removal::Demoted(node_id, raft_id) => {
+                    self.remove_voter_locked(&node_id, raft_id).await?
+                }
                 roles::Removal::Orphan(raft_id) => {
-                    warn!(raft.id = raft_id, "removing a raft voter that no manager node accounts for");
+                    warn!(
+                        raft.id = raft_id,
+                        "removing a raft voter that no manager node accounts for"
+                    );
                     self.raft
-                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([raft_id])), false)
+                        .change_membership(
+                            ChangeMembers::RemoveVoters(BTreeSet::from([raft_id])),
+                            false,
+                        )
                         .await
-                        .map_err(|e| ControlError::Unavailable(format!("cannot remove raft voter {raft_id:x}: {e}")))?;
+                        .map_err(|e| {
+                            ControlError::Unavailable(format!(
+                                "cannot remove raft voter {raft_id:x}: {e}"
+                            ))
+                        })?;
                 }
             }
         }
@@ -572,15 +760,26 @@ impl Manager {
     /// Leader: take a manager out of raft (demote, leave, force-remove). A
     /// leader removing itself records the change first (it cannot propose
     /// afterwards) and then asks another voter to take over at once.
-    pub async fn remove_voter(&self, node_id: &NodeId, raft_id: RaftId) -> Result<(), ControlError> {
+    pub async fn remove_voter(
+        &self,
+        node_id: &NodeId,
+        raft_id: RaftId,
+    ) -> Result<(), ControlError> {
         let _guard = self.membership.lock().await;
         self.remove_voter_locked(node_id, raft_id).await
     }
 
-    async fn remove_voter_locked(&self, node_id: &NodeId, raft_id: RaftId) -> Result<(), ControlError> {
+    async fn remove_voter_locked(
+        &self,
+        node_id: &NodeId,
+        raft_id: RaftId,
+    ) -> Result<(), ControlError> {
         let role = {
             let state = self.state.read();
-            let node = state.nodes.get(node_id).ok_or_else(|| ControlError::NotFound(format!("node {node_id} not found")))?;
+            let node = state
+                .nodes
+                .get(node_id)
+                .ok_or_else(|| ControlError::NotFound(format!("node {node_id} not found")))?;
             node.role
         };
         let record = Command::SetNodeRole {
@@ -606,9 +805,14 @@ impl Manager {
             self.propose(record.clone()).await?;
         }
         self.raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([raft_id])), false)
+            .change_membership(
+                ChangeMembers::RemoveVoters(BTreeSet::from([raft_id])),
+                false,
+            )
             .await
-            .map_err(|e| ControlError::Unavailable(format!("cannot remove the manager from raft: {e}")))?;
+            .map_err(|e| {
+                ControlError::Unavailable(format!("cannot remove the manager from raft: {e}"))
+            })?;
         if removing_self {
             // Hand over: the most caught-up remaining voter starts an election
             // now rather than after an election timeout.
@@ -622,11 +826,21 @@ impl Manager {
                         .max_by_key(|(_, log)| log.map(|l| l.index))
                         .map(|(id, _)| *id)
                 })
-                .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
+                .and_then(|id| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| n.addr.clone())
+                });
             if let Some(addr) = next.and_then(|a| a.parse::<SocketAddr>().ok()) {
                 let _ = self
                     .transport
-                    .call(addr, MANAGER_SERVER_NAME, rpc::encode(&Request::Elect), PING_TIMEOUT)
+                    .call(
+                        addr,
+                        MANAGER_SERVER_NAME,
+                        rpc::encode(&Request::Elect),
+                        PING_TIMEOUT,
+                    )
                     .await;
             }
         } else {
@@ -679,7 +893,10 @@ async fn leader_supervisor(m: Arc<Manager>) {
 }
 
 fn manager_addrs(state: &State) -> Vec<String> {
-    state.managers().filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone())).collect()
+    state
+        .managers()
+        .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
+        .collect()
 }
 
 /// The IP part of an advertise address, unless it is unspecified.
@@ -693,7 +910,9 @@ pub fn control_to_rpc(e: ControlError) -> RpcError {
         ControlError::NoQuorum(m) => RpcError::NoQuorum(m),
         ControlError::NotFound(m) => RpcError::Store(crate::store::StoreError::not_found(m)),
         ControlError::Conflict(m) => RpcError::Store(crate::store::StoreError::conflict(m)),
-        ControlError::FailedPrecondition(m) => RpcError::Store(crate::store::StoreError::invalid(m)),
+        ControlError::FailedPrecondition(m) => {
+            RpcError::Store(crate::store::StoreError::invalid(m))
+        }
         other => RpcError::Other(other.to_string()),
     }
 }
@@ -703,8 +922,12 @@ pub fn rpc_to_control(e: RpcError) -> ControlError {
         RpcError::InvalidToken(m) => ControlError::InvalidArgument(m),
         RpcError::NotManager => ControlError::NotManager,
         RpcError::NoQuorum(m) => ControlError::NoQuorum(m),
-        RpcError::PermissionDenied(m) => ControlError::FailedPrecondition(format!("not allowed: {m}")),
-        RpcError::UnknownNode(id) => ControlError::FailedPrecondition(RpcError::UnknownNode(id).to_string()),
+        RpcError::PermissionDenied(m) => {
+            ControlError::FailedPrecondition(format!("not allowed: {m}"))
+        }
+        RpcError::UnknownNode(id) => {
+            ControlError::FailedPrecondition(RpcError::UnknownNode(id).to_string())
+        }
         RpcError::Store(s) => match s.kind {
             StoreErrorKind::NotFound => ControlError::NotFound(s.message),
             StoreErrorKind::Conflict => ControlError::Conflict(s.message),

@@ -31,11 +31,22 @@ pub(super) fn plan(state: &State, voters: &BTreeSet<RaftId>, me: RaftId) -> Vec<
     let mut out: Vec<Removal> = state
         .managers()
         .filter(|n| n.spec.role == Role::Worker)
-        .filter_map(|n| n.manager_status.as_ref().map(|ms| Removal::Demoted(n.id.clone(), ms.raft_id)))
+        .filter_map(|n| {
+            n.manager_status
+                .as_ref()
+                .map(|ms| Removal::Demoted(n.id.clone(), ms.raft_id))
+        })
         .collect();
-    let claimed: BTreeSet<RaftId> =
-        state.managers().filter_map(|n| n.manager_status.as_ref().map(|m| m.raft_id)).collect();
-    out.extend(voters.iter().filter(|v| !claimed.contains(v) && **v != me).map(|v| Removal::Orphan(*v)));
+    let claimed: BTreeSet<RaftId> = state
+        .managers()
+        .filter_map(|n| n.manager_status.as_ref().map(|m| m.raft_id))
+        .collect();
+    out.extend(
+        voters
+            .iter()
+            .filter(|v| !claimed.contains(v) && **v != me)
+            .map(|v| Removal::Orphan(*v)),
+    );
     out.sort_by_key(|r| matches!(r, Removal::Demoted(_, id) if *id == me));
     out
 }
@@ -65,11 +76,18 @@ mod tests {
             version: 1,
             created_at: String::new(),
             updated_at: String::new(),
-            spec: NodeSpec { role: want, ..Default::default() },
+            spec: NodeSpec {
+                role: want,
+                ..Default::default()
+            },
             description: NodeDescription::default(),
             status: NodeStatus::default(),
             role: Role::Manager,
-            manager_status: Some(ManagerStatus { raft_id: raft, addr: String::new(), reachability: Reachability::Reachable }),
+            manager_status: Some(ManagerStatus {
+                raft_id: raft,
+                addr: String::new(),
+                reachability: Reachability::Reachable,
+            }),
             cert_expiry: String::new(),
         }
     }
@@ -77,12 +95,22 @@ mod tests {
     #[test]
     fn demoted_voters_go_and_the_leader_goes_last() {
         let mut s = State::default();
-        for n in [mgr("a", 1, Role::Worker), mgr("b", 2, Role::Worker), mgr("c", 3, Role::Manager)] {
+        for n in [
+            mgr("a", 1, Role::Worker),
+            mgr("b", 2, Role::Worker),
+            mgr("c", 3, Role::Manager),
+        ] {
             s.nodes.insert(n.id.clone(), n);
         }
         let voters = BTreeSet::from([1, 2, 3]);
         let p = plan(&s, &voters, 1);
-        assert_eq!(p, vec![Removal::Demoted(NodeId("b".into()), 2), Removal::Demoted(NodeId("a".into()), 1)]);
+        assert_eq!(
+            p,
+            vec![
+                Removal::Demoted(NodeId("b".into()), 2),
+                Removal::Demoted(NodeId("a".into()), 1)
+            ]
+        );
     }
 
     #[test]

@@ -6,12 +6,17 @@ use crate::store::{NodeDescription, Platform};
 use super::NodeConfig;
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Total memory from /proc/meminfo, in bytes.
 fn mem_total() -> i64 {
-    let Some(text) = read_trimmed("/proc/meminfo") else { return 0 };
+    let Some(text) = read_trimmed("/proc/meminfo") else {
+        return 0;
+    };
     text.lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
@@ -39,7 +44,10 @@ pub fn host_info(cfg: &NodeConfig) -> HostInfo {
 pub fn description(h: &HostInfo) -> NodeDescription {
     NodeDescription {
         hostname: h.hostname.clone(),
-        platform: Platform { os: h.os.clone(), architecture: h.architecture.clone() },
+        platform: Platform {
+            os: h.os.clone(),
+            architecture: h.architecture.clone(),
+        },
         nano_cpus: h.ncpu * 1_000_000_000,
         memory_bytes: h.mem_total,
         engine_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -70,7 +70,10 @@ pub struct Running {
 
 impl Running {
     pub fn manager(&self) -> Option<Arc<Manager>> {
-        self.manager.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.manager
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     fn set_manager(&self, m: Option<Arc<Manager>>) {
         *self.manager.write().unwrap_or_else(|p| p.into_inner()) = m;
@@ -81,14 +84,20 @@ impl Running {
     fn update_file(&self, f: impl FnOnce(&mut NodeFile)) -> Result<(), ControlError> {
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard);
-        self.dir.save_state(&guard).map_err(|e| ControlError::Internal(e.to_string()))
+        self.dir
+            .save_state(&guard)
+            .map_err(|e| ControlError::Internal(e.to_string()))
     }
     fn certs(&self) -> Certs {
         self.certs.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     fn self_caller(&self) -> Caller {
         let f = self.file();
-        Caller { node_id: Some(f.node_id), role: Some(f.role), ip: ip_of(&f.advertise_addr) }
+        Caller {
+            node_id: Some(f.node_id),
+            role: Some(f.role),
+            ip: ip_of(&f.advertise_addr),
+        }
     }
 
     /// Replace this node's certificate (renewal or role change).
@@ -97,17 +106,33 @@ impl Running {
         self.transport
             .set_identity(identity)
             .map_err(|e| ControlError::Internal(format!("cannot use the new certificate: {e}")))?;
-        self.dir.save_certs(&certs).map_err(|e| ControlError::Internal(e.to_string()))?;
+        self.dir
+            .save_certs(&certs)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         *self.certs.lock().unwrap_or_else(|p| p.into_inner()) = certs;
         Ok(())
     }
 
     /// Start the manager side: open raft (existing data, or empty for a new
     /// member) and answer cluster RPCs.
-    async fn start_manager(&self, raft_id: u64, snapshot_interval: u64) -> Result<Arc<Manager>, ControlError> {
+    async fn start_manager(
+        &self,
+        raft_id: u64,
+        snapshot_interval: u64,
+    ) -> Result<Arc<Manager>, ControlError> {
         let f = self.file();
-        let me = ManagerIdentity { node_id: f.node_id.clone(), raft_id, addr: f.advertise_addr.clone() };
-        let m = Manager::start(self.dir.root(), me, self.transport.clone(), snapshot_interval).await?;
+        let me = ManagerIdentity {
+            node_id: f.node_id.clone(),
+            raft_id,
+            addr: f.advertise_addr.clone(),
+        };
+        let m = Manager::start(
+            self.dir.root(),
+            me,
+            self.transport.clone(),
+            snapshot_interval,
+        )
+        .await?;
         self.set_manager(Some(m.clone()));
         Ok(m)
     }
@@ -134,7 +159,9 @@ fn identity_from(certs: &Certs) -> Result<Identity, ControlError> {
 }
 
 fn ip_of(addr: &str) -> String {
-    addr.parse::<SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| addr.to_string())
+    addr.parse::<SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| addr.to_string())
 }
 
 fn new_raft_id() -> u64 {
@@ -162,16 +189,25 @@ impl Handler for RpcHandler {
             if let Request::Join(j) = &mut req {
                 j.observed_ip.get_or_insert(ip.clone());
             }
-            Caller { node_id: None, role: None, ip }
+            Caller {
+                node_id: None,
+                role: None,
+                ip,
+            }
         } else {
             let der = peer.cert.ok_or("a node certificate is required")?;
-            let info = pki::parse_node_cert_der(&der).map_err(|e| format!("bad node certificate: {e}"))?;
+            let info =
+                pki::parse_node_cert_der(&der).map_err(|e| format!("bad node certificate: {e}"))?;
             if info.cluster_id != running.file().cluster_id {
                 return Ok(rpc::encode(&Reply::Error(RpcError::PermissionDenied(
                     "the certificate belongs to another swarm".into(),
                 ))));
             }
-            Caller { node_id: Some(info.node_id), role: Some(info.role), ip }
+            Caller {
+                node_id: Some(info.node_id),
+                role: Some(info.role),
+                ip,
+            }
         };
         let reply = match running.manager() {
             Some(m) => m.handle(caller, req).await,
@@ -198,7 +234,10 @@ impl NodeHandle {
         let handle = NodeHandle { inner };
         if let Some((file, certs)) = dir.load().map_err(|e| e.to_string())? {
             info!(node.id = %file.node_id, role = file.role.as_str(), "resuming swarm membership");
-            let running = handle.resume(file, certs).await.map_err(|e| e.to_string())?;
+            let running = handle
+                .resume(file, certs)
+                .await
+                .map_err(|e| e.to_string())?;
             handle.set_running(Some(running)).await;
         }
         Ok(handle)
@@ -206,16 +245,29 @@ impl NodeHandle {
 
     async fn set_running(&self, r: Option<Arc<Running>>) {
         *self.inner.phase.lock().await = r.clone();
-        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = r;
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = r;
     }
 
     fn current(&self) -> Option<Arc<Running>> {
-        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    fn manager(&self) -> ControlResult<Arc<Manager>> {
+    fn manager_or_err(&self) -> ControlResult<Arc<Manager>> {
         let r = self.current().ok_or(ControlError::NotInSwarm)?;
         r.manager().ok_or(ControlError::NotManager)
+    }
+
+    /// This node's manager, if it is one (benchmarks and tests).
+    pub fn manager(&self) -> Option<Arc<Manager>> {
+        self.current().and_then(|r| r.manager())
     }
 
     pub async fn shutdown(&self) {
@@ -244,10 +296,14 @@ impl NodeHandle {
     }
 
     fn start_serving(&self, running: &Arc<Running>) {
-        let handler = Arc::new(RpcHandler { running: Arc::downgrade(running) });
+        let handler = Arc::new(RpcHandler {
+            running: Arc::downgrade(running),
+        });
         let t = running.transport.clone();
         let token = running.shutdown.clone();
-        running.tasks.spawn(async move { t.serve(handler, token).await });
+        running
+            .tasks
+            .spawn(async move { t.serve(handler, token).await });
     }
 
     fn start_session(&self, running: &Arc<Running>) {
@@ -257,11 +313,14 @@ impl NodeHandle {
     async fn resume(&self, file: NodeFile, certs: Certs) -> ControlResult<Arc<Running>> {
         let identity = identity_from(&certs)?;
         let listen = parse_addr(&file.listen_addr)?;
-        let transport = Transport::bind(listen, Some(identity))
-            .map_err(|e| ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}")))?;
+        let transport = Transport::bind(listen, Some(identity)).map_err(|e| {
+            ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}"))
+        })?;
         let running = self.new_running(file.clone(), certs, transport);
         if let (Role::Manager, Some(raft_id)) = (file.role, file.raft_id) {
-            running.start_manager(raft_id, ClusterSpec::default().snapshot_interval).await?;
+            running
+                .start_manager(raft_id, ClusterSpec::default().snapshot_interval)
+                .await?;
         }
         self.start_loops(&running);
         Ok(running)
@@ -280,12 +339,18 @@ impl NodeHandle {
         let by_name: Vec<&Node> = state
             .nodes
             .values()
-            .filter(|n| n.spec.name == key || (n.spec.name.is_empty() && n.description.hostname == key))
+            .filter(|n| {
+                n.spec.name == key || (n.spec.name.is_empty() && n.description.hostname == key)
+            })
             .collect();
         if by_name.len() == 1 {
             return Ok(by_name[0].clone());
         }
-        let by_prefix: Vec<&Node> = state.nodes.values().filter(|n| n.id.0.starts_with(key)).collect();
+        let by_prefix: Vec<&Node> = state
+            .nodes
+            .values()
+            .filter(|n| n.id.0.starts_with(key))
+            .collect();
         match (by_name.len(), by_prefix.len()) {
             (0, 1) => Ok(by_prefix[0].clone()),
             (0, 0) => Err(ControlError::NotFound(format!("node {key} not found"))),
@@ -298,11 +363,20 @@ impl NodeHandle {
 
     fn view(&self, m: &Manager, node: Node) -> NodeView {
         let leader = m.leader_raft_id();
-        let is_leader = node.manager_status.as_ref().is_some_and(|ms| Some(ms.raft_id) == leader);
-        NodeView { node, leader: is_leader }
+        let is_leader = node
+            .manager_status
+            .as_ref()
+            .is_some_and(|ms| Some(ms.raft_id) == leader);
+        NodeView {
+            node,
+            leader: is_leader,
+        }
     }
 
-    async fn init_new(&self, req: InitRequest) -> ControlResult<(Arc<Running>, crate::store::NodeId)> {
+    async fn init_new(
+        &self,
+        req: InitRequest,
+    ) -> ControlResult<(Arc<Running>, crate::store::NodeId)> {
         if req.spec.autolock {
             return Err(ControlError::InvalidArgument(
                 "autolock is not available in this version of apiary yet; initialise without --autolock".into(),
@@ -310,20 +384,34 @@ impl NodeHandle {
         }
         let advertise = advertise_for(req.listen_addr, req.advertise_addr, None)?;
         let dir = &self.inner.dir;
-        dir.wipe().map_err(|e| ControlError::Internal(e.to_string()))?;
-        dir.ensure().map_err(|e| ControlError::Internal(e.to_string()))?;
+        dir.wipe()
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        dir.ensure()
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         let internal = |e: pki::PkiError| ControlError::Internal(e.to_string());
         let root_ca = pki::new_root_ca().map_err(internal)?;
         let cluster_id = pki::new_node_id().0;
         let node_id = pki::new_node_id();
         let kc = pki::new_key_and_csr().map_err(internal)?;
         let validity = Duration::from_nanos(req.spec.cert_expiry_ns.max(0) as u64);
-        let cert_pem =
-            pki::sign_csr(&root_ca, &kc.csr_pem, &node_id, Role::Manager, &cluster_id, validity).map_err(internal)?;
-        let certs = Certs { ca_pem: root_ca.cert_pem.clone(), cert_pem, key_pem: kc.key_pem };
-        let transport = Transport::bind(req.listen_addr, Some(identity_from(&certs)?)).map_err(|e| {
-            ControlError::InvalidArgument(format!("cannot listen on {}: {e}", req.listen_addr))
-        })?;
+        let cert_pem = pki::sign_csr(
+            &root_ca,
+            &kc.csr_pem,
+            &node_id,
+            Role::Manager,
+            &cluster_id,
+            validity,
+        )
+        .map_err(internal)?;
+        let certs = Certs {
+            ca_pem: root_ca.cert_pem.clone(),
+            cert_pem,
+            key_pem: kc.key_pem,
+        };
+        let transport =
+            Transport::bind(req.listen_addr, Some(identity_from(&certs)?)).map_err(|e| {
+                ControlError::InvalidArgument(format!("cannot listen on {}: {e}", req.listen_addr))
+            })?;
         let raft_id = new_raft_id();
         let file = NodeFile {
             node_id: node_id.clone(),
@@ -334,11 +422,17 @@ impl NodeHandle {
             advertise_addr: advertise.to_string(),
             managers: vec![advertise.to_string()],
         };
-        dir.save_certs(&certs).map_err(|e| ControlError::Internal(e.to_string()))?;
-        dir.save_state(&file).map_err(|e| ControlError::Internal(e.to_string()))?;
-        let expiry = pki::parse_node_cert_pem(&certs.cert_pem).map(|i| crate::util::rfc3339(i.not_after)).unwrap_or_default();
+        dir.save_certs(&certs)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        dir.save_state(&file)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        let expiry = pki::parse_node_cert_pem(&certs.cert_pem)
+            .map(|i| crate::util::rfc3339(i.not_after))
+            .unwrap_or_default();
         let running = self.new_running(file, certs, transport);
-        let m = running.start_manager(raft_id, req.spec.snapshot_interval).await?;
+        let m = running
+            .start_manager(raft_id, req.spec.snapshot_interval)
+            .await?;
         m.initialize().await?;
         let now = crate::util::now_rfc3339();
         let cluster = Cluster {
@@ -348,18 +442,34 @@ impl NodeHandle {
             updated_at: now.clone(),
             spec: req.spec.clone(),
             root_ca,
-            join_secrets: JoinSecrets { worker: pki::new_join_secret(), manager: pki::new_join_secret() },
+            join_secrets: JoinSecrets {
+                worker: pki::new_join_secret(),
+                manager: pki::new_join_secret(),
+            },
         };
         let node = Node {
             id: node_id.clone(),
             version: 0,
             created_at: now.clone(),
             updated_at: now,
-            spec: NodeSpec { name: String::new(), labels: Default::default(), role: Role::Manager, availability: req.availability },
+            spec: NodeSpec {
+                name: String::new(),
+                labels: Default::default(),
+                role: Role::Manager,
+                availability: req.availability,
+            },
             description: self.inner.description.clone(),
-            status: NodeStatus { state: NodeState::Ready, message: String::new(), addr: advertise.ip().to_string() },
+            status: NodeStatus {
+                state: NodeState::Ready,
+                message: String::new(),
+                addr: advertise.ip().to_string(),
+            },
             role: Role::Manager,
-            manager_status: Some(ManagerStatus { raft_id, addr: advertise.to_string(), reachability: Reachability::Reachable }),
+            manager_status: Some(ManagerStatus {
+                raft_id,
+                addr: advertise.to_string(),
+                reachability: Reachability::Reachable,
+            }),
             cert_expiry: expiry,
         };
         m.propose(Command::InitCluster { cluster, node }).await?;
@@ -370,41 +480,87 @@ impl NodeHandle {
 
     /// `--force-new-cluster`: keep every object, drop the other managers,
     /// and start a fresh one-member raft log from the current state.
-    async fn force_new_cluster(&self, running: Arc<Running>, req: InitRequest) -> ControlResult<(Arc<Running>, crate::store::NodeId)> {
+    async fn force_new_cluster(
+        &self,
+        running: Arc<Running>,
+        req: InitRequest,
+    ) -> ControlResult<(Arc<Running>, crate::store::NodeId)> {
         let m = running.manager().ok_or_else(|| {
-            ControlError::FailedPrecondition("--force-new-cluster needs a node that is a manager of the swarm".into())
+            ControlError::FailedPrecondition(
+                "--force-new-cluster needs a node that is a manager of the swarm".into(),
+            )
         })?;
         let (cluster, mut nodes) = {
             let state = m.state.read();
-            let cluster = state.cluster.clone().ok_or_else(|| ControlError::Internal("no cluster object in the raft store".into()))?;
+            let cluster = state.cluster.clone().ok_or_else(|| {
+                ControlError::Internal("no cluster object in the raft store".into())
+            })?;
             (cluster, state.nodes.values().cloned().collect::<Vec<_>>())
         };
         let file = running.file();
         running.stop().await;
         // Keep the old log beside the new one: it is the user's backup.
         let old = self.inner.dir.raft_db();
-        let backup = old.with_extension(format!("redb.before-force-new-cluster-{}", SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)));
-        std::fs::rename(&old, &backup).map_err(|e| ControlError::Internal(format!("cannot move {} aside: {e}", old.display())))?;
-        let listen = if req.listen_addr.port() != 0 && !req.listen_addr.ip().is_unspecified() { req.listen_addr } else { parse_addr(&file.listen_addr)? };
-        let advertise = match req.advertise_addr { Some(a) => a, None => parse_addr(&file.advertise_addr)? };
+        let backup = old.with_extension(format!(
+            "redb.before-force-new-cluster-{}",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        ));
+        std::fs::rename(&old, &backup).map_err(|e| {
+            ControlError::Internal(format!("cannot move {} aside: {e}", old.display()))
+        })?;
+        let listen = if req.listen_addr.port() != 0 && !req.listen_addr.ip().is_unspecified() {
+            req.listen_addr
+        } else {
+            parse_addr(&file.listen_addr)?
+        };
+        let advertise = match req.advertise_addr {
+            Some(a) => a,
+            None => parse_addr(&file.advertise_addr)?,
+        };
         let raft_id = new_raft_id();
-        let certs = self.inner.dir.load().ok().flatten().map(|(_, c)| c).ok_or_else(|| ControlError::Internal("node certificates are missing".into()))?;
+        let certs = self
+            .inner
+            .dir
+            .load()
+            .ok()
+            .flatten()
+            .map(|(_, c)| c)
+            .ok_or_else(|| ControlError::Internal("node certificates are missing".into()))?;
         let transport = bind_retrying(listen, identity_from(&certs)?).await?;
-        let file = NodeFile { raft_id: Some(raft_id), listen_addr: listen.to_string(), advertise_addr: advertise.to_string(), managers: vec![advertise.to_string()], ..file };
-        self.inner.dir.save_state(&file).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let file = NodeFile {
+            raft_id: Some(raft_id),
+            listen_addr: listen.to_string(),
+            advertise_addr: advertise.to_string(),
+            managers: vec![advertise.to_string()],
+            ..file
+        };
+        self.inner
+            .dir
+            .save_state(&file)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         let node_id = file.node_id.clone();
         let running = self.new_running(file, certs, transport);
-        let m = running.start_manager(raft_id, cluster.spec.snapshot_interval).await?;
+        let m = running
+            .start_manager(raft_id, cluster.spec.snapshot_interval)
+            .await?;
         m.initialize().await?;
         for n in nodes.iter_mut() {
             if n.id == node_id {
-                n.manager_status = Some(ManagerStatus { raft_id, addr: advertise.to_string(), reachability: Reachability::Reachable });
+                n.manager_status = Some(ManagerStatus {
+                    raft_id,
+                    addr: advertise.to_string(),
+                    reachability: Reachability::Reachable,
+                });
                 n.status.state = NodeState::Ready;
             } else if n.manager_status.take().is_some() {
                 // The other managers are no longer members; they must join again.
                 n.spec.role = Role::Worker;
                 n.status.state = NodeState::Down;
-                n.status.message = "removed from raft by --force-new-cluster; join this node again".into();
+                n.status.message =
+                    "removed from raft by --force-new-cluster; join this node again".into();
             }
         }
         m.propose(Command::Restore { cluster, nodes }).await?;
@@ -414,12 +570,14 @@ impl NodeHandle {
     }
 
     async fn join(&self, req: JoinRequest) -> ControlResult<Arc<Running>> {
-        let token = pki::JoinToken::parse(&req.token).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        let token = pki::JoinToken::parse(&req.token)
+            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         if req.remote_addrs.is_empty() {
             return Err(ControlError::InvalidArgument("no manager address given: say which manager to join, e.g. `apiary swarm join --token ... 10.0.0.1:2377`".into()));
         }
-        let transport = Transport::bind(req.listen_addr, None)
-            .map_err(|e| ControlError::InvalidArgument(format!("cannot listen on {}: {e}", req.listen_addr)))?;
+        let transport = Transport::bind(req.listen_addr, None).map_err(|e| {
+            ControlError::InvalidArgument(format!("cannot listen on {}: {e}", req.listen_addr))
+        })?;
         let result = self.join_with(&transport, &token, &req).await;
         let (joined, key_pem, manager_addr) = match result {
             Ok(r) => r,
@@ -430,8 +588,13 @@ impl NodeHandle {
         };
         let advertise = advertise_for(req.listen_addr, req.advertise_addr, Some(manager_addr))?;
         let dir = &self.inner.dir;
-        dir.wipe().map_err(|e| ControlError::Internal(e.to_string()))?;
-        let certs = Certs { ca_pem: joined.ca_pem, cert_pem: joined.cert_pem, key_pem };
+        dir.wipe()
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        let certs = Certs {
+            ca_pem: joined.ca_pem,
+            cert_pem: joined.cert_pem,
+            key_pem,
+        };
         let mut managers = joined.managers;
         if managers.is_empty() {
             managers.push(manager_addr.to_string());
@@ -445,8 +608,10 @@ impl NodeHandle {
             advertise_addr: advertise.to_string(),
             managers,
         };
-        dir.save_certs(&certs).map_err(|e| ControlError::Internal(e.to_string()))?;
-        dir.save_state(&file).map_err(|e| ControlError::Internal(e.to_string()))?;
+        dir.save_certs(&certs)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        dir.save_state(&file)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         transport
             .set_identity(identity_from(&certs)?)
             .map_err(|e| ControlError::Internal(format!("cannot use the node certificate: {e}")))?;
@@ -484,45 +649,67 @@ impl NodeHandle {
                 }
             };
             for addr in addrs {
-                let (bytes, _chain) = match transport.join_call(addr, None, rpc::encode(&Request::GetCa), JOIN_TIMEOUT).await {
+                let (bytes, _chain) = match transport
+                    .join_call(addr, None, rpc::encode(&Request::GetCa), JOIN_TIMEOUT)
+                    .await
+                {
                     Ok(r) => r,
                     Err(e) => {
-                        last_err = Some(ControlError::Unavailable(format!("cannot reach a manager at {addr}: {e}")));
+                        last_err = Some(ControlError::Unavailable(format!(
+                            "cannot reach a manager at {addr}: {e}"
+                        )));
                         continue;
                     }
                 };
                 let ca_pem = match rpc::decode::<Reply>(&bytes).map_err(ControlError::Internal)? {
                     Reply::Ca { cert_pem } => cert_pem,
                     Reply::Error(e) => return Err(crate::manager::rpc_to_control(e)),
-                    other => return Err(ControlError::Internal(format!("unexpected answer from {addr}: {other:?}"))),
+                    other => {
+                        return Err(ControlError::Internal(format!(
+                            "unexpected answer from {addr}: {other:?}"
+                        )))
+                    }
                 };
-                let digest = pki::ca_digest(&ca_pem).map_err(|e| ControlError::Unavailable(format!("the manager at {addr} sent an unusable CA certificate: {e}")))?;
+                let digest = pki::ca_digest(&ca_pem).map_err(|e| {
+                    ControlError::Unavailable(format!(
+                        "the manager at {addr} sent an unusable CA certificate: {e}"
+                    ))
+                })?;
                 if digest != token.ca_digest {
                     return Err(ControlError::InvalidArgument(format!(
                         "The manager at {addr} belongs to a different swarm: its CA certificate does not match the join token (or something is impersonating it). Check the address, and get the token from a manager of the swarm you want to join with `apiary swarm join-token worker`."
                     )));
                 }
-                let ca_der = pki::cert_der_from_pem(&ca_pem).map_err(|e| ControlError::Internal(e.to_string()))?;
+                let ca_der = pki::cert_der_from_pem(&ca_pem)
+                    .map_err(|e| ControlError::Internal(e.to_string()))?;
                 let join = Request::Join(RpcJoin {
                     secret: token.secret.clone(),
                     csr_pem: kc.csr_pem.clone(),
                     description: self.inner.description.clone(),
-                    advertise_addr: req.advertise_addr.map(|a| a.to_string()).unwrap_or_default(),
+                    advertise_addr: req
+                        .advertise_addr
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
                     availability: req.availability,
                     observed_ip: None,
                 });
                 let (bytes, _) = transport
                     .join_call(addr, Some(ca_der), rpc::encode(&join), JOIN_TIMEOUT)
                     .await
-                    .map_err(|e| ControlError::Unavailable(format!("joining through {addr} failed: {e}")))?;
+                    .map_err(|e| {
+                        ControlError::Unavailable(format!("joining through {addr} failed: {e}"))
+                    })?;
                 return match rpc::decode::<Reply>(&bytes).map_err(ControlError::Internal)? {
                     Reply::Joined(j) => Ok((j, kc.key_pem, addr)),
                     Reply::Error(e) => Err(crate::manager::rpc_to_control(e)),
-                    other => Err(ControlError::Internal(format!("unexpected answer from {addr}: {other:?}"))),
+                    other => Err(ControlError::Internal(format!(
+                        "unexpected answer from {addr}: {other:?}"
+                    ))),
                 };
             }
         }
-        Err(last_err.unwrap_or_else(|| ControlError::Unavailable("no manager could be reached".into())))
+        Err(last_err
+            .unwrap_or_else(|| ControlError::Unavailable("no manager could be reached".into())))
     }
 }
 
@@ -538,7 +725,11 @@ async fn bind_retrying(listen: SocketAddr, identity: Identity) -> ControlResult<
                 tracing::debug!("rebinding {listen}: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}"))),
+            Err(e) => {
+                return Err(ControlError::InvalidArgument(format!(
+                    "cannot listen on {listen}: {e}"
+                )))
+            }
         }
     }
 }
@@ -551,32 +742,52 @@ pub fn parse_addr(s: &str) -> ControlResult<SocketAddr> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
-    Err(ControlError::InvalidArgument(format!("invalid address {s:?}: expected IP or IP:PORT")))
+    Err(ControlError::InvalidArgument(format!(
+        "invalid address {s:?}: expected IP or IP:PORT"
+    )))
 }
 
 async fn resolve(remote: &str) -> ControlResult<Vec<SocketAddr>> {
     if let Ok(a) = parse_addr(remote) {
         return Ok(vec![a]);
     }
-    let with_port = if remote.contains(':') { remote.to_string() } else { format!("{remote}:{DEFAULT_PORT}") };
+    let with_port = if remote.contains(':') {
+        remote.to_string()
+    } else {
+        format!("{remote}:{DEFAULT_PORT}")
+    };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
         .await
-        .map_err(|e| ControlError::InvalidArgument(format!("cannot resolve manager address {remote:?}: {e}")))?
+        .map_err(|e| {
+            ControlError::InvalidArgument(format!("cannot resolve manager address {remote:?}: {e}"))
+        })?
         .collect();
     if addrs.is_empty() {
-        return Err(ControlError::InvalidArgument(format!("manager address {remote:?} resolves to nothing")));
+        return Err(ControlError::InvalidArgument(format!(
+            "manager address {remote:?} resolves to nothing"
+        )));
     }
     Ok(addrs)
 }
 
 /// The address to advertise: the one given, else the listen address, else
 /// (listening on all interfaces) the local address that routes to `towards`.
-fn advertise_for(listen: SocketAddr, advertise: Option<SocketAddr>, towards: Option<SocketAddr>) -> ControlResult<SocketAddr> {
+fn advertise_for(
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    towards: Option<SocketAddr>,
+) -> ControlResult<SocketAddr> {
     if let Some(a) = advertise {
         if a.ip().is_unspecified() {
-            return Err(ControlError::InvalidArgument(format!("advertise address must be a non-zero IP address, not {a}")));
+            return Err(ControlError::InvalidArgument(format!(
+                "advertise address must be a non-zero IP address, not {a}"
+            )));
         }
-        let port = if a.port() == 0 { listen.port() } else { a.port() };
+        let port = if a.port() == 0 {
+            listen.port()
+        } else {
+            a.port()
+        };
         return Ok(SocketAddr::new(a.ip(), port));
     }
     if !listen.ip().is_unspecified() {
@@ -589,7 +800,8 @@ fn advertise_for(listen: SocketAddr, advertise: Option<SocketAddr>, towards: Opt
         .map(|a| a.ip())
         .map_err(|_| {
             ControlError::InvalidArgument(
-                "could not choose an address to advertise to other nodes: use --advertise-addr".into(),
+                "could not choose an address to advertise to other nodes: use --advertise-addr"
+                    .into(),
             )
         })?;
     Ok(SocketAddr::new(ip, listen.port()))
@@ -638,7 +850,12 @@ impl Control for NodeHandle {
                 info.managers = Some(managers.len());
                 info.remote_managers = managers
                     .iter()
-                    .filter_map(|n| n.manager_status.as_ref().map(|ms| RemoteManager { node_id: n.id.clone(), addr: ms.addr.clone() }))
+                    .filter_map(|n| {
+                        n.manager_status.as_ref().map(|ms| RemoteManager {
+                            node_id: n.id.clone(),
+                            addr: ms.addr.clone(),
+                        })
+                    })
                     .collect();
                 if managers.len() % 2 == 0 {
                     info.warnings.push(format!(
@@ -652,7 +869,10 @@ impl Control for NodeHandle {
                 info.remote_managers = f
                     .managers
                     .iter()
-                    .map(|a| RemoteManager { node_id: crate::store::NodeId(String::new()), addr: a.clone() })
+                    .map(|a| RemoteManager {
+                        node_id: crate::store::NodeId(String::new()),
+                        addr: a.clone(),
+                    })
                     .collect();
             }
         }
@@ -660,12 +880,20 @@ impl Control for NodeHandle {
     }
 
     async fn swarm_inspect(&self) -> ControlResult<SwarmView> {
-        let m = self.manager()?;
-        let cluster = m.state.read().cluster.clone().ok_or_else(|| ControlError::Unavailable("the swarm is still starting".into()))?;
-        let digest = pki::ca_digest(&cluster.root_ca.cert_pem).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let m = self.manager_or_err()?;
+        let cluster = m
+            .state
+            .read()
+            .cluster
+            .clone()
+            .ok_or_else(|| ControlError::Unavailable("the swarm is still starting".into()))?;
+        let digest = pki::ca_digest(&cluster.root_ca.cert_pem)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         Ok(SwarmView {
-            worker_token: pki::JoinToken::new(digest, cluster.join_secrets.worker.clone()).to_string(),
-            manager_token: pki::JoinToken::new(digest, cluster.join_secrets.manager.clone()).to_string(),
+            worker_token: pki::JoinToken::new(digest, cluster.join_secrets.worker.clone())
+                .to_string(),
+            manager_token: pki::JoinToken::new(digest, cluster.join_secrets.manager.clone())
+                .to_string(),
             cluster,
         })
     }
@@ -678,7 +906,11 @@ impl Control for NodeHandle {
             (None, _) => self.init_new(req).await?,
         };
         *phase = Some(running.clone());
-        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(running);
         Ok(id)
     }
 
@@ -689,20 +921,33 @@ impl Control for NodeHandle {
         }
         let running = self.join(req).await?;
         *phase = Some(running.clone());
-        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(running);
         Ok(())
     }
 
     async fn swarm_leave(&self, force: bool) -> ControlResult<()> {
         let mut phase = self.inner.phase.lock().await;
         let Some(running) = phase.clone() else {
-            return Err(ControlError::FailedPrecondition("This node is not part of a swarm".into()));
+            return Err(ControlError::FailedPrecondition(
+                "This node is not part of a swarm".into(),
+            ));
         };
         if let Some(m) = running.manager() {
             let (managers, reachable) = {
                 let state = m.state.read();
                 let managers: Vec<&Node> = state.managers().collect();
-                let reachable = managers.iter().filter(|n| n.manager_status.as_ref().is_some_and(|s| s.reachability == Reachability::Reachable)).count();
+                let reachable = managers
+                    .iter()
+                    .filter(|n| {
+                        n.manager_status
+                            .as_ref()
+                            .is_some_and(|s| s.reachability == Reachability::Reachable)
+                    })
+                    .count();
                 (managers.len(), reachable)
             };
             if !force {
@@ -726,28 +971,44 @@ impl Control for NodeHandle {
             session::notify_leave(&running).await;
         }
         running.stop().await;
-        self.inner.dir.wipe().map_err(|e| ControlError::Internal(e.to_string()))?;
+        self.inner
+            .dir
+            .wipe()
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         *phase = None;
-        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         info!("left the swarm");
         Ok(())
     }
 
     async fn swarm_update(&self, req: SwarmUpdate) -> ControlResult<()> {
-        let m = self.manager()?;
+        let m = self.manager_or_err()?;
         if req.spec.autolock {
             return Err(ControlError::InvalidArgument(
                 "autolock is not available in this version of apiary yet".into(),
             ));
         }
         if req.spec.dispatcher_heartbeat_ns < crate::store::NANOS_PER_SEC / 10 {
-            return Err(ControlError::InvalidArgument("dispatcher heartbeat period must be at least 100ms".into()));
+            return Err(ControlError::InvalidArgument(
+                "dispatcher heartbeat period must be at least 100ms".into(),
+            ));
         }
         if req.spec.cert_expiry_ns < 3600 * crate::store::NANOS_PER_SEC {
-            return Err(ControlError::InvalidArgument("certificate expiry must be at least 1h".into()));
+            return Err(ControlError::InvalidArgument(
+                "certificate expiry must be at least 1h".into(),
+            ));
         }
         let now = crate::util::now_rfc3339();
-        m.propose(Command::UpdateCluster { version: req.version, spec: req.spec, now: now.clone() }).await?;
+        m.propose(Command::UpdateCluster {
+            version: req.version,
+            spec: req.spec,
+            now: now.clone(),
+        })
+        .await?;
         if req.rotate_worker_token || req.rotate_manager_token {
             let cmd = Command::RotateJoinSecrets {
                 worker: req.rotate_worker_token.then(pki::new_join_secret),
@@ -760,26 +1021,32 @@ impl Control for NodeHandle {
     }
 
     async fn nodes(&self) -> ControlResult<Vec<NodeView>> {
-        let m = self.manager()?;
+        let m = self.manager_or_err()?;
         let nodes: Vec<Node> = m.state.read().nodes.values().cloned().collect();
         Ok(nodes.into_iter().map(|n| self.view(&m, n)).collect())
     }
 
     async fn node(&self, id: &str) -> ControlResult<NodeView> {
-        let m = self.manager()?;
+        let m = self.manager_or_err()?;
         let n = self.resolve_node(&m, id)?;
         Ok(self.view(&m, n))
     }
 
     async fn node_update(&self, id: &str, version: u64, spec: NodeSpec) -> ControlResult<()> {
-        let m = self.manager()?;
+        let m = self.manager_or_err()?;
         let n = self.resolve_node(&m, id)?;
-        m.propose(Command::UpdateNodeSpec { id: n.id, version, spec, now: crate::util::now_rfc3339() }).await?;
+        m.propose(Command::UpdateNodeSpec {
+            id: n.id,
+            version,
+            spec,
+            now: crate::util::now_rfc3339(),
+        })
+        .await?;
         Ok(())
     }
 
     async fn node_remove(&self, id: &str, force: bool) -> ControlResult<()> {
-        let m = self.manager()?;
+        let m = self.manager_or_err()?;
         let n = self.resolve_node(&m, id)?;
         if n.manager_status.is_some() {
             return Err(ControlError::FailedPrecondition(format!(

@@ -22,7 +22,11 @@ use crate::store::{NodeId, RaftId, Role};
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     #[error("cannot {op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is corrupt ({reason}); move it away and join the node to the swarm again")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -60,7 +64,11 @@ const KEY: &str = "swarm-node.key";
 pub const RAFT_DB: &str = "raft.redb";
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PersistError + 'a {
-    move |source| PersistError::Io { op, path: path.to_path_buf(), source }
+    move |source| PersistError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl DataDir {
@@ -88,13 +96,23 @@ impl DataDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("read", &path)(e)),
         };
-        let file: NodeFile = serde_json::from_slice(&bytes)
-            .map_err(|e| PersistError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        let file: NodeFile = serde_json::from_slice(&bytes).map_err(|e| PersistError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         let read = |name: &str| {
             let p = self.root.join(CERT_DIR).join(name);
-            fs::read_to_string(&p).map_err(|e| PersistError::Io { op: "read", path: p, source: e })
+            fs::read_to_string(&p).map_err(|e| PersistError::Io {
+                op: "read",
+                path: p,
+                source: e,
+            })
         };
-        let certs = Certs { ca_pem: read(CA)?, cert_pem: read(CERT)?, key_pem: read(KEY)? };
+        let certs = Certs {
+            ca_pem: read(CA)?,
+            cert_pem: read(CERT)?,
+            key_pem: read(KEY)?,
+        };
         Ok(Some((file, certs)))
     }
 
@@ -124,7 +142,11 @@ impl DataDir {
     pub fn wipe(&self) -> Result<(), PersistError> {
         self.remove_raft()?;
         for p in [self.root.join(STATE), self.root.join(CERT_DIR)] {
-            let r = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            let r = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
             match r {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

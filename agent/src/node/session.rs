@@ -30,17 +30,31 @@ async fn call(running: &Running, req: Request) -> Result<Reply, ControlError> {
         let reply = m.handle(running.self_caller(), req.clone()).await;
         // Our own raft may be cut off (being demoted, partitioned): then ask
         // the other managers directly.
-        if !matches!(reply, Reply::Error(RpcError::NoQuorum(_) | RpcError::Other(_))) {
+        if !matches!(
+            reply,
+            Reply::Error(RpcError::NoQuorum(_) | RpcError::Other(_))
+        ) {
             return Ok(reply);
         }
     }
     let me = running.file().advertise_addr;
-    let managers: Vec<String> = running.file().managers.into_iter().filter(|a| *a != me).collect();
+    let managers: Vec<String> = running
+        .file()
+        .managers
+        .into_iter()
+        .filter(|a| *a != me)
+        .collect();
     let bytes = rpc::encode(&req);
     let mut last = ControlError::Unavailable("this node knows no manager to talk to".into());
     for addr in &managers {
-        let Ok(sa) = addr.parse::<SocketAddr>() else { continue };
-        match running.transport.call(sa, MANAGER_SERVER_NAME, bytes.clone(), CALL_TIMEOUT).await {
+        let Ok(sa) = addr.parse::<SocketAddr>() else {
+            continue;
+        };
+        match running
+            .transport
+            .call(sa, MANAGER_SERVER_NAME, bytes.clone(), CALL_TIMEOUT)
+            .await
+        {
             Ok(b) => {
                 let reply: Reply = rpc::decode(&b).map_err(ControlError::Internal)?;
                 // A manager that lost its manager role (demoted meanwhile)
@@ -50,7 +64,9 @@ async fn call(running: &Running, req: Request) -> Result<Reply, ControlError> {
                 }
                 return Ok(reply);
             }
-            Err(e) => last = ControlError::Unavailable(format!("manager {addr} did not answer: {e}")),
+            Err(e) => {
+                last = ControlError::Unavailable(format!("manager {addr} did not answer: {e}"))
+            }
         }
     }
     Err(last)
@@ -62,7 +78,11 @@ pub(super) async fn run(running: Arc<Running>) {
     let mut removed_logged = false;
     loop {
         let f = running.file();
-        let hb = Heartbeat { node_id: f.node_id.clone(), role: f.role, description: running.description.clone() };
+        let hb = Heartbeat {
+            node_id: f.node_id.clone(),
+            role: f.role,
+            description: running.description.clone(),
+        };
         let wait = match call(&running, Request::Heartbeat(hb)).await {
             Ok(Reply::Heartbeat(r)) => {
                 period = Duration::from_millis(r.period_ms);
@@ -111,7 +131,14 @@ pub(super) async fn run(running: Arc<Running>) {
 fn renewal_time(certs: &Certs) -> SystemTime {
     let now = SystemTime::now();
     match pki::parse_node_cert_pem(&certs.cert_pem) {
-        Ok(info) => now + pki::renewal_delay(info.not_before, info.not_after, now, &mut rand::thread_rng()),
+        Ok(info) => {
+            now + pki::renewal_delay(
+                info.not_before,
+                info.not_after,
+                now,
+                &mut rand::thread_rng(),
+            )
+        }
         // An unreadable certificate: renew right away.
         Err(_) => now,
     }
@@ -144,7 +171,10 @@ async fn follow(running: &Arc<Running>, r: &HeartbeatReply) -> Result<(), Contro
                 running.set_manager(None);
                 m.stop().await;
             }
-            running.dir.remove_raft().map_err(|e| ControlError::Internal(e.to_string()))?;
+            running
+                .dir
+                .remove_raft()
+                .map_err(|e| ControlError::Internal(e.to_string()))?;
             running.update_file(|f| f.raft_id = None)?;
             renew(running).await?;
             info!("demoted to worker");
@@ -160,19 +190,39 @@ fn still_voter(running: &Running) -> bool {
     running.manager().is_some_and(|m| {
         let metrics = m.raft.metrics().borrow().clone();
         let me = m.me.raft_id;
-        metrics.current_leader == Some(me) && metrics.membership_config.membership().voter_ids().any(|v| v == me)
+        metrics.current_leader == Some(me)
+            && metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == me)
     })
 }
 
 /// Get a fresh certificate for whatever role the cluster gives us now.
 async fn renew(running: &Arc<Running>) -> Result<Role, ControlError> {
     let kc = pki::new_key_and_csr().map_err(|e| ControlError::Internal(e.to_string()))?;
-    let renewed = match call(running, Request::RenewCert { csr_pem: kc.csr_pem }).await? {
+    let renewed = match call(
+        running,
+        Request::RenewCert {
+            csr_pem: kc.csr_pem,
+        },
+    )
+    .await?
+    {
         Reply::Renewed(r) => r,
         Reply::Error(e) => return Err(rpc_to_control(e)),
-        other => return Err(ControlError::Internal(format!("unexpected renewal answer: {other:?}"))),
+        other => {
+            return Err(ControlError::Internal(format!(
+                "unexpected renewal answer: {other:?}"
+            )))
+        }
     };
-    running.install_certs(Certs { ca_pem: renewed.ca_pem, cert_pem: renewed.cert_pem, key_pem: kc.key_pem })?;
+    running.install_certs(Certs {
+        ca_pem: renewed.ca_pem,
+        cert_pem: renewed.cert_pem,
+        key_pem: kc.key_pem,
+    })?;
     running.update_file(|f| f.role = renewed.role)?;
     Ok(renewed.role)
 }
@@ -186,31 +236,61 @@ pub(super) async fn become_raft_member(running: &Arc<Running>) -> Result<(), Con
             // A fresh raft ID for a fresh, empty log: a removed member's ID
             // (and data) are never reused.
             let id = new_raft_id();
-            running.dir.remove_raft().map_err(|e| ControlError::Internal(e.to_string()))?;
+            running
+                .dir
+                .remove_raft()
+                .map_err(|e| ControlError::Internal(e.to_string()))?;
             running.update_file(|f| f.raft_id = Some(id))?;
-            running.start_manager(id, ClusterSpec::default().snapshot_interval).await?;
+            running
+                .start_manager(id, ClusterSpec::default().snapshot_interval)
+                .await?;
             id
         }
     };
-    let req = || Request::RaftJoin { node_id: f.node_id.clone(), raft_id, addr: f.advertise_addr.clone() };
+    let req = || Request::RaftJoin {
+        node_id: f.node_id.clone(),
+        raft_id,
+        addr: f.advertise_addr.clone(),
+    };
     let mut last = None;
     for _ in 0..RAFT_JOIN_ATTEMPTS {
         // Ask through another manager: our own raft knows no leader yet.
         let managers = running.file().managers;
         for addr in managers.iter().filter(|a| **a != f.advertise_addr) {
-            let Ok(sa) = addr.parse::<SocketAddr>() else { continue };
-            match running.transport.call(sa, MANAGER_SERVER_NAME, rpc::encode(&req()), Duration::from_secs(30)).await {
+            let Ok(sa) = addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            match running
+                .transport
+                .call(
+                    sa,
+                    MANAGER_SERVER_NAME,
+                    rpc::encode(&req()),
+                    Duration::from_secs(30),
+                )
+                .await
+            {
                 Ok(b) => match rpc::decode::<Reply>(&b).map_err(ControlError::Internal)? {
                     Reply::Ok => return Ok(()),
                     Reply::Error(e) => last = Some(rpc_to_control(e)),
-                    other => last = Some(ControlError::Internal(format!("unexpected answer: {other:?}"))),
+                    other => {
+                        last = Some(ControlError::Internal(format!(
+                            "unexpected answer: {other:?}"
+                        )))
+                    }
                 },
-                Err(e) => last = Some(ControlError::Unavailable(format!("manager {addr} did not answer: {e}"))),
+                Err(e) => {
+                    last = Some(ControlError::Unavailable(format!(
+                        "manager {addr} did not answer: {e}"
+                    )))
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(last.unwrap_or_else(|| ControlError::Unavailable("no other manager to join raft through".into())))
+    Err(last.unwrap_or_else(|| {
+        ControlError::Unavailable("no other manager to join raft through".into())
+    }))
 }
 
 /// A worker leaving tells the leader, so it shows Down at once.

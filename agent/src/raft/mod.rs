@@ -42,7 +42,13 @@ pub struct StateWriter {
 pub fn shared_state(initial: State, applied: u64) -> (StateWriter, StateReader) {
     let state = Arc::new(RwLock::new(initial));
     let (tx, rx) = watch::channel(applied);
-    (StateWriter { state: state.clone(), applied: tx }, StateReader { state, applied: rx })
+    (
+        StateWriter {
+            state: state.clone(),
+            applied: tx,
+        },
+        StateReader { state, applied: rx },
+    )
 }
 
 impl StateReader {
@@ -70,6 +76,9 @@ impl StateWriter {
         self.applied.send_replace(index);
     }
     pub fn reader(&self) -> StateReader {
-        StateReader { state: self.state.clone(), applied: self.applied.subscribe() }
+        StateReader {
+            state: self.state.clone(),
+            applied: self.applied.subscribe(),
+        }
     }
 }

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -39,11 +41,17 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Client;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Client {
-        let addr = node
-            .addr
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("raft member {target} has a bad address {:?}: {e}", node.addr));
-        Client { transport: self.transport.clone(), target, addr }
+        let addr = node.addr.parse::<SocketAddr>().map_err(|e| {
+            format!(
+                "raft member {target} has a bad address {:?}: {e}",
+                node.addr
+            )
+        });
+        Client {
+            transport: self.transport.clone(),
+            target,
+            addr,
+        }
     }
 }
 
@@ -88,9 +96,14 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
-        match self.send(Request::AppendEntries(rpc), option.hard_ttl()).await? {
+        match self
+            .send(Request::AppendEntries(rpc), option.hard_ttl())
+            .await?
+        {
             Reply::AppendEntries(Ok(r)) => Ok(r),
-            Reply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Reply::AppendEntries(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             _ => Err(self.unexpected("append-entries")),
         }
     }
@@ -100,9 +113,14 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
-        match self.send(Request::InstallSnapshot(rpc), option.hard_ttl()).await? {
+        match self
+            .send(Request::InstallSnapshot(rpc), option.hard_ttl())
+            .await?
+        {
             Reply::InstallSnapshot(Ok(r)) => Ok(r),
-            Reply::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Reply::InstallSnapshot(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             _ => Err(self.unexpected("install-snapshot")),
         }
     }

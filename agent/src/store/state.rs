@@ -25,13 +25,22 @@ pub struct StoreError {
 
 impl StoreError {
     pub fn not_found(message: impl Into<String>) -> Self {
-        StoreError { kind: StoreErrorKind::NotFound, message: message.into() }
+        StoreError {
+            kind: StoreErrorKind::NotFound,
+            message: message.into(),
+        }
     }
     pub fn conflict(message: impl Into<String>) -> Self {
-        StoreError { kind: StoreErrorKind::Conflict, message: message.into() }
+        StoreError {
+            kind: StoreErrorKind::Conflict,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
-        StoreError { kind: StoreErrorKind::Invalid, message: message.into() }
+        StoreError {
+            kind: StoreErrorKind::Invalid,
+            message: message.into(),
+        }
     }
 }
 
@@ -104,7 +113,10 @@ impl State {
     }
 
     fn cluster_change(&self) -> Change {
-        Change { key: CLUSTER_KEY.to_string(), value: self.cluster.as_ref().map(encode) }
+        Change {
+            key: CLUSTER_KEY.to_string(),
+            value: self.cluster.as_ref().map(encode),
+        }
     }
 
     pub fn managers(&self) -> impl Iterator<Item = &Node> {
@@ -115,8 +127,20 @@ impl State {
     /// state, index and command give the same result on every manager.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> (Response, Vec<Change>) {
         match self.apply_inner(index, cmd) {
-            Ok((version, changes)) => (Response { version, error: None }, changes),
-            Err(e) => (Response { version: None, error: Some(e) }, Vec::new()),
+            Ok((version, changes)) => (
+                Response {
+                    version,
+                    error: None,
+                },
+                changes,
+            ),
+            Err(e) => (
+                Response {
+                    version: None,
+                    error: Some(e),
+                },
+                Vec::new(),
+            ),
         }
     }
 
@@ -135,13 +159,22 @@ impl State {
                 node.version = index;
                 let id = node.id.clone();
                 self.nodes.insert(id.clone(), node);
-                Ok((Some(index), vec![self.cluster_change(), self.node_change(&id)]))
+                Ok((
+                    Some(index),
+                    vec![self.cluster_change(), self.node_change(&id)],
+                ))
             }
             Command::Restore { cluster, nodes } => {
                 // Old versions belong to the old log; restamping every object
                 // with this index keeps `?version=` checks meaningful.
-                let mut changes: Vec<Change> =
-                    self.nodes.keys().map(|id| Change { key: format!("{NODE_PREFIX}{id}"), value: None }).collect();
+                let mut changes: Vec<Change> = self
+                    .nodes
+                    .keys()
+                    .map(|id| Change {
+                        key: format!("{NODE_PREFIX}{id}"),
+                        value: None,
+                    })
+                    .collect();
                 self.nodes.clear();
                 let mut cluster = cluster.clone();
                 cluster.version = index;
@@ -158,7 +191,10 @@ impl State {
             }
             Command::AddNode { node } => {
                 if self.nodes.contains_key(&node.id) {
-                    return Err(StoreError::conflict(format!("node {} already exists", node.id)));
+                    return Err(StoreError::conflict(format!(
+                        "node {} already exists",
+                        node.id
+                    )));
                 }
                 let mut node = node.clone();
                 node.version = index;
@@ -166,7 +202,12 @@ impl State {
                 self.nodes.insert(id.clone(), node);
                 Ok((Some(index), vec![self.node_change(&id)]))
             }
-            Command::UpdateNodeSpec { id, version, spec, now } => {
+            Command::UpdateNodeSpec {
+                id,
+                version,
+                spec,
+                now,
+            } => {
                 let node = self
                     .nodes
                     .get(id)
@@ -178,14 +219,21 @@ impl State {
                     )));
                 }
                 if node.spec.role == Role::Manager && spec.role == Role::Worker {
-                    let managers = self.nodes.values().filter(|n| n.spec.role == Role::Manager).count();
+                    let managers = self
+                        .nodes
+                        .values()
+                        .filter(|n| n.spec.role == Role::Manager)
+                        .count();
                     if managers <= 1 {
                         return Err(StoreError::invalid(format!(
                             "node {id} is the last manager of the swarm; demoting it would leave the swarm without managers: promote another node first"
                         )));
                     }
                 }
-                let node = self.nodes.get_mut(id).ok_or_else(|| StoreError::not_found(format!("node {id} not found")))?;
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::not_found(format!("node {id} not found")))?;
                 node.spec = spec.clone();
                 node.version = index;
                 node.updated_at = now.clone();
@@ -195,7 +243,9 @@ impl State {
                 let mut changes = Vec::with_capacity(updates.len());
                 for u in updates {
                     // A node removed while its status was in flight: skip it.
-                    let Some(node) = self.nodes.get_mut(&u.id) else { continue };
+                    let Some(node) = self.nodes.get_mut(&u.id) else {
+                        continue;
+                    };
                     if let Some(s) = u.state {
                         node.status.state = s;
                     }
@@ -217,7 +267,13 @@ impl State {
                 }
                 Ok((Some(index), changes))
             }
-            Command::SetNodeRole { id, role, manager_status, cert_expiry, now } => {
+            Command::SetNodeRole {
+                id,
+                role,
+                manager_status,
+                cert_expiry,
+                now,
+            } => {
                 let node = self
                     .nodes
                     .get_mut(id)
@@ -260,7 +316,11 @@ impl State {
                 cluster.updated_at = now.clone();
                 Ok((Some(index), vec![self.cluster_change()]))
             }
-            Command::RotateJoinSecrets { worker, manager, now } => {
+            Command::RotateJoinSecrets {
+                worker,
+                manager,
+                now,
+            } => {
                 let cluster = self
                     .cluster
                     .as_mut()

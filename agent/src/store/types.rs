@@ -228,7 +228,9 @@ pub struct RootCa {
 impl fmt::Debug for RootCa {
     // Never print the CA key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RootCa").field("key_pem", &"<redacted>").finish()
+        f.debug_struct("RootCa")
+            .field("key_pem", &"<redacted>")
+            .finish()
     }
 }
 
@@ -261,13 +263,26 @@ pub struct Cluster {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// The first entry of a new cluster (and of `--force-new-cluster`).
-    InitCluster { cluster: Cluster, node: Node },
+    InitCluster {
+        cluster: Cluster,
+        node: Node,
+    },
     /// A node joined: its record as the leader built it.
-    AddNode { node: Node },
+    AddNode {
+        node: Node,
+    },
     /// `node update` / promote / demote. `version` must match the node's.
-    UpdateNodeSpec { id: NodeId, version: u64, spec: NodeSpec, now: String },
+    UpdateNodeSpec {
+        id: NodeId,
+        version: u64,
+        spec: NodeSpec,
+        now: String,
+    },
     /// Observed facts about nodes, batched by the dispatcher; no version check.
-    SetNodeStatus { updates: Vec<NodeStatusUpdate>, now: String },
+    SetNodeStatus {
+        updates: Vec<NodeStatusUpdate>,
+        now: String,
+    },
     /// A node's role and raft membership as they now are.
     SetNodeRole {
         id: NodeId,
@@ -276,16 +291,32 @@ pub enum Command {
         cert_expiry: Option<String>,
         now: String,
     },
-    RemoveNode { id: NodeId },
+    RemoveNode {
+        id: NodeId,
+    },
     /// `swarm update`. `version` must match the cluster's.
-    UpdateCluster { version: u64, spec: ClusterSpec, now: String },
+    UpdateCluster {
+        version: u64,
+        spec: ClusterSpec,
+        now: String,
+    },
     /// `swarm join-token --rotate`.
-    RotateJoinSecrets { worker: Option<String>, manager: Option<String>, now: String },
+    RotateJoinSecrets {
+        worker: Option<String>,
+        manager: Option<String>,
+        now: String,
+    },
     /// `swarm init --force-new-cluster`: the first entry of the new log
     /// carries every object of the old cluster.
-    Restore { cluster: Cluster, nodes: Vec<Node> },
+    Restore {
+        cluster: Cluster,
+        nodes: Vec<Node>,
+    },
     /// `swarm ca --rotate` and `--force-new-cluster` bookkeeping.
-    SetRootCa { root_ca: RootCa, now: String },
+    SetRootCa {
+        root_ca: RootCa,
+        now: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,8 +9,14 @@ fn state_with(nodes: &[(&str, NodeState, bool)]) -> State {
         created_at: String::new(),
         updated_at: String::new(),
         spec: ClusterSpec::default(),
-        root_ca: RootCa { cert_pem: String::new(), key_pem: String::new() },
-        join_secrets: JoinSecrets { worker: String::new(), manager: String::new() },
+        root_ca: RootCa {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        },
+        join_secrets: JoinSecrets {
+            worker: String::new(),
+            manager: String::new(),
+        },
     });
     for (id, st, manager) in nodes {
         s.nodes.insert(
@@ -22,9 +28,21 @@ fn state_with(nodes: &[(&str, NodeState, bool)]) -> State {
                 updated_at: String::new(),
                 spec: NodeSpec::default(),
                 description: NodeDescription::default(),
-                status: NodeStatus { state: *st, message: String::new(), addr: String::new() },
-                role: if *manager { Role::Manager } else { Role::Worker },
-                manager_status: manager.then(|| ManagerStatus { raft_id: 1, addr: String::new(), reachability: Reachability::Reachable }),
+                status: NodeStatus {
+                    state: *st,
+                    message: String::new(),
+                    addr: String::new(),
+                },
+                role: if *manager {
+                    Role::Manager
+                } else {
+                    Role::Worker
+                },
+                manager_status: manager.then(|| ManagerStatus {
+                    raft_id: 1,
+                    addr: String::new(),
+                    reachability: Reachability::Reachable,
+                }),
                 cert_expiry: String::new(),
             },
         );
@@ -40,7 +58,11 @@ fn id(s: &str) -> NodeId {
 async fn silent_nodes_go_down_after_three_periods_and_come_back() {
     let d = Dispatcher::default();
     d.start_term();
-    let s = state_with(&[("me", NodeState::Ready, true), ("w", NodeState::Ready, false), ("m2", NodeState::Ready, true)]);
+    let s = state_with(&[
+        ("me", NodeState::Ready, true),
+        ("w", NodeState::Ready, false),
+        ("m2", NodeState::Ready, true),
+    ]);
     d.seen(&id("w"));
     d.seen(&id("m2"));
     // Within the grace period nothing changes.
@@ -57,7 +79,10 @@ async fn silent_nodes_go_down_after_three_periods_and_come_back() {
     // The leader itself never goes down in its own eyes.
     assert!(plan.iter().all(|u| u.id != id("me")));
     // A heartbeat brings a Down node back.
-    let s = state_with(&[("me", NodeState::Ready, true), ("w", NodeState::Down, false)]);
+    let s = state_with(&[
+        ("me", NodeState::Ready, true),
+        ("w", NodeState::Down, false),
+    ]);
     d.seen(&id("w"));
     let plan = d.plan(&s, &id("me"), Instant::now());
     assert_eq!(plan.len(), 1);
@@ -68,9 +93,15 @@ async fn silent_nodes_go_down_after_three_periods_and_come_back() {
 async fn a_new_leader_gives_every_node_a_grace_period() {
     let d = Dispatcher::default();
     d.start_term();
-    let s = state_with(&[("me", NodeState::Ready, true), ("w", NodeState::Ready, false)]);
+    let s = state_with(&[
+        ("me", NodeState::Ready, true),
+        ("w", NodeState::Ready, false),
+    ]);
     tokio::time::advance(Duration::from_secs(10)).await;
-    assert!(d.plan(&s, &id("me"), Instant::now()).is_empty(), "not heard yet, but within grace");
+    assert!(
+        d.plan(&s, &id("me"), Instant::now()).is_empty(),
+        "not heard yet, but within grace"
+    );
     tokio::time::advance(Duration::from_secs(6)).await;
     assert_eq!(d.plan(&s, &id("me"), Instant::now()).len(), 1);
 }

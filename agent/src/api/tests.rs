@@ -1,0 +1,599 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+//! The API served on a real unix socket, backed by a fake [`Control`] and
+//! driven by the CLI's own client.
+
+use std::sync::{Arc, Mutex};
+
+use hyper::Method;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::client::Answer;
+use crate::cli::{CliError, Client};
+use crate::control::*;
+use crate::store::{
+    Availability, Cluster, ClusterSpec, JoinSecrets, ManagerStatus, Node, NodeDescription, NodeId,
+    NodeSpec, NodeState, NodeStatus, Platform, Reachability, Role, RootCa,
+};
+
+/// A swarm of two nodes held in memory. `self_id` is the node answering.
+pub(crate) struct Fake {
+    pub state: Mutex<FakeState>,
+}
+
+pub(crate) struct FakeState {
+    pub in_swarm: bool,
+    pub is_manager: bool,
+    pub cluster: Cluster,
+    pub nodes: Vec<NodeView>,
+    pub worker_token: String,
+    pub manager_token: String,
+    pub last_init: Option<InitRequest>,
+    pub last_join: Option<JoinRequest>,
+    pub last_update: Option<SwarmUpdate>,
+}
+
+pub(crate) const MANAGER_ID: &str = "m1abcdefghijklmnopqrstuvw";
+pub(crate) const WORKER_ID: &str = "w2abcdefghijklmnopqrstuvw";
+
+fn node(id: &str, host: &str, role: Role, leader: bool, state: NodeState) -> NodeView {
+    NodeView {
+        node: Node {
+            id: NodeId(id.into()),
+            version: 10,
+            created_at: "2024-05-01T10:00:00Z".into(),
+            updated_at: "2024-05-01T10:00:00Z".into(),
+            spec: NodeSpec {
+                name: String::new(),
+                labels: Default::default(),
+                role,
+                availability: Availability::Active,
+            },
+            description: NodeDescription {
+                hostname: host.into(),
+                platform: Platform {
+                    os: "linux".into(),
+                    architecture: "x86_64".into(),
+                },
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 2 * 1024 * 1024 * 1024,
+                engine_version: "0.1.0".into(),
+            },
+            status: NodeStatus {
+                state,
+                message: String::new(),
+                addr: "10.0.0.1".into(),
+            },
+            role,
+            manager_status: (role == Role::Manager).then(|| ManagerStatus {
+                raft_id: 1,
+                addr: "10.0.0.1:2377".into(),
+                reachability: Reachability::Reachable,
+            }),
+            cert_expiry: String::new(),
+        },
+        leader,
+    }
+}
+
+impl Fake {
+    pub(crate) fn new() -> Arc<Fake> {
+        Arc::new(Fake {
+            state: Mutex::new(FakeState {
+                in_swarm: true,
+                is_manager: true,
+                cluster: Cluster {
+                    id: "clusterid".into(),
+                    version: 5,
+                    created_at: "2024-05-01T10:00:00Z".into(),
+                    updated_at: "2024-05-01T10:00:00Z".into(),
+                    spec: ClusterSpec::default(),
+                    root_ca: RootCa {
+                        cert_pem: "CERT".into(),
+                        key_pem: "KEY".into(),
+                    },
+                    join_secrets: JoinSecrets {
+                        worker: "w".into(),
+                        manager: "m".into(),
+                    },
+                },
+                nodes: vec![
+                    node(WORKER_ID, "node2", Role::Worker, false, NodeState::Ready),
+                    node(MANAGER_ID, "node1", Role::Manager, true, NodeState::Ready),
+                ],
+                worker_token: "SWMTKN-1-worker".into(),
+                manager_token: "SWMTKN-1-manager".into(),
+                last_init: None,
+                last_join: None,
+                last_update: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn manager_only(&self) -> ControlResult<()> {
+        let s = self.lock();
+        if !s.in_swarm {
+            return Err(ControlError::NotInSwarm);
+        }
+        if !s.is_manager {
+            return Err(ControlError::NotManager);
+        }
+        Ok(())
+    }
+
+    fn find(&self, id: &str) -> ControlResult<NodeView> {
+        let s = self.lock();
+        s.nodes
+            .iter()
+            .find(|n| {
+                n.node.id.0 == id
+                    || n.node.description.hostname == id
+                    || n.node.id.0.starts_with(id)
+            })
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("node {id} not found")))
+    }
+}
+
+impl Control for Fake {
+    fn host_info(&self) -> HostInfo {
+        HostInfo {
+            hostname: "node1".into(),
+            os: "linux".into(),
+            architecture: "x86_64".into(),
+            kernel_version: "6.1.0".into(),
+            ncpu: 2,
+            mem_total: 2 * 1024 * 1024 * 1024,
+            data_dir: "/var/lib/apiary".into(),
+        }
+    }
+
+    async fn swarm_info(&self) -> SwarmInfo {
+        let s = self.lock();
+        if !s.in_swarm {
+            return SwarmInfo {
+                state: LocalNodeState::Inactive,
+                node_id: None,
+                node_addr: String::new(),
+                is_manager: false,
+                error: String::new(),
+                remote_managers: vec![],
+                cluster: None,
+                nodes: None,
+                managers: None,
+                warnings: vec![],
+            };
+        }
+        SwarmInfo {
+            state: LocalNodeState::Active,
+            node_id: Some(NodeId(MANAGER_ID.into())),
+            node_addr: "10.0.0.1".into(),
+            is_manager: s.is_manager,
+            error: String::new(),
+            remote_managers: vec![RemoteManager {
+                node_id: NodeId(MANAGER_ID.into()),
+                addr: "10.0.0.1:2377".into(),
+            }],
+            cluster: s.is_manager.then(|| s.cluster.clone()),
+            nodes: s.is_manager.then_some(s.nodes.len()),
+            managers: s.is_manager.then_some(1),
+            warnings: vec![],
+        }
+    }
+
+    async fn swarm_inspect(&self) -> ControlResult<SwarmView> {
+        self.manager_only()?;
+        let s = self.lock();
+        Ok(SwarmView {
+            cluster: s.cluster.clone(),
+            worker_token: s.worker_token.clone(),
+            manager_token: s.manager_token.clone(),
+        })
+    }
+
+    async fn swarm_init(&self, req: InitRequest) -> ControlResult<NodeId> {
+        let mut s = self.lock();
+        if s.in_swarm {
+            return Err(ControlError::AlreadyInSwarm);
+        }
+        s.in_swarm = true;
+        s.is_manager = true;
+        s.cluster.spec = req.spec.clone();
+        s.last_init = Some(req);
+        Ok(NodeId(MANAGER_ID.into()))
+    }
+
+    async fn swarm_join(&self, req: JoinRequest) -> ControlResult<()> {
+        let mut s = self.lock();
+        if s.in_swarm {
+            return Err(ControlError::AlreadyInSwarm);
+        }
+        s.in_swarm = true;
+        s.is_manager = req.token.contains("manager");
+        s.last_join = Some(req);
+        Ok(())
+    }
+
+    async fn swarm_leave(&self, force: bool) -> ControlResult<()> {
+        let mut s = self.lock();
+        if !s.in_swarm {
+            return Err(ControlError::NotInSwarm);
+        }
+        if s.is_manager && !force {
+            return Err(ControlError::FailedPrecondition(
+                "You are attempting to leave the swarm on a node that is participating as a manager.".into(),
+            ));
+        }
+        s.in_swarm = false;
+        Ok(())
+    }
+
+    async fn swarm_update(&self, req: SwarmUpdate) -> ControlResult<()> {
+        self.manager_only()?;
+        let mut s = self.lock();
+        if req.version != s.cluster.version {
+            return Err(ControlError::Conflict("update out of sequence".into()));
+        }
+        s.cluster.spec = req.spec.clone();
+        s.cluster.version += 1;
+        if req.rotate_worker_token {
+            s.worker_token = "SWMTKN-1-worker2".into();
+        }
+        if req.rotate_manager_token {
+            s.manager_token = "SWMTKN-1-manager2".into();
+        }
+        s.last_update = Some(req);
+        Ok(())
+    }
+
+    async fn nodes(&self) -> ControlResult<Vec<NodeView>> {
+        self.manager_only()?;
+        Ok(self.lock().nodes.clone())
+    }
+
+    async fn node(&self, id: &str) -> ControlResult<NodeView> {
+        self.manager_only()?;
+        self.find(id)
+    }
+
+    async fn node_update(&self, id: &str, version: u64, spec: NodeSpec) -> ControlResult<()> {
+        self.manager_only()?;
+        let mut s = self.lock();
+        let n = s
+            .nodes
+            .iter_mut()
+            .find(|n| n.node.id.0 == id)
+            .ok_or_else(|| ControlError::NotFound(format!("node {id} not found")))?;
+        if n.node.version != version {
+            return Err(ControlError::Conflict("update out of sequence".into()));
+        }
+        n.node.spec = spec;
+        n.node.version += 1;
+        Ok(())
+    }
+
+    async fn node_remove(&self, id: &str, force: bool) -> ControlResult<()> {
+        self.manager_only()?;
+        let found = self.find(id)?;
+        if found.node.status.state == NodeState::Ready && !force {
+            return Err(ControlError::FailedPrecondition(format!(
+                "node {} is not down and can't be removed",
+                found.node.id
+            )));
+        }
+        self.lock().nodes.retain(|n| n.node.id != found.node.id);
+        Ok(())
+    }
+}
+
+/// A served API on a socket in a temp dir; stops when dropped.
+pub(crate) struct Served {
+    pub fake: Arc<Fake>,
+    pub socket: String,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Served {
+    pub fn client(&self) -> Client {
+        Client::new(&format!("unix://{}", self.socket)).expect("client")
+    }
+}
+
+pub(crate) async fn start(fake: Arc<Fake>) -> Served {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("apiary.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    let stop = CancellationToken::new();
+    tokio::spawn(super::serve(listener, fake.clone(), stop.clone()));
+    Served {
+        fake,
+        socket: path.to_string_lossy().into_owned(),
+        _dir: dir,
+        stop,
+    }
+}
+
+async fn raw(s: &Served, method: Method, path: &str, body: Option<&str>) -> Answer {
+    s.client()
+        .raw(method, path, body.map(|b| b.as_bytes().to_vec()))
+        .await
+        .expect("request")
+}
+
+fn json(a: &Answer) -> serde_json::Value {
+    serde_json::from_slice(&a.body).expect("json body")
+}
+
+#[tokio::test]
+async fn ping_has_docker_headers() {
+    let s = start(Fake::new()).await;
+    for m in [Method::GET, Method::HEAD] {
+        let a = raw(&s, m.clone(), "/_ping", None).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.headers["API-Version"], "1.49");
+        assert_eq!(a.headers["OSType"], "linux");
+        assert_eq!(a.headers["Docker-Experimental"], "false");
+        assert_eq!(a.headers["Swarm"], "active/manager");
+        assert!(a.headers["Cache-Control"]
+            .to_str()
+            .unwrap()
+            .contains("no-cache"));
+        let want: &[u8] = if m == Method::GET { b"OK" } else { b"" };
+        assert_eq!(&a.body[..], want);
+    }
+    let a = raw(&s, Method::GET, "/v1.41/_ping", None).await;
+    assert_eq!(&a.body[..], b"OK");
+    s.fake.lock().is_manager = false;
+    let a = raw(&s, Method::HEAD, "/_ping", None).await;
+    assert_eq!(a.headers["Swarm"], "active/worker");
+    s.fake.lock().in_swarm = false;
+    let a = raw(&s, Method::HEAD, "/_ping", None).await;
+    assert_eq!(a.headers["Swarm"], "inactive");
+}
+
+#[tokio::test]
+async fn nodes_json_under_every_version_prefix() {
+    let s = start(Fake::new()).await;
+    for p in [
+        "/nodes",
+        "/v1.49/nodes",
+        "/v1.24/nodes",
+        "/v1.44/nodes?filters=%7B%7D",
+    ] {
+        let a = raw(&s, Method::GET, p, None).await;
+        assert_eq!(a.status, 200, "{p}");
+        let v = json(&a);
+        let arr = v.as_array().expect("array");
+        assert_eq!(arr.len(), 2, "{p}");
+        let mgr = arr.iter().find(|n| n["ID"] == MANAGER_ID).expect("manager");
+        assert_eq!(mgr["ManagerStatus"]["Leader"], true);
+        assert_eq!(mgr["ManagerStatus"]["Reachability"], "reachable");
+        assert_eq!(mgr["Spec"]["Role"], "manager");
+        assert_eq!(mgr["Status"]["State"], "ready");
+        assert_eq!(mgr["Description"]["Hostname"], "node1");
+        assert_eq!(a.headers["API-Version"], "1.49");
+    }
+    let a = raw(
+        &s,
+        Method::GET,
+        "/v1.49/nodes?filters=%7B%22role%22%3A%7B%22worker%22%3Atrue%7D%7D",
+        None,
+    )
+    .await;
+    let v = json(&a);
+    assert_eq!(v.as_array().map(Vec::len), Some(1));
+    assert_eq!(v[0]["ID"], WORKER_ID);
+
+    let a = raw(&s, Method::GET, "/v1.12/nodes", None).await;
+    assert_eq!(a.status, 400);
+    assert!(json(&a)["message"].as_str().unwrap().contains("too old"));
+    let a = raw(&s, Method::GET, "/v1.99/nodes", None).await;
+    assert_eq!(a.status, 400);
+    assert!(json(&a)["message"].as_str().unwrap().contains("too new"));
+}
+
+#[tokio::test]
+async fn errors_are_docker_json() {
+    let s = start(Fake::new()).await;
+    let a = raw(&s, Method::GET, "/v1.49/nope", None).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(json(&a), serde_json::json!({"message": "page not found"}));
+    assert_eq!(a.headers["API-Version"], "1.49");
+
+    let a = raw(&s, Method::GET, "/nodes/ghost", None).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(json(&a)["message"], "node ghost not found");
+
+    let a = raw(&s, Method::PUT, "/v1.49/nodes", None).await;
+    assert_eq!(a.status, 405);
+
+    let a = raw(
+        &s,
+        Method::POST,
+        "/v1.49/swarm/update?version=5",
+        Some(r#"{"Dispatcher":{"HeartbeatPeriod":"soon"}}"#),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    let msg = json(&a)["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("Dispatcher.HeartbeatPeriod"), "{msg}");
+
+    let a = raw(
+        &s,
+        Method::POST,
+        &format!("/nodes/{MANAGER_ID}/update?version=x"),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(json(&a)["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid node version 'x'"));
+
+    let a = raw(
+        &s,
+        Method::POST,
+        "/swarm/init",
+        Some(r#"{"ListenAddr":"0.0.0.0:2377"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 503);
+    assert!(json(&a)["message"]
+        .as_str()
+        .unwrap()
+        .contains("already part of a swarm"));
+
+    s.fake.lock().is_manager = false;
+    let a = raw(&s, Method::GET, "/nodes", None).await;
+    assert_eq!(a.status, 503);
+    assert!(json(&a)["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("This node is not a swarm manager."));
+}
+
+#[tokio::test]
+async fn info_version_and_swarm() {
+    let s = start(Fake::new()).await;
+    let v = json(&raw(&s, Method::GET, "/v1.49/info", None).await);
+    assert_eq!(v["Swarm"]["LocalNodeState"], "active");
+    assert_eq!(v["Swarm"]["NodeID"], MANAGER_ID);
+    assert_eq!(v["Swarm"]["ControlAvailable"], true);
+    assert_eq!(v["Swarm"]["Nodes"], 2);
+    assert_eq!(v["Swarm"]["Managers"], 1);
+    assert_eq!(v["Swarm"]["Cluster"]["ID"], "clusterid");
+    assert_eq!(v["Swarm"]["Cluster"]["Version"]["Index"], 5);
+    assert_eq!(v["Swarm"]["RemoteManagers"][0]["Addr"], "10.0.0.1:2377");
+    assert_eq!(v["Name"], "node1");
+    assert_eq!(v["NCPU"], 2);
+    assert_eq!(v["DockerRootDir"], "/var/lib/apiary");
+
+    let v = json(&raw(&s, Method::GET, "/version", None).await);
+    assert_eq!(v["ApiVersion"], "1.49");
+    assert_eq!(v["MinAPIVersion"], "1.24");
+    assert_eq!(v["Arch"], "amd64");
+    assert_eq!(v["Components"][0]["Name"], "Engine");
+
+    let v = json(&raw(&s, Method::GET, "/v1.49/swarm", None).await);
+    assert_eq!(v["JoinTokens"]["Worker"], "SWMTKN-1-worker");
+    assert_eq!(v["Spec"]["Dispatcher"]["HeartbeatPeriod"], 5_000_000_000i64);
+
+    let v = json(&raw(&s, Method::GET, "/v1.49/swarm/unlockkey", None).await);
+    assert_eq!(v, serde_json::json!({"UnlockKey": ""}));
+}
+
+#[tokio::test]
+async fn swarm_update_merges_onto_current_spec() {
+    let s = start(Fake::new()).await;
+    let a = raw(
+        &s,
+        Method::POST,
+        "/v1.49/swarm/update?version=5&rotateWorkerToken=true",
+        Some(r#"{"Orchestration":{"TaskHistoryRetentionLimit":2}}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let up = s.fake.lock().last_update.clone().expect("update");
+    assert_eq!(up.version, 5);
+    assert!(up.rotate_worker_token && !up.rotate_manager_token);
+    assert_eq!(up.spec.task_history_limit, 2);
+    assert_eq!(
+        up.spec.cert_expiry_ns,
+        ClusterSpec::default().cert_expiry_ns
+    );
+    let a = raw(&s, Method::POST, "/swarm/update?version=5", Some("{}")).await;
+    assert_eq!(a.status, 409);
+}
+
+#[tokio::test]
+async fn init_and_join_parse_addresses() {
+    let s = start(Fake::new()).await;
+    s.fake.lock().in_swarm = false;
+    let a = raw(
+        &s,
+        Method::POST,
+        "/swarm/init",
+        Some(r#"{"ListenAddr":"0.0.0.0:2377","AdvertiseAddr":"eth0"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(json(&a)["message"].as_str().unwrap().contains("\"eth0\""));
+    let a = raw(
+        &s,
+        Method::POST,
+        "/v1.49/swarm/init",
+        Some(r#"{"ListenAddr":"0.0.0.0:4000","AdvertiseAddr":"192.168.1.5","Availability":"drain","AutoLockManagers":false,"Spec":{"Dispatcher":{"HeartbeatPeriod":10000000000}}}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(json(&a), serde_json::json!(MANAGER_ID));
+    {
+        let st = s.fake.lock();
+        let init = st.last_init.as_ref().expect("init");
+        assert_eq!(init.listen_addr.to_string(), "0.0.0.0:4000");
+        assert_eq!(
+            init.advertise_addr.map(|a| a.to_string()).as_deref(),
+            Some("192.168.1.5:4000")
+        );
+        assert_eq!(init.availability, Availability::Drain);
+        assert_eq!(init.spec.dispatcher_heartbeat_ns, 10_000_000_000);
+        assert_eq!(init.spec.task_history_limit, 5);
+    }
+    s.fake.lock().in_swarm = false;
+    let a = raw(
+        &s,
+        Method::POST,
+        "/swarm/join",
+        Some(r#"{"RemoteAddrs":["10.0.0.1"],"JoinToken":"SWMTKN-1-worker"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let st = s.fake.lock();
+    let join = st.last_join.as_ref().expect("join");
+    assert_eq!(join.remote_addrs, vec!["10.0.0.1:2377".to_string()]);
+    assert_eq!(join.listen_addr.to_string(), "0.0.0.0:2377");
+}
+
+#[tokio::test]
+async fn client_reports_daemon_errors_and_missing_socket() {
+    let s = start(Fake::new()).await;
+    let mut c = s.client();
+    let err = c
+        .get::<serde_json::Value>("/nodes/ghost")
+        .await
+        .unwrap_err();
+    assert_eq!(err, CliError::Daemon("node ghost not found".into()));
+    assert_eq!(
+        err.to_string(),
+        "Error response from daemon: node ghost not found"
+    );
+
+    let mut c = Client::new("/nonexistent/apiary.sock").expect("client");
+    let err = c.get::<serde_json::Value>("/info").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Cannot connect to the apiary agent at unix:///nonexistent/apiary.sock: is `apiary agent` running?"
+    );
+}
+
+#[tokio::test]
+async fn serve_returns_when_cancelled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::UnixListener::bind(dir.path().join("s.sock")).expect("bind");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(super::serve(listener, Fake::new(), stop.clone()));
+    stop.cancel();
+    let res = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    assert!(matches!(res, Ok(Ok(Ok(())))), "{res:?}");
+}
