@@ -59,7 +59,10 @@ fn seed_walkthrough_with_the_apiary_cli() {
         assert!(header.contains(col), "node ls header lacks {col}: {header}");
     }
     let rows = table_rows(&out);
-    let starred: Vec<&Vec<String>> = rows.iter().filter(|r| r.iter().any(|c| c == "*")).collect();
+    let starred: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|r| r.first().is_some_and(|c| c.ends_with(" *")))
+        .collect();
     assert_eq!(starred.len(), 1, "exactly one row is starred:\n{out}");
     assert!(
         starred[0].contains(&"mgr2".to_string()),
@@ -371,10 +374,14 @@ fn promote_demote_and_restart_resume_membership() {
             .find(|n| n["Description"]["Hostname"] == "wrk2")?;
         (n["ManagerStatus"].is_null() && n["Spec"]["Role"] == "worker").then_some(())
     });
-    let info = m.apiary(&["info"]).ok().to_string();
+    let out = m.apiary(&["info"]);
+    out.ok();
     assert!(
-        info.to_lowercase().contains("even number of managers"),
-        "{info}"
+        out.stderr
+            .to_lowercase()
+            .contains("even number of managers"),
+        "info warns about an even manager count on stderr: {}",
+        out.stderr
     );
 
     // Restart every agent: membership and roles come back from the data dirs.

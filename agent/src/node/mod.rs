@@ -138,6 +138,12 @@ impl Running {
     }
 
     async fn stop(&self) {
+        self.stop_keeping_transport().await;
+        self.transport.close().await;
+    }
+
+    /// Stop the session, the RPC server and the manager; keep the endpoint.
+    async fn stop_keeping_transport(&self) {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
@@ -145,7 +151,6 @@ impl Running {
             m.stop().await;
         }
         self.set_manager(None);
-        self.transport.close().await;
     }
 }
 
@@ -498,7 +503,28 @@ impl NodeHandle {
             (cluster, state.nodes.values().cloned().collect::<Vec<_>>())
         };
         let file = running.file();
-        running.stop().await;
+        drop(m);
+        let old_listen = parse_addr(&file.listen_addr)?;
+        let listen = if req.listen_addr.port() != 0 && !req.listen_addr.ip().is_unspecified() {
+            req.listen_addr
+        } else {
+            old_listen
+        };
+        let advertise = match req.advertise_addr {
+            Some(a) => a,
+            None => parse_addr(&file.advertise_addr)?,
+        };
+        let certs = running.certs();
+        // Keep the QUIC endpoint when the address stays: rebinding the same
+        // UDP port right after closing it races with quinn's shutdown.
+        running.stop_keeping_transport().await;
+        let transport = if listen == old_listen {
+            running.transport.clone()
+        } else {
+            running.transport.close().await;
+            bind_retrying(listen, identity_from(&certs)?).await?
+        };
+        drop(running);
         // Keep the old log beside the new one: it is the user's backup.
         let old = self.inner.dir.raft_db();
         let backup = old.with_extension(format!(
@@ -511,25 +537,7 @@ impl NodeHandle {
         std::fs::rename(&old, &backup).map_err(|e| {
             ControlError::Internal(format!("cannot move {} aside: {e}", old.display()))
         })?;
-        let listen = if req.listen_addr.port() != 0 && !req.listen_addr.ip().is_unspecified() {
-            req.listen_addr
-        } else {
-            parse_addr(&file.listen_addr)?
-        };
-        let advertise = match req.advertise_addr {
-            Some(a) => a,
-            None => parse_addr(&file.advertise_addr)?,
-        };
         let raft_id = new_raft_id();
-        let certs = self
-            .inner
-            .dir
-            .load()
-            .ok()
-            .flatten()
-            .map(|(_, c)| c)
-            .ok_or_else(|| ControlError::Internal("node certificates are missing".into()))?;
-        let transport = bind_retrying(listen, identity_from(&certs)?).await?;
         let file = NodeFile {
             raft_id: Some(raft_id),
             listen_addr: listen.to_string(),
