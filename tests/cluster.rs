@@ -557,3 +557,99 @@ fn stale_update(m: &harness::Agent, node: &str, version: u64, spec: &str) -> Str
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn demoting_the_leader_hands_leadership_over() {
+    let c = Cluster::new("handover").managers(3).workers(1).start();
+    let nodes = c.managers[0].nodes_json().expect("nodes");
+    let leader = leader_of(&nodes).expect("a leader");
+    let other = c
+        .managers
+        .iter()
+        .find(|m| m.name != leader)
+        .expect("a follower");
+    other.apiary(&["node", "demote", &leader]).ok();
+    let new_leader = eventually("a new leader, and the old one a worker", PATIENCE, || {
+        let nodes = other.nodes_json()?;
+        let old = nodes
+            .iter()
+            .find(|n| n["Description"]["Hostname"] == leader.as_str())?;
+        let managers = nodes
+            .iter()
+            .filter(|n| n["ManagerStatus"].is_object())
+            .count();
+        (old["ManagerStatus"].is_null() && managers == 2)
+            .then(|| leader_of(&nodes))
+            .flatten()
+    });
+    assert_ne!(new_leader, leader);
+    other
+        .apiary(&["node", "update", "--label-add", "after=handover", "wrk1"])
+        .ok();
+    let demoted = c.by_name(&leader);
+    eventually(
+        "the demoted node to stop answering as a manager",
+        PATIENCE,
+        || {
+            let err = demoted.apiary(&["node", "ls"]);
+            (err.status != 0 && err.stderr.contains("not a swarm manager")).then_some(())
+        },
+    );
+    eventually("the demoted node to be Ready as a worker", PATIENCE, || {
+        let nodes = other.nodes_json()?;
+        let n = nodes
+            .iter()
+            .find(|n| n["Description"]["Hostname"] == leader.as_str())?;
+        (n["Status"]["State"] == "ready" && n["Spec"]["Role"] == "worker").then_some(())
+    });
+}
+
+/// Seconds until the node certificate in an agent's data dir expires.
+fn cert_seconds_left(a: &harness::Agent) -> i64 {
+    let pem = std::fs::read(a.data_dir().join("certificates/swarm-node.crt")).expect("node cert");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("PEM");
+    let cert = pem.parse_x509().expect("X.509");
+    cert.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[test]
+fn shortening_cert_expiry_renews_every_node_promptly() {
+    let c = Cluster::new("certs").managers(1).workers(2).start();
+    let m = &c.managers[0];
+    let day = 24 * 3600;
+    for a in c.all() {
+        let left = cert_seconds_left(a);
+        assert!(
+            left > 89 * day,
+            "{}: default certificates last 90 days, {left}s left",
+            a.name
+        );
+    }
+    m.apiary(&["swarm", "update", "--cert-expiry", "2h"]).ok();
+    let ca = m
+        .docker(&["info", "--format", "{{json .Swarm.Cluster.Spec.CAConfig}}"])
+        .ok()
+        .to_string();
+    let v: Value = serde_json::from_str(&ca).expect("JSON");
+    assert_eq!(v["NodeCertExpiry"], 7200u64 * 1_000_000_000, "{ca}");
+    for a in c.all() {
+        eventually(
+            &format!("{} to hold a certificate within the new policy", a.name),
+            PATIENCE,
+            || (cert_seconds_left(a) <= 2 * 3600 + 60).then_some(()),
+        );
+    }
+    // Renewed nodes still talk to the cluster.
+    eventually("all nodes Ready after renewal", PATIENCE, || {
+        let nodes = m.nodes_json()?;
+        nodes
+            .iter()
+            .all(|n| n["Status"]["State"] == "ready")
+            .then_some(())
+    });
+    let err = m
+        .apiary(&["swarm", "update", "--cert-expiry", "10m"])
+        .fails()
+        .to_string();
+    assert!(err.contains("1h") || err.contains("hour"), "{err}");
+}

@@ -560,7 +560,7 @@ impl Manager {
                 desired_role: node.spec.role,
                 raft_member: node.manager_status.is_some(),
                 managers: manager_addrs(&state),
-                renew: false,
+                renew: outlives_policy(&node.cert_expiry, cluster.spec.cert_expiry_ns),
             };
             (reply, node.description != hb.description)
         };
@@ -890,6 +890,22 @@ async fn leader_supervisor(m: Arc<Manager>) {
     if let Some(t) = running {
         t.cancel();
     }
+}
+
+/// A certificate that would outlive the current expiry policy (after
+/// `swarm update --cert-expiry` shortened it) is renewed at once rather than
+/// at its old renewal time. Docker waits; a shortened expiry is usually a
+/// reaction to a leaked key, so waiting defeats its purpose.
+fn outlives_policy(cert_expiry: &str, policy_ns: i64) -> bool {
+    use time::format_description::well_known::Rfc3339;
+    let Ok(expiry) = time::OffsetDateTime::parse(cert_expiry, &Rfc3339) else {
+        return false;
+    };
+    // One minute of slack absorbs clock skew and the 1 h backdating.
+    let limit = time::OffsetDateTime::now_utc()
+        + time::Duration::nanoseconds(policy_ns)
+        + time::Duration::minutes(1);
+    expiry > limit
 }
 
 fn manager_addrs(state: &State) -> Vec<String> {

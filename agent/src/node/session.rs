@@ -90,6 +90,10 @@ pub(super) async fn run(running: Arc<Running>) {
                 if let Err(e) = follow(&running, &r).await {
                     warn!("could not follow the leader's instructions: {e}");
                 }
+                if r.renew {
+                    info!("the swarm's certificate expiry policy changed: renewing now");
+                    renew_at = SystemTime::now();
+                }
                 period
             }
             Ok(Reply::Error(RpcError::UnknownNode(_))) => {
