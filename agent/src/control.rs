@@ -152,6 +152,7 @@ pub struct SwarmUpdate {
     pub spec: ClusterSpec,
     pub rotate_worker_token: bool,
     pub rotate_manager_token: bool,
+    pub rotate_unlock_key: bool,
 }
 
 /// Everything the local API can ask of the node. Implemented by
@@ -175,4 +176,8 @@ pub trait Control: Send + Sync + 'static {
         spec: NodeSpec,
     ) -> impl Future<Output = ControlResult<()>> + Send;
     fn node_remove(&self, id: &str, force: bool) -> impl Future<Output = ControlResult<()>> + Send;
+    /// The current unlock key, None when autolock is off.
+    fn unlock_key(&self) -> impl Future<Output = ControlResult<Option<String>>> + Send;
+    /// Unlock a locked manager with its unlock key.
+    fn swarm_unlock(&self, key: &str) -> impl Future<Output = ControlResult<()>> + Send;
 }

@@ -13,6 +13,7 @@ pub mod node;
 pub mod pki;
 pub mod raft;
 pub mod rpc;
+pub mod seal;
 pub mod store;
 pub mod transport;
 pub mod util;

@@ -309,12 +309,6 @@ async fn swarm_update<C: Control>(
     let q = query(&uri)?;
     let version = version_param(&q, "swarm")?;
     let spec: m::SwarmSpec = json_body(&body)?;
-    if bool_param(&q, "rotateManagerUnlockKey") {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "rotating the unlock key is not supported by this agent yet",
-        ));
-    }
     let current = c.swarm_inspect().await?;
     let spec = models::merge_spec(&current.cluster.spec, &spec)?;
     c.swarm_update(SwarmUpdate {
@@ -322,6 +316,7 @@ async fn swarm_update<C: Control>(
         spec,
         rotate_worker_token: bool_param(&q, "rotateWorkerToken"),
         rotate_manager_token: bool_param(&q, "rotateManagerToken"),
+        rotate_unlock_key: bool_param(&q, "rotateManagerUnlockKey"),
     })
     .await?;
     Ok(StatusCode::OK)
@@ -329,26 +324,20 @@ async fn swarm_update<C: Control>(
 
 async fn swarm_unlock_key<C: Control>(State(c): Ctl<C>) -> ApiResult<Json<m::UnlockKeyResponse>> {
     // Like Docker: a manager without autolock answers an empty key.
-    let v = c.swarm_inspect().await?;
-    if v.cluster.spec.autolock {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "reading the unlock key is not supported by this agent yet",
-        ));
-    }
+    let key = c.unlock_key().await?;
     Ok(Json(m::UnlockKeyResponse {
-        unlock_key: Some(String::new()),
+        unlock_key: Some(key.unwrap_or_default()),
     }))
 }
 
-async fn swarm_unlock<C: Control>(State(c): Ctl<C>) -> ApiResult<StatusCode> {
+async fn swarm_unlock<C: Control>(State(c): Ctl<C>, body: Bytes) -> ApiResult<StatusCode> {
     if c.swarm_info().await.state != LocalNodeState::Locked {
         return Err(ApiError::new(StatusCode::CONFLICT, "swarm is not locked!"));
     }
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "unlocking is not supported by this agent yet",
-    ))
+    let req: m::SwarmUnlockRequest = json_body(&body)?;
+    c.swarm_unlock(req.unlock_key.as_deref().unwrap_or_default())
+        .await?;
+    Ok(StatusCode::OK)
 }
 
 async fn nodes_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Json<Vec<m::Node>>> {

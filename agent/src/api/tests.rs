@@ -95,6 +95,7 @@ impl Fake {
                         worker: "w".into(),
                         manager: "m".into(),
                     },
+                    unlock_key: None,
                 },
                 nodes: vec![
                     node(WORKER_ID, "node2", Role::Worker, false, NodeState::Ready),
@@ -286,6 +287,17 @@ impl Control for Fake {
         }
         self.lock().nodes.retain(|n| n.node.id != found.node.id);
         Ok(())
+    }
+
+    async fn unlock_key(&self) -> ControlResult<Option<String>> {
+        self.manager_only()?;
+        Ok(None)
+    }
+
+    async fn swarm_unlock(&self, _key: &str) -> ControlResult<()> {
+        Err(ControlError::FailedPrecondition(
+            "the fake swarm is not locked".into(),
+        ))
     }
 }
 

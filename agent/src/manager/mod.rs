@@ -91,9 +91,10 @@ impl Manager {
         me: ManagerIdentity,
         transport: Transport,
         snapshot_interval: u64,
+        dek: Arc<crate::seal::Sealer>,
     ) -> Result<Arc<Manager>, ControlError> {
         let path = data_dir.join("raft.redb");
-        let (log, sm, state) = tokio::task::spawn_blocking(move || storage::open(&path))
+        let (log, sm, state) = tokio::task::spawn_blocking(move || storage::open(&path, dek))
             .await
             .map_err(|e| ControlError::Internal(format!("opening the raft store panicked: {e}")))?
             .map_err(|e| ControlError::Internal(format!("cannot open the raft store: {e}")))?;

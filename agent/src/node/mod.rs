@@ -3,6 +3,7 @@
 //! that keeps it known to the leader. Implements [`Control`] for the API.
 
 mod host;
+mod keys;
 pub mod persist;
 mod session;
 
@@ -54,6 +55,9 @@ struct Inner {
     phase: tokio::sync::Mutex<Option<Arc<Running>>>,
     /// The same, for quick reads by API calls without waiting on `phase`.
     current: RwLock<Option<Arc<Running>>>,
+    /// A manager of an autolocked swarm that restarted: its membership,
+    /// waiting for `swarm unlock`.
+    locked: RwLock<Option<(NodeFile, Certs)>>,
 }
 
 /// A node that is in a swarm.
@@ -66,6 +70,10 @@ pub struct Running {
     description: NodeDescription,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The raft data key, once loaded or created.
+    dek: Mutex<Option<Arc<crate::seal::Sealer>>>,
+    /// The unlock key the key files are sealed with (autolock on).
+    sealed_with: Mutex<Option<pki::UnlockKey>>,
 }
 
 impl Running {
@@ -106,17 +114,22 @@ impl Running {
         self.transport
             .set_identity(identity)
             .map_err(|e| ControlError::Internal(format!("cannot use the new certificate: {e}")))?;
+        let sealed = self.autolocked();
         self.dir
-            .save_certs(&certs)
+            .save_certs_sealed(&certs, !sealed)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         *self.certs.lock().unwrap_or_else(|p| p.into_inner()) = certs;
+        if sealed {
+            // The new TLS key goes into the sealed key file.
+            self.write_keys(self.sealed_with().as_ref())?;
+        }
         Ok(())
     }
 
     /// Start the manager side: open raft (existing data, or empty for a new
     /// member) and answer cluster RPCs.
     async fn start_manager(
-        &self,
+        self: &Arc<Self>,
         raft_id: u64,
         snapshot_interval: u64,
     ) -> Result<Arc<Manager>, ControlError> {
@@ -126,14 +139,17 @@ impl Running {
             raft_id,
             addr: f.advertise_addr.clone(),
         };
+        let dek = self.data_key()?;
         let m = Manager::start(
             self.dir.root(),
             me,
             self.transport.clone(),
             snapshot_interval,
+            dek,
         )
         .await?;
         self.set_manager(Some(m.clone()));
+        self.tasks.spawn(keys::guard(self.clone(), m.clone()));
         Ok(m)
     }
 
@@ -235,9 +251,23 @@ impl NodeHandle {
             description,
             phase: tokio::sync::Mutex::new(None),
             current: RwLock::new(None),
+            locked: RwLock::new(None),
         });
         let handle = NodeHandle { inner };
         if let Some((file, certs)) = dir.load().map_err(|e| e.to_string())? {
+            if dir
+                .key_file()
+                .map_err(|e| e.to_string())?
+                .is_some_and(|k| k.is_locked())
+            {
+                warn!(node.id = %file.node_id, "this manager is locked: unlock it with `apiary swarm unlock`");
+                *handle
+                    .inner
+                    .locked
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((file, certs));
+                return Ok(handle);
+            }
             info!(node.id = %file.node_id, role = file.role.as_str(), "resuming swarm membership");
             let running = handle
                 .resume(file, certs)
@@ -265,7 +295,18 @@ impl NodeHandle {
             .clone()
     }
 
+    fn is_locked(&self) -> bool {
+        self.inner
+            .locked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     fn manager_or_err(&self) -> ControlResult<Arc<Manager>> {
+        if self.is_locked() {
+            return Err(ControlError::Locked);
+        }
         let r = self.current().ok_or(ControlError::NotInSwarm)?;
         r.manager().ok_or(ControlError::NotManager)
     }
@@ -291,6 +332,8 @@ impl NodeHandle {
             description: self.inner.description.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            dek: Mutex::new(None),
+            sealed_with: Mutex::new(None),
         })
     }
 
@@ -316,12 +359,39 @@ impl NodeHandle {
     }
 
     async fn resume(&self, file: NodeFile, certs: Certs) -> ControlResult<Arc<Running>> {
+        self.resume_with(file, certs, None).await
+    }
+
+    /// Resume a locked manager with the keys its unlock key opened.
+    async fn resume_unlocked(
+        &self,
+        file: NodeFile,
+        certs: Certs,
+        dek: Arc<crate::seal::Sealer>,
+        key: pki::UnlockKey,
+    ) -> ControlResult<Arc<Running>> {
+        self.resume_with(file, certs, Some((dek, key))).await
+    }
+
+    async fn resume_with(
+        &self,
+        file: NodeFile,
+        certs: Certs,
+        unlocked: Option<(Arc<crate::seal::Sealer>, pki::UnlockKey)>,
+    ) -> ControlResult<Arc<Running>> {
         let identity = identity_from(&certs)?;
         let listen = parse_addr(&file.listen_addr)?;
         let transport = Transport::bind(listen, Some(identity)).map_err(|e| {
             ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}"))
         })?;
         let running = self.new_running(file.clone(), certs, transport);
+        if let Some((dek, key)) = unlocked {
+            *running.dek.lock().unwrap_or_else(|p| p.into_inner()) = Some(dek);
+            *running
+                .sealed_with
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(key);
+        }
         if let (Role::Manager, Some(raft_id)) = (file.role, file.raft_id) {
             running
                 .start_manager(raft_id, ClusterSpec::default().snapshot_interval)
@@ -382,11 +452,6 @@ impl NodeHandle {
         &self,
         req: InitRequest,
     ) -> ControlResult<(Arc<Running>, crate::store::NodeId)> {
-        if req.spec.autolock {
-            return Err(ControlError::InvalidArgument(
-                "autolock is not available in this version of apiary yet; initialise without --autolock".into(),
-            ));
-        }
         let advertise = advertise_for(req.listen_addr, req.advertise_addr, None)?;
         let dir = &self.inner.dir;
         dir.wipe()
@@ -451,6 +516,10 @@ impl NodeHandle {
                 worker: pki::new_join_secret(),
                 manager: pki::new_join_secret(),
             },
+            unlock_key: req
+                .spec
+                .autolock
+                .then(|| pki::UnlockKey::generate().to_string()),
         };
         let node = Node {
             id: node_id.clone(),
@@ -478,6 +547,8 @@ impl NodeHandle {
             cert_expiry: expiry,
         };
         m.propose(Command::InitCluster { cluster, node }).await?;
+        // With --autolock the keys are sealed before init answers.
+        running.sync_keys(&m)?;
         self.start_loops(&running);
         info!(node.id = %node_id, "swarm initialised");
         Ok((running, node_id))
@@ -821,6 +892,26 @@ impl Control for NodeHandle {
     }
 
     async fn swarm_info(&self) -> SwarmInfo {
+        let locked = self
+            .inner
+            .locked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((f, _)) = locked {
+            return SwarmInfo {
+                state: LocalNodeState::Locked,
+                node_id: Some(f.node_id.clone()),
+                node_addr: ip_of(&f.advertise_addr),
+                is_manager: false,
+                error: String::new(),
+                remote_managers: Vec::new(),
+                cluster: None,
+                nodes: None,
+                managers: None,
+                warnings: Vec::new(),
+            };
+        }
         let Some(r) = self.current() else {
             return SwarmInfo {
                 state: LocalNodeState::Inactive,
@@ -908,6 +999,9 @@ impl Control for NodeHandle {
 
     async fn swarm_init(&self, req: InitRequest) -> ControlResult<crate::store::NodeId> {
         let mut phase = self.inner.phase.lock().await;
+        if self.is_locked() {
+            return Err(ControlError::Locked);
+        }
         let (running, id) = match (&*phase, req.force_new_cluster) {
             (Some(r), true) => self.force_new_cluster(r.clone(), req).await?,
             (Some(_), false) => return Err(ControlError::AlreadyInSwarm),
@@ -924,6 +1018,9 @@ impl Control for NodeHandle {
 
     async fn swarm_join(&self, req: JoinRequest) -> ControlResult<()> {
         let mut phase = self.inner.phase.lock().await;
+        if self.is_locked() {
+            return Err(ControlError::Locked);
+        }
         if phase.is_some() {
             return Err(ControlError::AlreadyInSwarm);
         }
@@ -939,6 +1036,20 @@ impl Control for NodeHandle {
 
     async fn swarm_leave(&self, force: bool) -> ControlResult<()> {
         let mut phase = self.inner.phase.lock().await;
+        if self.is_locked() {
+            if !force {
+                return Err(ControlError::FailedPrecondition(
+                    "This manager is locked. Unlock it with `apiary swarm unlock`, or leave with `--force`, which erases its copy of the swarm's state".into(),
+                ));
+            }
+            self.inner
+                .dir
+                .wipe()
+                .map_err(|e| ControlError::Internal(e.to_string()))?;
+            *self.inner.locked.write().unwrap_or_else(|p| p.into_inner()) = None;
+            info!("left the swarm while locked");
+            return Ok(());
+        }
         let Some(running) = phase.clone() else {
             return Err(ControlError::FailedPrecondition(
                 "This node is not part of a swarm".into(),
@@ -995,11 +1106,18 @@ impl Control for NodeHandle {
 
     async fn swarm_update(&self, req: SwarmUpdate) -> ControlResult<()> {
         let m = self.manager_or_err()?;
-        if req.spec.autolock {
-            return Err(ControlError::InvalidArgument(
-                "autolock is not available in this version of apiary yet".into(),
+        if req.rotate_unlock_key && !req.spec.autolock {
+            return Err(ControlError::FailedPrecondition(
+                "cannot rotate the unlock key: autolock is not turned on (`apiary swarm update --autolock=true`)".into(),
             ));
         }
+        let autolock = req.spec.autolock;
+        let had_key = m
+            .state
+            .read()
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.unlock_key.is_some());
         if req.spec.dispatcher_heartbeat_ns < crate::store::NANOS_PER_SEC / 10 {
             return Err(ControlError::InvalidArgument(
                 "dispatcher heartbeat period must be at least 100ms".into(),
@@ -1025,6 +1143,76 @@ impl Control for NodeHandle {
             };
             m.propose(cmd).await?;
         }
+        if autolock && (!had_key || req.rotate_unlock_key) {
+            let key = pki::UnlockKey::generate().to_string();
+            m.propose(Command::SetUnlockKey {
+                key: Some(key),
+                now: crate::util::now_rfc3339(),
+            })
+            .await?;
+        } else if !autolock && had_key {
+            m.propose(Command::SetUnlockKey {
+                key: None,
+                now: crate::util::now_rfc3339(),
+            })
+            .await?;
+        }
+        // Reseal this manager's files before answering, so that a restart
+        // right after `swarm update --autolock=true` already finds it locked.
+        if let Some(r) = self.current() {
+            r.sync_keys(&m)?;
+        }
+        Ok(())
+    }
+
+    async fn unlock_key(&self) -> ControlResult<Option<String>> {
+        let m = self.manager_or_err()?;
+        let cluster = m.state.read().cluster.clone();
+        Ok(cluster
+            .filter(|c| c.spec.autolock)
+            .and_then(|c| c.unlock_key))
+    }
+
+    async fn swarm_unlock(&self, key: &str) -> ControlResult<()> {
+        let mut phase = self.inner.phase.lock().await;
+        let locked = self
+            .inner
+            .locked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((file, mut certs)) = locked else {
+            return Err(ControlError::FailedPrecondition(
+                "swarm is not locked!".into(),
+            ));
+        };
+        let key =
+            pki::UnlockKey::parse(key).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        let path = self.inner.dir.key_file_path();
+        let kf = self
+            .inner
+            .dir
+            .key_file()
+            .map_err(|e| ControlError::Internal(e.to_string()))?
+            .ok_or_else(|| ControlError::Internal(format!("{} is missing", path.display())))?;
+        let (dek, tls_key) = kf
+            .unlock(&path, &key, keys::now_unix())
+            .map_err(|e| match e {
+                crate::seal::KeyFileError::WrongKey => ControlError::InvalidArgument(e.to_string()),
+                other => ControlError::Internal(other.to_string()),
+            })?;
+        certs.key_pem = tls_key;
+        let running = self
+            .resume_unlocked(file, certs, Arc::new(dek), key)
+            .await?;
+        *self.inner.locked.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *phase = Some(running.clone());
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(running);
+        info!("unlocked");
         Ok(())
     }
 

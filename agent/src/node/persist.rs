@@ -108,12 +108,59 @@ impl DataDir {
                 source: e,
             })
         };
+        // With autolock the TLS key lives sealed in the key file instead.
+        let key_path = self.root.join(CERT_DIR).join(KEY);
+        let key_pem = match fs::read_to_string(&key_path) {
+            Ok(k) => k,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && self.key_file()?.is_some_and(|k| k.is_locked()) =>
+            {
+                String::new()
+            }
+            Err(e) => return Err(io("read", &key_path)(e)),
+        };
         let certs = Certs {
             ca_pem: read(CA)?,
             cert_pem: read(CERT)?,
-            key_pem: read(KEY)?,
+            key_pem,
         };
         Ok(Some((file, certs)))
+    }
+
+    pub fn key_file_path(&self) -> PathBuf {
+        self.root.join(crate::seal::KEY_FILE)
+    }
+
+    pub fn key_file(&self) -> Result<Option<crate::seal::KeyFile>, PersistError> {
+        let path = self.key_file_path();
+        crate::seal::KeyFile::load(&path).map_err(|e| PersistError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn save_key_file(&self, kf: &crate::seal::KeyFile) -> Result<(), PersistError> {
+        let bytes = serde_json::to_vec_pretty(kf).unwrap_or_default();
+        write_atomic(&self.key_file_path(), &bytes, 0o600)
+    }
+
+    /// Write CA and certificate; the private key only when `key_in_clear`
+    /// (without autolock), else remove it (it is sealed in the key file).
+    pub fn save_certs_sealed(&self, certs: &Certs, key_in_clear: bool) -> Result<(), PersistError> {
+        if key_in_clear {
+            return self.save_certs(certs);
+        }
+        self.ensure()?;
+        let dir = self.root.join(CERT_DIR);
+        write_atomic(&dir.join(CA), certs.ca_pem.as_bytes(), 0o644)?;
+        write_atomic(&dir.join(CERT), certs.cert_pem.as_bytes(), 0o644)?;
+        let key = dir.join(KEY);
+        match fs::remove_file(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &key)(e)),
+        }
     }
 
     pub fn save_state(&self, file: &NodeFile) -> Result<(), PersistError> {
@@ -141,7 +188,11 @@ impl DataDir {
     /// Forget the swarm: state, certificates and raft data.
     pub fn wipe(&self) -> Result<(), PersistError> {
         self.remove_raft()?;
-        for p in [self.root.join(STATE), self.root.join(CERT_DIR)] {
+        for p in [
+            self.root.join(STATE),
+            self.root.join(CERT_DIR),
+            self.key_file_path(),
+        ] {
             let r = if p.is_dir() {
                 fs::remove_dir_all(&p)
             } else {
@@ -157,7 +208,7 @@ impl DataDir {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PersistError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PersistError> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()

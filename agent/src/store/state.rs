@@ -335,6 +335,16 @@ impl State {
                 cluster.updated_at = now.clone();
                 Ok((Some(index), vec![self.cluster_change()]))
             }
+            Command::SetUnlockKey { key, now } => {
+                let cluster = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| StoreError::not_found("the swarm has no cluster object"))?;
+                cluster.unlock_key = key.clone();
+                cluster.version = index;
+                cluster.updated_at = now.clone();
+                Ok((Some(index), vec![self.cluster_change()]))
+            }
             Command::SetRootCa { root_ca, now } => {
                 let cluster = self
                     .cluster

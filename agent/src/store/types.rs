@@ -256,6 +256,12 @@ pub struct Cluster {
     pub spec: ClusterSpec,
     pub root_ca: RootCa,
     pub join_secrets: JoinSecrets,
+    /// The unlock key (`SWMKEY-1-…`) while autolock is on. Kept in raft so
+    /// every manager can reseal its data key when it changes; raft itself is
+    /// sealed with the data key, so this is readable only on an unlocked
+    /// manager.
+    #[serde(default)]
+    pub unlock_key: Option<String>,
 }
 
 /// Everything a write to the cluster can be. Proposed by the leader (or
@@ -298,6 +304,11 @@ pub enum Command {
     UpdateCluster {
         version: u64,
         spec: ClusterSpec,
+        now: String,
+    },
+    /// Autolock's unlock key: set (on, or rotated) or cleared (off).
+    SetUnlockKey {
+        key: Option<String>,
         now: String,
     },
     /// `swarm join-token --rotate`.

@@ -99,6 +99,7 @@ fn cluster() -> Cluster {
             worker: "w".into(),
             manager: "m".into(),
         },
+        unlock_key: None,
     }
 }
 

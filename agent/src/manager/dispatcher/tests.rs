@@ -17,6 +17,7 @@ fn state_with(nodes: &[(&str, NodeState, bool)]) -> State {
             worker: String::new(),
             manager: String::new(),
         },
+        unlock_key: None,
     });
     for (id, st, manager) in nodes {
         s.nodes.insert(

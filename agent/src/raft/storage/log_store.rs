@@ -8,11 +8,13 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
+use super::log_place;
 use super::{
     blocking, decode, encode, read_meta, write_meta, Error, LogId, Op, OrIo, LOG, META,
     META_COMMITTED, META_LAST_PURGED, META_VOTE,
 };
 use crate::raft::TypeConfig;
+use crate::seal::Sealer;
 
 /// The log half of the raft database: entries, vote, committed and purge
 /// marks. Cheap to clone; clones read the same database (openraft hands one
@@ -20,11 +22,12 @@ use crate::raft::TypeConfig;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    sealer: Arc<Sealer>,
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
+    pub(super) fn new(db: Arc<Database>, sealer: Arc<Sealer>) -> Self {
+        LogStore { db, sealer }
     }
 
     /// True if the database holds a vote or any log (present or purged):
@@ -48,9 +51,12 @@ impl LogStore {
 }
 
 /// Decode the entry stored at `index`, checking it is the one asked for.
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, Error> {
+fn decode_entry(sealer: &Sealer, index: u64, sealed: &[u8]) -> Result<Entry<TypeConfig>, Error> {
+    let bytes = sealer
+        .open(&log_place(index), sealed)
+        .map_err(|e| StorageIOError::read_log_at_index(index, AnyError::new(&e)))?;
     let entry: Entry<TypeConfig> =
-        decode(bytes).map_err(|e| StorageIOError::read_log_at_index(index, AnyError::new(&e)))?;
+        decode(&bytes).map_err(|e| StorageIOError::read_log_at_index(index, AnyError::new(&e)))?;
     if entry.log_id.index != index {
         return Err(StorageIOError::read_log_at_index(
             index,
@@ -72,13 +78,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let range: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
         let db = self.db.clone();
+        let sealer = self.sealer.clone();
         blocking(Op::ReadLogs, move || {
             let txn = db.begin_read().or_io(Op::ReadLogs)?;
             let log = txn.open_table(LOG).or_io(Op::ReadLogs)?;
             let mut entries = Vec::new();
             for row in log.range::<u64>(range).or_io(Op::ReadLogs)? {
                 let (k, v) = row.or_io(Op::ReadLogs)?;
-                entries.push(decode_entry(k.value(), v.value())?);
+                entries.push(decode_entry(&sealer, k.value(), v.value())?);
             }
             Ok(entries)
         })
@@ -91,6 +98,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, Error> {
         let db = self.db.clone();
+        let sealer = self.sealer.clone();
         blocking(Op::ReadLogs, move || {
             let txn = db.begin_read().or_io(Op::ReadLogs)?;
             let meta = txn.open_table(META).or_io(Op::ReadLogs)?;
@@ -98,7 +106,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 read_meta(&meta, META_LAST_PURGED, Op::ReadLogs)?;
             let log = txn.open_table(LOG).or_io(Op::ReadLogs)?;
             let last_log_id = match log.last().or_io(Op::ReadLogs)? {
-                Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
+                Some((k, v)) => Some(decode_entry(&sealer, k.value(), v.value())?.log_id),
                 None => last_purged_log_id,
             };
             Ok(LogState {
@@ -169,14 +177,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let db = self.db.clone();
+        let sealer = self.sealer.clone();
         let written = blocking(Op::WriteLogs, move || {
             let txn = db.begin_write().or_io(Op::WriteLogs)?;
             {
                 let mut log = txn.open_table(LOG).or_io(Op::WriteLogs)?;
                 for entry in &entries {
-                    let bytes = encode(entry).map_err(|e| {
-                        StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e))
-                    })?;
+                    let bytes = encode(entry)
+                        .map_err(|e| {
+                            StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e))
+                        })
+                        .and_then(|b| {
+                            sealer
+                                .seal(&log_place(entry.log_id.index), &b)
+                                .map_err(|e| {
+                                    StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e))
+                                })
+                        })?;
                     log.insert(entry.log_id.index, bytes.as_slice())
                         .or_io(Op::WriteLogs)?;
                 }

@@ -38,6 +38,7 @@ pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 
 use super::{shared_state, StateReader};
+use crate::seal::{SealError, Sealer};
 use crate::store::{State, StoreError};
 
 /// Raft log: index -> JSON entry.
@@ -57,6 +58,16 @@ const META_LAST_MEMBERSHIP: &str = "last_membership";
 const META_SNAPSHOT: &str = "snapshot_meta";
 const SNAPSHOT_KEY: &str = "current";
 
+/// Where a sealed record lives, bound into it as associated data so that a
+/// record moved elsewhere (another index, another key) fails to open.
+fn log_place(index: u64) -> String {
+    format!("log/{index}")
+}
+fn object_place(key: &str) -> String {
+    format!("obj/{key}")
+}
+const SNAPSHOT_PLACE: &str = "snapshot/current";
+
 type NodeId = u64;
 type LogId = openraft::LogId<NodeId>;
 type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
@@ -66,6 +77,8 @@ type Error = StorageError<NodeId>;
 /// Why the raft database could not be opened. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    #[error("the raft database {} holds a record that does not open with this manager's data key: {source}. Restore the data dir from a backup, or remove the manager and join it again", path.display())]
+    Sealed { path: PathBuf, source: SealError },
     #[error("cannot open the raft database {}: {source}{}", path.display(), locked_hint(source))]
     Open {
         path: PathBuf,
@@ -109,16 +122,21 @@ fn locked_hint(e: &redb::DatabaseError) -> &'static str {
 ///
 /// Blocking: call it before the runtime starts or from `spawn_blocking`.
 /// Whether the node was a raft member before is [`LogStore::has_state`].
-pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore, StateReader), OpenError> {
+pub fn open(
+    path: &Path,
+    sealer: Arc<Sealer>,
+) -> Result<(LogStore, StateMachineStore, StateReader), OpenError> {
     let db = Database::create(path).map_err(|source| OpenError::Open {
         path: path.to_path_buf(),
         source,
     })?;
-    init(db, path)
+    init(db, path, sealer)
 }
 
 /// [`open`] over redb's in-memory backend, for tests.
-pub fn open_in_memory() -> Result<(LogStore, StateMachineStore, StateReader), OpenError> {
+pub fn open_in_memory(
+    sealer: Arc<Sealer>,
+) -> Result<(LogStore, StateMachineStore, StateReader), OpenError> {
     let path = Path::new("<in-memory>");
     let db = Database::builder()
         .create_with_backend(redb::backends::InMemoryBackend::new())
@@ -126,12 +144,13 @@ pub fn open_in_memory() -> Result<(LogStore, StateMachineStore, StateReader), Op
             path: path.to_path_buf(),
             source,
         })?;
-    init(db, path)
+    init(db, path, sealer)
 }
 
 fn init(
     db: Database,
     path: &Path,
+    sealer: Arc<Sealer>,
 ) -> Result<(LogStore, StateMachineStore, StateReader), OpenError> {
     let db_err = |what: &'static str| {
         move |e: redb::Error| OpenError::Db {
@@ -190,7 +209,14 @@ fn init(
         .map_err(|e| db_err("read the objects")(e.into()))?
     {
         let (k, v) = row.map_err(|e| db_err("read the objects")(e.into()))?;
-        rows.push((k.value().to_string(), v.value().to_vec()));
+        let key = k.value().to_string();
+        let value = sealer
+            .open(&object_place(&key), v.value())
+            .map_err(|source| OpenError::Sealed {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        rows.push((key, value));
     }
     drop((meta, objects, txn));
     let state = State::from_rows(rows).map_err(|source| OpenError::State {
@@ -200,8 +226,8 @@ fn init(
 
     let (writer, reader) = shared_state(state, last_applied.map_or(0, |l| l.index));
     let db = Arc::new(db);
-    let log = LogStore::new(db.clone());
-    let sm = StateMachineStore::new(db, writer, last_applied, last_membership);
+    let log = LogStore::new(db.clone(), sealer.clone());
+    let sm = StateMachineStore::new(db, sealer, writer, last_applied, last_membership);
     Ok((log, sm, reader))
 }
 

@@ -9,11 +9,12 @@ use openraft::{AnyError, Entry, EntryPayload, RaftSnapshotBuilder, StorageIOErro
 use redb::Database;
 
 use super::{
-    blocking, read_meta, snapshot, write_meta, Error, LogId, Op, OrIo, SnapshotMeta,
+    blocking, object_place, read_meta, snapshot, write_meta, Error, LogId, Op, OrIo, SnapshotMeta,
     StoredMembership, META, META_LAST_APPLIED, META_LAST_MEMBERSHIP, META_SNAPSHOT, OBJECTS,
-    SNAPSHOTS, SNAPSHOT_KEY,
+    SNAPSHOTS, SNAPSHOT_KEY, SNAPSHOT_PLACE,
 };
 use crate::raft::{StateReader, StateWriter, TypeConfig};
+use crate::seal::Sealer;
 use crate::store::{Response, State};
 
 /// The last applied log id and membership, as persisted. Kept in memory so
@@ -29,6 +30,7 @@ struct Applied {
 /// the shared [`State`] (through its [`StateWriter`]).
 pub struct StateMachineStore {
     db: Arc<Database>,
+    sealer: Arc<Sealer>,
     writer: Arc<StateWriter>,
     reader: StateReader,
     applied: Arc<Mutex<Applied>>,
@@ -42,6 +44,7 @@ fn lock(applied: &Mutex<Applied>) -> MutexGuard<'_, Applied> {
 impl StateMachineStore {
     pub(super) fn new(
         db: Arc<Database>,
+        sealer: Arc<Sealer>,
         writer: StateWriter,
         last_applied: Option<LogId>,
         last_membership: StoredMembership,
@@ -49,6 +52,7 @@ impl StateMachineStore {
         let reader = writer.reader();
         StateMachineStore {
             db,
+            sealer,
             writer: Arc::new(writer),
             reader,
             applied: Arc::new(Mutex::new(Applied {
@@ -72,6 +76,7 @@ struct Batch {
 /// The caller publishes the new state only if this returns `Ok`.
 fn apply_batch(
     db: &Database,
+    sealer: &Sealer,
     mut state: State,
     entries: &[Entry<TypeConfig>],
 ) -> Result<Batch, Error> {
@@ -92,8 +97,11 @@ fn apply_batch(
                     for change in changes {
                         match &change.value {
                             Some(v) => {
+                                let sealed = sealer
+                                    .seal(&object_place(&change.key), v)
+                                    .map_err(|e| op.error(AnyError::new(&e)))?;
                                 objects
-                                    .insert(change.key.as_str(), v.as_slice())
+                                    .insert(change.key.as_str(), sealed.as_slice())
                                     .or_io(op)?;
                             }
                             None => {
@@ -151,12 +159,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(Vec::new());
         }
         let db = self.db.clone();
+        let sealer = self.sealer.clone();
         let writer = self.writer.clone();
         let reader = self.reader.clone();
         let applied = self.applied.clone();
         blocking(Op::WriteStateMachine, move || {
             let working = reader.read().clone();
-            let batch = apply_batch(&db, working, &entries).inspect_err(|e| {
+            let batch = apply_batch(&db, &sealer, working, &entries).inspect_err(|e| {
                 tracing::error!(error = %e, "applying raft entries failed; the state stays at the last committed batch");
             })?;
             // The old state is dropped outside the lock.
@@ -180,6 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state = self.reader.read().clone();
         SnapshotBuilder {
             db: self.db.clone(),
+            sealer: self.sealer.clone(),
             state,
             applied,
         }
@@ -200,6 +210,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let blob = snapshot.into_inner();
         let meta = meta.clone();
         let db = self.db.clone();
+        let sealer = self.sealer.clone();
         let writer = self.writer.clone();
         let applied = self.applied.clone();
         blocking(Op::WriteSnapshot, move || {
@@ -222,7 +233,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let mut objects = txn.open_table(OBJECTS).or_io(op)?;
                 objects.retain(|_, _| false).or_io(op)?;
                 for (k, v) in &decoded.rows {
-                    objects.insert(k.as_str(), v.as_slice()).or_io(op)?;
+                    let sealed = sealer
+                        .seal(&object_place(k), v)
+                        .map_err(|e| op.error(AnyError::new(&e)))?;
+                    objects.insert(k.as_str(), sealed.as_slice()).or_io(op)?;
                 }
                 let mut t = txn.open_table(META).or_io(op)?;
                 write_meta(&mut t, META_LAST_APPLIED, meta.last_log_id.as_ref(), op)?;
@@ -234,7 +248,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 )?;
                 write_meta(&mut t, META_SNAPSHOT, Some(&meta), op)?;
                 let mut s = txn.open_table(SNAPSHOTS).or_io(op)?;
-                s.insert(SNAPSHOT_KEY, blob.as_slice()).or_io(op)?;
+                let sealed = sealer
+                    .seal(SNAPSHOT_PLACE, &blob)
+                    .map_err(|e| op.error(AnyError::new(&e)))?;
+                s.insert(SNAPSHOT_KEY, sealed.as_slice()).or_io(op)?;
             }
             // Decode the rows before committing: a snapshot whose rows do not
             // make a State must change nothing.
@@ -256,16 +273,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
         let db = self.db.clone();
+        let sealer = self.sealer.clone();
         blocking(Op::ReadSnapshot, move || {
             let op = Op::ReadSnapshot;
             let txn = db.begin_read().or_io(op)?;
             let meta_table = txn.open_table(META).or_io(op)?;
             let meta: Option<SnapshotMeta> = read_meta(&meta_table, META_SNAPSHOT, op)?;
             let blobs = txn.open_table(SNAPSHOTS).or_io(op)?;
-            let blob = blobs
-                .get(SNAPSHOT_KEY)
-                .or_io(op)?
-                .map(|g| g.value().to_vec());
+            let blob = match blobs.get(SNAPSHOT_KEY).or_io(op)? {
+                Some(g) => Some(
+                    sealer
+                        .open(SNAPSHOT_PLACE, g.value())
+                        .map_err(|e| op.error(AnyError::new(&e)))?,
+                ),
+                None => None,
+            };
             match (meta, blob) {
                 (Some(meta), Some(blob)) => Ok(Some(Snapshot {
                     meta,
@@ -288,6 +310,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// copy, so applying goes on meanwhile), and stores it as the current one.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    sealer: Arc<Sealer>,
     state: State,
     applied: Applied,
 }
@@ -308,6 +331,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let state = std::mem::take(&mut self.state);
         let applied = self.applied.clone();
         let db = self.db.clone();
+        let sealer = self.sealer.clone();
         blocking(Op::WriteSnapshot, move || {
             let op = Op::WriteSnapshot;
             let meta = SnapshotMeta {
@@ -326,7 +350,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 if current.is_none_or(|c| c.last_log_id <= meta.last_log_id) {
                     write_meta(&mut t, META_SNAPSHOT, Some(&meta), op)?;
                     let mut s = txn.open_table(SNAPSHOTS).or_io(op)?;
-                    s.insert(SNAPSHOT_KEY, blob.as_slice()).or_io(op)?;
+                    let sealed = sealer
+                        .seal(SNAPSHOT_PLACE, &blob)
+                        .map_err(|e| op.error(AnyError::new(&e)))?;
+                    s.insert(SNAPSHOT_KEY, sealed.as_slice()).or_io(op)?;
                 }
             }
             txn.commit().or_io(op)?;

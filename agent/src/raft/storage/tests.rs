@@ -12,6 +12,11 @@ use super::*;
 use crate::raft::TypeConfig;
 use crate::store::{Cluster, ClusterSpec, Command, JoinSecrets, Node, NodeId, Role, RootCa};
 
+/// A fixed data key: the storage tests are about storage, `seal` has its own.
+fn key() -> std::sync::Arc<crate::seal::Sealer> {
+    std::sync::Arc::new(crate::seal::Sealer::new([7u8; 32]))
+}
+
 /// Stores over a fresh file in a temp dir, kept alive by the guard.
 struct TempFileBuilder;
 
@@ -19,7 +24,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), Error> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         let path = dir.path().join("raft.redb");
-        let (log, sm, _reader) = tokio::task::spawn_blocking(move || open(&path))
+        let (log, sm, _reader) = tokio::task::spawn_blocking(move || open(&path, key()))
             .await
             .map_err(|e| StorageIOError::write(AnyError::new(&e)))?
             .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
@@ -32,7 +37,7 @@ struct InMemoryBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore> for InMemoryBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachineStore), Error> {
         let (log, sm, _reader) =
-            open_in_memory().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+            open_in_memory(key()).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         Ok(((), log, sm))
     }
 }
@@ -96,6 +101,7 @@ fn init_cluster() -> Command {
                 worker: "w".into(),
                 manager: "m".into(),
             },
+            unlock_key: None,
         },
         node: node("node1"),
     }
@@ -123,7 +129,7 @@ async fn reopen_restores_vote_log_applied_and_state() -> Result<(), Box<dyn std:
     let path = dir.path().join("raft.redb");
     let vote = Vote::new(1, 1);
     {
-        let (mut log, mut sm, reader) = open(&path)?;
+        let (mut log, mut sm, reader) = open(&path, key())?;
         assert!(
             !log.has_state().await?,
             "a new database holds no raft state"
@@ -141,7 +147,7 @@ async fn reopen_restores_vote_log_applied_and_state() -> Result<(), Box<dyn std:
         assert_eq!(reader.read().nodes.len(), 2);
     }
 
-    let (mut log, mut sm, reader) = open(&path)?;
+    let (mut log, mut sm, reader) = open(&path, key())?;
     assert!(log.has_state().await?);
     assert_eq!(log.read_vote().await?, Some(vote));
     assert_eq!(log.read_committed().await?, Some(log_id(1, 4)));
@@ -186,7 +192,7 @@ async fn removed_object_stays_removed_after_reopen() -> Result<(), Box<dyn std::
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("raft.redb");
     {
-        let (_log, mut sm, _reader) = open(&path)?;
+        let (_log, mut sm, _reader) = open(&path, key())?;
         sm.apply(first_entries()).await?;
         let r = sm
             .apply([entry(
@@ -200,7 +206,7 @@ async fn removed_object_stays_removed_after_reopen() -> Result<(), Box<dyn std::
         // node2 has no manager status, so it may be removed.
         assert_eq!(r[0].error, None);
     }
-    let (_log, _sm, reader) = open(&path)?;
+    let (_log, _sm, reader) = open(&path, key())?;
     assert_eq!(reader.applied(), 5);
     assert!(!reader.read().nodes.contains_key(&NodeId("node2".into())));
     assert!(reader.read().nodes.contains_key(&NodeId("node1".into())));
@@ -209,7 +215,7 @@ async fn removed_object_stays_removed_after_reopen() -> Result<(), Box<dyn std::
 
 #[tokio::test]
 async fn snapshot_round_trip() -> Result<(), Box<dyn std::error::Error>> {
-    let (_log_a, mut sm_a, reader_a) = open_in_memory()?;
+    let (_log_a, mut sm_a, reader_a) = open_in_memory(key())?;
     sm_a.apply(first_entries()).await?;
     let built = sm_a.get_snapshot_builder().await.build_snapshot().await?;
     assert_eq!(built.meta.last_log_id, Some(log_id(1, 4)));
@@ -225,7 +231,7 @@ async fn snapshot_round_trip() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("raft.redb");
     {
-        let (_log_b, mut sm_b, reader_b) = open(&path)?;
+        let (_log_b, mut sm_b, reader_b) = open(&path, key())?;
         let mut received = sm_b.begin_receiving_snapshot().await?;
         assert!(received.get_ref().is_empty());
         *received = *current.snapshot;
@@ -241,7 +247,7 @@ async fn snapshot_round_trip() -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(again.meta, built.meta);
     }
     // The installed state is durable.
-    let (_log_b, _sm_b, reader_b) = open(&path)?;
+    let (_log_b, _sm_b, reader_b) = open(&path, key())?;
     assert_eq!(*reader_b.read(), *reader_a.read());
     assert_eq!(reader_b.applied(), 4);
     Ok(())
@@ -249,7 +255,7 @@ async fn snapshot_round_trip() -> Result<(), Box<dyn std::error::Error>> {
 
 #[tokio::test]
 async fn install_replaces_existing_objects() -> Result<(), Box<dyn std::error::Error>> {
-    let (_la, mut sm_a, reader_a) = open_in_memory()?;
+    let (_la, mut sm_a, reader_a) = open_in_memory(key())?;
     sm_a.apply([entry(1, 1, EntryPayload::Membership(membership()))])
         .await?;
     sm_a.apply([entry(1, 2, EntryPayload::Normal(init_cluster()))])
@@ -257,7 +263,7 @@ async fn install_replaces_existing_objects() -> Result<(), Box<dyn std::error::E
     let snap = sm_a.get_snapshot_builder().await.build_snapshot().await?;
 
     // The follower holds an extra node the snapshot does not know.
-    let (_lb, mut sm_b, reader_b) = open_in_memory()?;
+    let (_lb, mut sm_b, reader_b) = open_in_memory(key())?;
     sm_b.apply(first_entries()).await?;
     assert_eq!(reader_b.read().nodes.len(), 2);
     sm_b.install_snapshot(&snap.meta, snap.snapshot).await?;
@@ -269,13 +275,13 @@ async fn install_replaces_existing_objects() -> Result<(), Box<dyn std::error::E
 #[tokio::test]
 async fn corrupt_snapshot_is_an_error_and_changes_nothing() -> Result<(), Box<dyn std::error::Error>>
 {
-    let (_la, mut sm_a, _ra) = open_in_memory()?;
+    let (_la, mut sm_a, _ra) = open_in_memory(key())?;
     sm_a.apply(first_entries()).await?;
     let snap = sm_a.get_snapshot_builder().await.build_snapshot().await?;
     let mut blob = snap.snapshot.into_inner();
     blob.truncate(blob.len() - 3);
 
-    let (_lb, mut sm_b, reader_b) = open_in_memory()?;
+    let (_lb, mut sm_b, reader_b) = open_in_memory(key())?;
     let r = sm_b
         .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(blob)))
         .await;
@@ -289,15 +295,16 @@ async fn corrupt_snapshot_is_an_error_and_changes_nothing() -> Result<(), Box<dy
 fn corrupt_row_fails_open_naming_the_file() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("raft.redb");
-    drop(open(&path)?);
+    drop(open(&path, key())?);
     {
         let db = redb::Database::create(&path)?;
         let txn = db.begin_write()?;
+        let sealed = key().seal("obj/node/x", b"not json")?;
         txn.open_table(OBJECTS)?
-            .insert("node/x", b"not json".as_slice())?;
+            .insert("node/x", sealed.as_slice())?;
         txn.commit()?;
     }
-    let err = match open(&path) {
+    let err = match open(&path, key()) {
         Ok(_) => return Err("a corrupt row must fail open".into()),
         Err(e) => e,
     };
@@ -306,6 +313,20 @@ fn corrupt_row_fails_open_naming_the_file() -> Result<(), Box<dyn std::error::Er
         err.to_string().contains(&path.display().to_string()),
         "{err}"
     );
+    // A row tampered with on disk (not sealed by our key) is detected too.
+    {
+        let db = redb::Database::create(&path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(OBJECTS)?
+            .insert("node/x", b"not sealed at all, just bytes".as_slice())?;
+        txn.commit()?;
+    }
+    let err = match open(&path, key()) {
+        Ok(_) => return Err("a tampered row must fail open".into()),
+        Err(e) => e,
+    };
+    assert!(matches!(err, OpenError::Sealed { .. }), "{err:?}");
+    assert!(err.to_string().contains("does not open"), "{err}");
     Ok(())
 }
 
@@ -314,7 +335,7 @@ async fn corrupt_log_entry_is_a_storage_error() -> Result<(), Box<dyn std::error
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("raft.redb");
     {
-        let (mut log, _sm, _r) = open(&path)?;
+        let (mut log, _sm, _r) = open(&path, key())?;
         log.blocking_append(first_entries()).await?;
     }
     {
@@ -323,7 +344,7 @@ async fn corrupt_log_entry_is_a_storage_error() -> Result<(), Box<dyn std::error
         txn.open_table(LOG)?.insert(3, b"{".as_slice())?;
         txn.commit()?;
     }
-    let (mut log, _sm, _r) = open(&path)?;
+    let (mut log, _sm, _r) = open(&path, key())?;
     assert!(log.try_get_log_entries(1..3).await.is_ok());
     assert!(log.try_get_log_entries(1..5).await.is_err());
     Ok(())
@@ -333,8 +354,8 @@ async fn corrupt_log_entry_is_a_storage_error() -> Result<(), Box<dyn std::error
 fn second_open_of_the_same_file_says_why() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let path: &Path = &dir.path().join("raft.redb");
-    let _first = open(path)?;
-    let err = match open(path) {
+    let _first = open(path, key())?;
+    let err = match open(path, key()) {
         Ok(_) => return Err("the file is already open".into()),
         Err(e) => e,
     };
@@ -386,7 +407,7 @@ async fn failed_commit_leaves_state_and_applied_untouched() -> Result<(), Box<dy
     let backend = FailingBackend::default();
     let fail = backend.fail.clone();
     let db = redb::Database::builder().create_with_backend(backend)?;
-    let (mut log, mut sm, reader) = init(db, Path::new("<failing>"))?;
+    let (mut log, mut sm, reader) = init(db, Path::new("<failing>"), key())?;
     sm.apply(first_entries()).await?;
     let before = reader.read().clone();
     let applied_before = sm.applied_state().await?;

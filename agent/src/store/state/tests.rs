@@ -46,6 +46,7 @@ fn cluster() -> Cluster {
             worker: "w".into(),
             manager: "m".into(),
         },
+        unlock_key: None,
     }
 }
 
