@@ -653,3 +653,203 @@ fn shortening_cert_expiry_renews_every_node_promptly() {
         .to_string();
     assert!(err.contains("1h") || err.contains("hour"), "{err}");
 }
+
+/// Run a CLI (`apiary -H …` or `docker` with DOCKER_HOST) with `input` on stdin.
+fn with_stdin(a: &harness::Agent, docker: bool, args: &[&str], input: &str) -> harness::Out {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut cmd = if docker {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_HOST", a.host())
+            .env("DOCKER_CONFIG", a.dir.join("docker-config"));
+        c
+    } else {
+        let mut c = Command::new(harness::APIARY);
+        c.arg("-H").arg(a.host());
+        c
+    };
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn CLI");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("CLI output");
+    harness::Out {
+        cmd: args.join(" "),
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn raft_data_is_encrypted_at_rest_and_autolock_locks_restarted_managers() {
+    let mut c = Cluster::new("lock").managers(3).workers(1).start();
+    let marker = "Zq7XplorpMarker";
+    c.managers[0]
+        .apiary(&[
+            "node",
+            "update",
+            "--label-add",
+            &format!("note={marker}"),
+            "wrk1",
+        ])
+        .ok();
+    eventually("every manager to have the label", PATIENCE, || {
+        c.managers
+            .iter()
+            .all(|m| {
+                m.apiary(&["node", "inspect", "wrk1"])
+                    .stdout
+                    .contains(marker)
+            })
+            .then_some(())
+    });
+    for m in &c.managers {
+        let hits = files_containing(&m.data_dir(), marker.as_bytes());
+        assert!(
+            hits.is_empty(),
+            "{}: the label is readable on disk in {hits:?}",
+            m.name
+        );
+    }
+
+    // Lock the swarm; the key is printed once and can be shown again.
+    let out = c.managers[0]
+        .apiary(&["swarm", "update", "--autolock=true"])
+        .ok()
+        .to_string();
+    assert!(out.contains("SWMKEY-1-"), "{out}");
+    let key = c.managers[0]
+        .apiary(&["swarm", "unlock-key", "-q"])
+        .ok()
+        .trim()
+        .to_string();
+    assert!(key.starts_with("SWMKEY-1-") && key.len() == 52, "{key}");
+
+    // A restarted manager serves nothing until unlocked.
+    c.managers[1].stop();
+    assert!(
+        !c.managers[1]
+            .data_dir()
+            .join("certificates/swarm-node.key")
+            .exists(),
+        "TLS key sealed"
+    );
+    c.managers[1].start();
+    let m2 = &c.managers[1];
+    let err = m2.apiary(&["node", "ls"]).fails().to_string();
+    assert!(
+        err.contains("Swarm is encrypted and needs to be unlocked"),
+        "{err}"
+    );
+    assert!(m2.apiary(&["info"]).ok().contains("Swarm: locked"));
+    let nodes = c.managers[0].nodes_json().expect("nodes");
+    assert_eq!(nodes.len(), 4);
+
+    // Wrong keys are refused and change nothing; the right one unlocks.
+    let bad = with_stdin(
+        m2,
+        false,
+        &["swarm", "unlock"],
+        "SWMKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
+    );
+    assert!(bad.fails().contains("invalid unlock key"), "{}", bad.stderr);
+    let bad = with_stdin(m2, false, &["swarm", "unlock"], "not-a-key\n");
+    assert!(bad.fails().contains("invalid unlock key"), "{}", bad.stderr);
+    let unlocked_at = Instant::now();
+    with_stdin(m2, false, &["swarm", "unlock"], &format!("{key}\n")).ok();
+    eventually("the unlocked manager to answer", PATIENCE, || {
+        m2.apiary(&["node", "ls"]).status.eq(&0).then_some(())
+    });
+    eprintln!("unlock → serving in {:?}", unlocked_at.elapsed());
+    let v: Value =
+        serde_json::from_str(m2.apiary(&["node", "inspect", "wrk1"]).ok()).expect("JSON");
+    assert_eq!(
+        v[0]["Spec"]["Labels"]["note"], marker,
+        "state intact after unlock"
+    );
+
+    // Rotation: the previous key still unlocks for a while (docker CLI this time).
+    let new_key = c.managers[0]
+        .apiary(&["swarm", "unlock-key", "--rotate", "-q"])
+        .ok()
+        .trim()
+        .to_string();
+    assert_ne!(new_key, key);
+    eventually("mgr3 to reseal with the new key", PATIENCE, || {
+        c.managers[2]
+            .apiary(&["swarm", "unlock-key", "-q"])
+            .stdout
+            .contains(&new_key)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    c.managers[2].stop();
+    c.managers[2].start();
+    let m3 = &c.managers[2];
+    assert!(m3.apiary(&["info"]).ok().contains("Swarm: locked"));
+    with_stdin(m3, true, &["swarm", "unlock"], &format!("{key}\n")).ok();
+    eventually("mgr3 unlocked with the previous key", PATIENCE, || {
+        m3.apiary(&["node", "ls"]).status.eq(&0).then_some(())
+    });
+
+    // Autolock off: a restart comes back unlocked.
+    c.managers[0]
+        .apiary(&["swarm", "update", "--autolock=false"])
+        .ok();
+    eventually(
+        "mgr2 to store its keys in the clear again",
+        PATIENCE,
+        || {
+            c.managers[1]
+                .data_dir()
+                .join("certificates/swarm-node.key")
+                .exists()
+                .then_some(())
+        },
+    );
+    c.managers[1].stop();
+    c.managers[1].start();
+    eventually("mgr2 to serve after a restart", PATIENCE, || {
+        c.managers[1]
+            .apiary(&["node", "ls"])
+            .status
+            .eq(&0)
+            .then_some(())
+    });
+    let err = c.managers[0]
+        .apiary(&["swarm", "unlock-key"])
+        .fails()
+        .to_string();
+    assert!(err.contains("no unlock key"), "{err}");
+}

@@ -20,6 +20,20 @@ pub enum SwarmCommand {
     Leave(LeaveArgs),
     /// Update the swarm
     Update(UpdateArgs),
+    /// Unlock swarm
+    Unlock,
+    /// Manage the unlock key
+    UnlockKey(UnlockKeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UnlockKeyArgs {
+    /// Rotate unlock key
+    #[arg(long)]
+    pub rotate: bool,
+    /// Only display token
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Cluster settings shared by `init` and `update`; only the flags given are sent.
@@ -143,7 +157,88 @@ pub async fn run(c: &mut Client, cmd: SwarmCommand, out: &mut Output) -> Result<
         SwarmCommand::JoinToken(a) => join_token(c, a, out).await,
         SwarmCommand::Leave(a) => leave(c, a, out).await,
         SwarmCommand::Update(a) => update(c, a, out).await,
+        SwarmCommand::Unlock => unlock(c).await,
+        SwarmCommand::UnlockKey(a) => unlock_key(c, a, out).await,
     }
+}
+
+/// Read the key from the terminal (prompting) or from standard input.
+fn read_unlock_key() -> Result<String, CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Enter unlock key: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::Client(format!("cannot read the unlock key: {e}")))?;
+    let key = line.trim().to_string();
+    if key.is_empty() {
+        return Err(CliError::Client(
+            "no unlock key given: type it, or pipe it on standard input".into(),
+        ));
+    }
+    Ok(key)
+}
+
+async fn unlock(c: &mut Client) -> Result<(), CliError> {
+    let info: m::SystemInfo = c.get("/info").await?;
+    let state = info
+        .swarm
+        .and_then(|s| s.local_node_state)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    match state.as_str() {
+        "inactive" => return Err(CliError::Client("This node is not part of a swarm".into())),
+        "locked" => {}
+        _ => return Err(CliError::Client("swarm is not locked".into())),
+    }
+    let key = read_unlock_key()?;
+    let body = m::SwarmUnlockRequest {
+        unlock_key: Some(key),
+    };
+    c.post("/swarm/unlock", &body).await?;
+    Ok(())
+}
+
+async fn unlock_key(c: &mut Client, a: UnlockKeyArgs, out: &mut Output) -> Result<(), CliError> {
+    if a.rotate {
+        let sw: m::Swarm = c.get("/swarm").await?;
+        let version = sw.version.and_then(|v| v.index).unwrap_or(0);
+        let spec = sw.spec.unwrap_or_default();
+        let locked = spec
+            .encryption_config
+            .as_ref()
+            .and_then(|e| e.auto_lock_managers)
+            .unwrap_or(false);
+        if !locked {
+            return Err(CliError::Client(
+                "cannot rotate because autolock is not turned on".into(),
+            ));
+        }
+        c.post(
+            &format!("/swarm/update?version={version}&rotateWorkerToken=false&rotateManagerToken=false&rotateManagerUnlockKey=true"),
+            &spec,
+        )
+        .await?;
+        if !a.quiet {
+            out.print("Successfully rotated manager unlock key.\n\n");
+        }
+    }
+    let key: m::UnlockKeyResponse = c.get("/swarm/unlockkey").await?;
+    let key = key.unlock_key.unwrap_or_default();
+    if key.is_empty() {
+        return Err(CliError::Client("no unlock key is set".into()));
+    }
+    if a.quiet {
+        out.println(key);
+    } else {
+        print_unlock_command(out, &key);
+    }
+    Ok(())
 }
 
 async fn init(c: &mut Client, a: InitArgs, out: &mut Output) -> Result<(), CliError> {

@@ -80,6 +80,11 @@ impl Running {
     /// Write the key file (and the TLS key) for `want`: sealed under it, or
     /// in the clear when autolock is off. Idempotent.
     pub(super) fn write_keys(&self, want: Option<&UnlockKey>) -> Result<(), ControlError> {
+        let _writer = self.key_writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_keys_locked(want)
+    }
+
+    fn write_keys_locked(&self, want: Option<&UnlockKey>) -> Result<(), ControlError> {
         let dek = self.data_key()?;
         let certs = self.certs();
         let current = self.sealed_with();
@@ -124,8 +129,9 @@ impl Running {
             return Ok(());
         };
         let want = wanted_key(&cluster)?;
+        let _writer = self.key_writer.lock().unwrap_or_else(|p| p.into_inner());
         if want != self.sealed_with() || !self.keys_written() {
-            self.write_keys(want.as_ref())?;
+            self.write_keys_locked(want.as_ref())?;
         }
         Ok(())
     }

@@ -74,6 +74,8 @@ pub struct Running {
     dek: Mutex<Option<Arc<crate::seal::Sealer>>>,
     /// The unlock key the key files are sealed with (autolock on).
     sealed_with: Mutex<Option<pki::UnlockKey>>,
+    /// Serialises writers of the key files (the key guard, `swarm update`).
+    key_writer: Mutex<()>,
 }
 
 impl Running {
@@ -334,6 +336,7 @@ impl NodeHandle {
             tasks: TaskTracker::new(),
             dek: Mutex::new(None),
             sealed_with: Mutex::new(None),
+            key_writer: Mutex::new(()),
         })
     }
 
