@@ -381,9 +381,35 @@ impl Manager {
         caller: Caller,
         req: Request,
     ) -> Result<Reply, RpcError> {
-        let is_manager = caller.role == Some(Role::Manager);
+        // Raft traffic needs a manager certificate of a node still in the
+        // swarm; other manager calls also need the cluster to still want the
+        // node as a manager (a demoted node keeps its manager certificate
+        // until it renews, and must not use it meanwhile).
+        let (in_swarm, wanted_manager) = match &caller.node_id {
+            Some(id) => {
+                let state = self.state.read();
+                match state.nodes.get(id) {
+                    Some(n) => (
+                        true,
+                        n.spec.role == Role::Manager || n.manager_status.is_some(),
+                    ),
+                    None => (false, false),
+                }
+            }
+            None => (false, false),
+        };
+        let cert_manager = caller.role == Some(Role::Manager);
+        let require_raft_peer = || {
+            if cert_manager && in_swarm {
+                Ok(())
+            } else {
+                Err(RpcError::PermissionDenied(
+                    "only managers of this swarm may send raft messages".into(),
+                ))
+            }
+        };
         let require_manager = || {
-            if is_manager {
+            if cert_manager && in_swarm && wanted_manager {
                 Ok(())
             } else {
                 Err(RpcError::PermissionDenied(
@@ -404,19 +430,19 @@ impl Manager {
                 })
             }
             Request::AppendEntries(r) => {
-                require_manager()?;
+                require_raft_peer()?;
                 Ok(Reply::AppendEntries(self.raft.append_entries(r).await))
             }
             Request::Vote(r) => {
-                require_manager()?;
+                require_raft_peer()?;
                 Ok(Reply::Vote(self.raft.vote(r).await))
             }
             Request::InstallSnapshot(r) => {
-                require_manager()?;
+                require_raft_peer()?;
                 Ok(Reply::InstallSnapshot(self.raft.install_snapshot(r).await))
             }
             Request::Elect => {
-                require_manager()?;
+                require_raft_peer()?;
                 self.raft
                     .trigger()
                     .elect()

@@ -141,13 +141,16 @@ impl Running {
     }
 }
 
-/// Follow the cluster object on this manager for as long as it runs.
+/// Follow the replicated state on this manager for as long as it runs:
+/// keep the keys at rest in step with autolock, and close connections of
+/// nodes that were removed.
 pub(super) async fn guard(running: Arc<Running>, m: Arc<Manager>) {
     let mut changes = m.state.watch();
     loop {
         if let Err(e) = running.sync_keys(&m) {
             warn!("could not update the keys at rest: {e}");
         }
+        running.transport.revalidate();
         tokio::select! {
             _ = running.shutdown.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },

@@ -350,6 +350,27 @@ impl NodeHandle {
         let handler = Arc::new(RpcHandler {
             running: Arc::downgrade(running),
         });
+        // Revocation: a removed node's certificate stays valid for TLS, but a
+        // manager admits cluster connections only from nodes still in the
+        // swarm (checked on connect, and again after every change).
+        let weak = Arc::downgrade(running);
+        running
+            .transport
+            .set_admission(Arc::new(move |peer: &Peer| {
+                if peer.alpn == transport::ALPN_JOIN {
+                    return true;
+                }
+                let Some(m) = weak.upgrade().and_then(|r| r.manager()) else {
+                    return true;
+                };
+                let Some(der) = peer.cert.as_ref() else {
+                    return false;
+                };
+                match pki::parse_node_cert_der(der) {
+                    Ok(info) => m.state.read().nodes.contains_key(&info.node_id),
+                    Err(_) => false,
+                }
+            }));
         let t = running.transport.clone();
         let token = running.shutdown.clone();
         running

@@ -13,16 +13,16 @@ pub(super) const STATUS_OK: u8 = 0;
 pub(super) const STATUS_ERR: u8 = 1;
 
 /// Largest frame body a request may carry.
-pub(super) const REQUEST_LIMIT: usize = MAX_FRAME;
+pub const REQUEST_LIMIT: usize = MAX_FRAME;
 /// Largest frame body a response may carry: status byte + a payload of up to [`MAX_FRAME`].
-pub(super) const RESPONSE_LIMIT: usize = MAX_FRAME + 1;
+pub const RESPONSE_LIMIT: usize = MAX_FRAME + 1;
 
 /// Buffers grow as bytes arrive instead of trusting the peer's length: a cert-less join
 /// client must not make us allocate 64 MiB by sending four bytes.
 const INITIAL_BUFFER: usize = 64 << 10;
 
 #[derive(Debug)]
-pub(super) enum FrameError {
+pub enum FrameError {
     TooLarge(u64),
     /// The stream ended before the announced length (or before the length itself).
     Truncated,
@@ -43,7 +43,7 @@ impl From<WriteError> for FrameError {
 }
 
 /// The 4-byte prefix for a body of `len` bytes, or `TooLarge` beyond `limit`.
-pub(super) fn encode_len(len: usize, limit: usize) -> Result<[u8; 4], FrameError> {
+pub fn encode_len(len: usize, limit: usize) -> Result<[u8; 4], FrameError> {
     if len > limit {
         return Err(FrameError::TooLarge(len as u64));
     }
@@ -52,7 +52,7 @@ pub(super) fn encode_len(len: usize, limit: usize) -> Result<[u8; 4], FrameError
 }
 
 /// The body length announced by a prefix, or `TooLarge` beyond `limit`.
-pub(super) fn decode_len(prefix: [u8; 4], limit: usize) -> Result<usize, FrameError> {
+pub fn decode_len(prefix: [u8; 4], limit: usize) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(prefix);
     match usize::try_from(len) {
         Ok(len) if len <= limit => Ok(len),

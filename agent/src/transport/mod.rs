@@ -13,7 +13,9 @@
 //! endpoint serves incoming connections once an identity is set.
 
 mod error;
-mod frame;
+/// Public only so that the fuzz targets in `fuzz/` reach the frame decoder; not an API.
+#[doc(hidden)]
+pub mod frame;
 mod tls;
 
 #[cfg(test)]
@@ -79,7 +81,18 @@ pub(crate) mod close_code {
     pub const SHUTDOWN: VarInt = VarInt::from_u32(3);
     /// Our certificate changed; reconnect to use the new one.
     pub const IDENTITY_CHANGED: VarInt = VarInt::from_u32(4);
+    /// The peer's certificate is no longer admitted (its node was removed).
+    pub const REVOKED: VarInt = VarInt::from_u32(5);
 }
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Decides whether a peer may (still) talk to us: revocation of removed
+/// nodes, which the TLS layer cannot know about. Checked when a connection
+/// is accepted and again by [`Transport::revalidate`].
+pub type Admission = Arc<dyn Fn(&Peer) -> bool + Send + Sync>;
 
 /// Stream stop code when a request frame is refused as too large.
 const STOP_TOO_LARGE: VarInt = VarInt::from_u32(1);
@@ -134,6 +147,16 @@ struct Inner {
     endpoint: Endpoint,
     local_addr: SocketAddr,
     state: Mutex<State>,
+    admission: Mutex<Option<Admission>>,
+    /// Accepted connections, so that revocation can close them.
+    accepted: Mutex<Vec<(Connection, Peer)>>,
+}
+
+impl Inner {
+    fn admitted(&self, peer: &Peer) -> bool {
+        let admission = lock(&self.admission).clone();
+        admission.is_none_or(|a| a(peer))
+    }
 }
 
 struct State {
@@ -197,6 +220,8 @@ impl Transport {
                     cluster_client,
                     pool: HashMap::new(),
                 }),
+                admission: Mutex::new(None),
+                accepted: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -236,6 +261,34 @@ impl Transport {
         Ok(())
     }
 
+    /// Install the admission check for incoming connections (see [`Admission`]).
+    pub fn set_admission(&self, admission: Admission) {
+        *lock(&self.inner.admission) = Some(admission);
+    }
+
+    /// Close every accepted connection whose peer is no longer admitted (a
+    /// node was just removed). Returns how many were closed.
+    pub fn revalidate(&self) -> usize {
+        let mut accepted = lock(&self.inner.accepted);
+        accepted.retain(|(conn, _)| conn.close_reason().is_none());
+        let mut closed = 0;
+        accepted.retain(|(conn, peer)| {
+            if self.inner.admitted(peer) {
+                return true;
+            }
+            conn.close(
+                close_code::REVOKED,
+                b"certificate revoked: the node was removed from the swarm",
+            );
+            closed += 1;
+            false
+        });
+        if closed > 0 {
+            info!(closed, "closed connections of revoked peers");
+        }
+        closed
+    }
+
     /// Accept connections and serve calls until `shutdown` is cancelled (or the endpoint
     /// is closed). Every connection and call task is owned here and aborted on return.
     pub async fn serve<H: Handler>(&self, handler: Arc<H>, shutdown: CancellationToken) {
@@ -254,6 +307,7 @@ impl Transport {
                 break;
             };
             connections.spawn(serve_connection(
+                self.inner.clone(),
                 incoming,
                 handler.clone(),
                 shutdown.clone(),
@@ -538,8 +592,10 @@ fn frame_failure(e: FrameError, addr: SocketAddr, server_name: &str) -> Failure 
     }
 }
 
-/// Split a response frame into the handler's result.
-fn parse_response(mut body: Vec<u8>, addr: SocketAddr) -> Result<Vec<u8>, TransportError> {
+/// Split a response frame into the handler's result. Public only for the fuzz targets in
+/// `fuzz/`; not an API.
+#[doc(hidden)]
+pub fn parse_response(mut body: Vec<u8>, addr: SocketAddr) -> Result<Vec<u8>, TransportError> {
     match body.first().copied() {
         Some(STATUS_OK) => {
             body.remove(0);
@@ -569,6 +625,7 @@ fn log_panic(done: Result<(), tokio::task::JoinError>, what: &str) {
 
 /// Handshake, check the ALPN/certificate rule, then serve the connection's streams.
 async fn serve_connection<H: Handler>(
+    inner: Arc<Inner>,
     incoming: quinn::Incoming,
     handler: Arc<H>,
     shutdown: CancellationToken,
@@ -602,6 +659,19 @@ async fn serve_connection<H: Handler>(
         alpn,
         cert: chain.into_iter().next(),
     };
+    if !inner.admitted(&peer) {
+        debug!(%remote, "refused: certificate no longer admitted");
+        conn.close(
+            close_code::REVOKED,
+            b"certificate revoked: the node was removed from the swarm",
+        );
+        return;
+    }
+    {
+        let mut accepted = lock(&inner.accepted);
+        accepted.retain(|(c, _)| c.close_reason().is_none());
+        accepted.push((conn.clone(), peer.clone()));
+    }
     debug!(%remote, alpn = %String::from_utf8_lossy(&peer.alpn), with_cert = peer.cert.is_some(), "connection accepted");
 
     let mut calls = JoinSet::new();

@@ -21,7 +21,9 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
-mod snapshot;
+/// Public only so that the fuzz targets in `fuzz/` reach the snapshot decoder; not an API.
+#[doc(hidden)]
+pub mod snapshot;
 mod state_machine;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use super::SnapshotMeta;
 const MAGIC: &[u8] = b"apiary-snapshot-1\n";
 
 #[derive(Debug, thiserror::Error)]
-pub(super) enum FormatError {
+pub enum FormatError {
     #[error("not an apiary snapshot (bad magic)")]
     Magic,
     #[error("snapshot ends early, in {0}")]
@@ -30,10 +30,7 @@ pub(super) enum FormatError {
     EncodeMeta(#[source] serde_json::Error),
 }
 
-pub(super) fn encode(
-    meta: &SnapshotMeta,
-    rows: &[(String, Vec<u8>)],
-) -> Result<Vec<u8>, FormatError> {
+pub fn encode(meta: &SnapshotMeta, rows: &[(String, Vec<u8>)]) -> Result<Vec<u8>, FormatError> {
     let meta = serde_json::to_vec(meta).map_err(FormatError::EncodeMeta)?;
     let size = MAGIC.len()
         + 16
@@ -58,12 +55,12 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-pub(super) struct Decoded {
+pub struct Decoded {
     pub meta: SnapshotMeta,
     pub rows: Vec<(String, Vec<u8>)>,
 }
 
-pub(super) fn decode(blob: &[u8]) -> Result<Decoded, FormatError> {
+pub fn decode(blob: &[u8]) -> Result<Decoded, FormatError> {
     let mut r = Reader { rest: blob };
     if r.take(MAGIC.len(), "magic")? != MAGIC {
         return Err(FormatError::Magic);
