@@ -270,3 +270,41 @@ fn secrets_and_configs_with_the_docker_cli() {
     assert_eq!(m.docker(&["secret", "ls", "-q"]).ok(), "");
     assert_eq!(m.docker(&["config", "ls", "-q"]).ok(), "");
 }
+
+#[test]
+fn secrets_and_configs_survive_force_new_cluster() {
+    let c = Cluster::new("fncsecrets").start();
+    let m = &c.managers[0];
+    let id = m
+        .apiary_stdin(&["secret", "create", "keep-me", "-"], b"still here")
+        .ok()
+        .trim()
+        .to_string();
+    m.apiary_stdin(&["config", "create", "keep-conf", "-"], b"a=1")
+        .ok();
+    let addr = m.addr();
+    m.apiary(&[
+        "swarm",
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &addr,
+        "--listen-addr",
+        &addr,
+    ])
+    .ok();
+    let v = eventually("the secret after --force-new-cluster", PATIENCE, || {
+        let o = m.apiary(&["secret", "inspect", "keep-me"]);
+        (o.status == 0).then_some(o.stdout)
+    });
+    let v: Vec<Value> = serde_json::from_str(&v).expect("JSON");
+    assert_eq!(v[0]["ID"], id.as_str());
+    let v = inspect(m, "config", "keep-conf");
+    assert_eq!(v["Spec"]["Data"], "YT0x");
+    // The name is still taken in the new log.
+    let err = m
+        .apiary_stdin(&["secret", "create", "keep-me", "-"], b"x")
+        .fails()
+        .to_string();
+    assert!(err.contains("secret keep-me already exists"), "{err}");
+}
