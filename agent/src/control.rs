@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use crate::store::{Availability, Cluster, ClusterSpec, Node, NodeId, NodeSpec};
+use crate::store::{Config, ConfigId, ConfigSpec, Secret, SecretId, SecretSpec};
 
 /// Why a control call failed. The API maps each kind to Docker's HTTP status
 /// in one place (`api::error`); messages are shown to users as they are, so
@@ -180,4 +181,43 @@ pub trait Control: Send + Sync + 'static {
     fn unlock_key(&self) -> impl Future<Output = ControlResult<Option<String>>> + Send;
     /// Unlock a locked manager with its unlock key.
     fn swarm_unlock(&self, key: &str) -> impl Future<Output = ControlResult<()>> + Send;
+
+    // Secrets and configs. `id` may be a full ID, a name, or a unique ID
+    // prefix (Docker's lookup order). Secrets come back with empty `data`:
+    // a secret's payload never leaves the store through this seam.
+
+    /// Validates the name and size, then stores it; returns the new ID.
+    fn secret_create(
+        &self,
+        spec: SecretSpec,
+    ) -> impl Future<Output = ControlResult<SecretId>> + Send;
+    fn secrets(&self) -> impl Future<Output = ControlResult<Vec<Secret>>> + Send;
+    fn secret(&self, id: &str) -> impl Future<Output = ControlResult<Secret>> + Send;
+    /// Only labels may change (Docker's rule): `spec.name` must be the
+    /// secret's own name or empty, and `spec.data` must be empty.
+    fn secret_update(
+        &self,
+        id: &str,
+        version: u64,
+        spec: SecretSpec,
+    ) -> impl Future<Output = ControlResult<()>> + Send;
+    /// Refused while a service uses the secret.
+    fn secret_remove(&self, id: &str) -> impl Future<Output = ControlResult<()>> + Send;
+
+    fn config_create(
+        &self,
+        spec: ConfigSpec,
+    ) -> impl Future<Output = ControlResult<ConfigId>> + Send;
+    fn configs(&self) -> impl Future<Output = ControlResult<Vec<Config>>> + Send;
+    fn config(&self, id: &str) -> impl Future<Output = ControlResult<Config>> + Send;
+    /// Only labels may change: `spec.name` must be the config's own name or
+    /// empty, and `spec.data` empty or the config's current data.
+    fn config_update(
+        &self,
+        id: &str,
+        version: u64,
+        spec: ConfigSpec,
+    ) -> impl Future<Output = ControlResult<()>> + Send;
+    /// Refused while a service uses the config.
+    fn config_remove(&self, id: &str) -> impl Future<Output = ControlResult<()>> + Send;
 }

@@ -141,6 +141,23 @@ impl Agent {
         Out::from(out, format!("docker {}", args.join(" ")))
     }
 
+    /// Run `apiary <args>` with `input` on its stdin (`secret create NAME -`).
+    pub fn apiary_stdin(&self, args: &[&str], input: &[u8]) -> Out {
+        let mut cmd = Command::new(APIARY);
+        cmd.arg("-H").arg(self.host()).args(args);
+        with_stdin(cmd, input, format!("apiary {}", args.join(" ")))
+    }
+
+    /// Run the real docker CLI with `input` on its stdin.
+    pub fn docker_stdin(&self, args: &[&str], input: &[u8]) -> Out {
+        let mut cmd = Command::new("docker");
+        cmd.args(args)
+            .env("DOCKER_HOST", self.host())
+            .env_remove("DOCKER_CONTEXT")
+            .env("DOCKER_CONFIG", self.dir.join("docker-config"));
+        with_stdin(cmd, input, format!("docker {}", args.join(" ")))
+    }
+
     /// The `ID` of this node as it reports itself.
     pub fn node_id(&self) -> String {
         let out = self.apiary(&["node", "inspect", "self"]);
@@ -194,6 +211,26 @@ impl Out {
         );
         &self.stderr
     }
+}
+
+fn with_stdin(mut cmd: Command, input: &[u8], name: String) -> Out {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn CLI");
+    // Write from a thread: a CLI that answers before reading everything
+    // must not deadlock the test on a full pipe.
+    let mut stdin = child.stdin.take().expect("stdin pipe");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("CLI output");
+    let _ = writer.join();
+    Out::from(out, name)
 }
 
 /// Poll `f` until it gives a value, or panic after `patience` naming what

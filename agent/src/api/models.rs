@@ -13,6 +13,7 @@ use crate::control::{NodeView, SwarmView};
 use crate::store::{
     Availability, Cluster, ClusterSpec, NodeSpec, NodeState, Reachability, Role, NANOS_PER_SEC,
 };
+use crate::store::{Config, ConfigSpec, Secret, SecretSpec};
 
 /// The swarm port Docker uses when an address has none.
 pub const DEFAULT_SWARM_PORT: u16 = 2377;
@@ -486,6 +487,132 @@ impl Filters {
             && self.get("node.label").iter().all(|l| label_match(&n.spec.labels, l))
             // `label` is about engine labels, which apiary nodes do not have.
             && self.get("label").iter().all(|l| label_match(&no_engine_labels, l))
+    }
+}
+
+/// A secret as the API shows it: never with `Data` (Docker omits it too).
+pub fn secret_to_api(s: &Secret) -> m::Secret {
+    m::Secret {
+        id: Some(s.id.0.clone()),
+        version: Some(m::ObjectVersion {
+            index: Some(s.version),
+        }),
+        created_at: non_empty(&s.created_at),
+        updated_at: non_empty(&s.updated_at),
+        spec: Some(m::SecretSpec {
+            name: Some(s.spec.name.clone()),
+            labels: Some(labels_to_api(&s.spec.labels)),
+            data: None,
+            driver: None,
+            templating: None,
+        }),
+    }
+}
+
+/// A config as the API shows it: with `Data` (base64), as Docker does.
+pub fn config_to_api(c: &Config) -> m::Config {
+    use base64::Engine;
+    m::Config {
+        id: Some(c.id.0.clone()),
+        version: Some(m::ObjectVersion {
+            index: Some(c.version),
+        }),
+        created_at: non_empty(&c.created_at),
+        updated_at: non_empty(&c.updated_at),
+        spec: Some(m::ConfigSpec {
+            name: Some(c.spec.name.clone()),
+            labels: Some(labels_to_api(&c.spec.labels)),
+            data: Some(base64::engine::general_purpose::STANDARD.encode(&c.spec.data)),
+            templating: None,
+        }),
+    }
+}
+
+/// `Data` as Go encodes `[]byte` (standard base64); URL-safe is accepted too.
+fn decode_data(kind: &str, data: Option<&str>) -> ApiResult<Vec<u8>> {
+    use base64::Engine;
+    let Some(text) = data.map(str::trim).filter(|d| !d.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let engines = [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    engines
+        .iter()
+        .find_map(|e| e.decode(text).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("invalid {kind} Data: it must be base64-encoded"))
+        })
+}
+
+fn refuse_driver(kind: &str, field: &str, driver: Option<&m::Driver>) -> ApiResult<()> {
+    match driver {
+        Some(d) if !d.name.is_empty() => Err(ApiError::bad_request(format!(
+            "{kind} {field} {:?} is not supported by apiary: store the data in the {kind} itself",
+            d.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /secrets/create` and `/secrets/{id}/update` bodies.
+pub fn secret_spec_from_api(spec: &m::SecretSpec) -> ApiResult<SecretSpec> {
+    refuse_driver("secret", "driver", spec.driver.as_ref())?;
+    refuse_driver("secret", "templating driver", spec.templating.as_ref())?;
+    Ok(SecretSpec {
+        name: spec.name.clone().unwrap_or_default(),
+        labels: spec
+            .labels
+            .as_ref()
+            .map(labels_from_api)
+            .unwrap_or_default(),
+        data: decode_data("secret", spec.data.as_deref())?,
+    })
+}
+
+/// `POST /configs/create` and `/configs/{id}/update` bodies.
+pub fn config_spec_from_api(spec: &m::ConfigSpec) -> ApiResult<ConfigSpec> {
+    refuse_driver("config", "templating driver", spec.templating.as_ref())?;
+    Ok(ConfigSpec {
+        name: spec.name.clone().unwrap_or_default(),
+        labels: spec
+            .labels
+            .as_ref()
+            .map(labels_from_api)
+            .unwrap_or_default(),
+        data: decode_data("config", spec.data.as_deref())?,
+    })
+}
+
+impl Filters {
+    /// Checks keys as Docker does for `GET /secrets` and `GET /configs`.
+    pub fn validate_object_filters(&self) -> ApiResult<()> {
+        const ACCEPTED: [&str; 4] = ["id", "label", "name", "names"];
+        for k in self.0.keys() {
+            if !ACCEPTED.contains(&k.as_str()) {
+                return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Swarm's secret and config filters: `id` and `name` are prefixes,
+    /// `names` exact names, `label` a key or key=value.
+    pub fn matches_object(&self, id: &str, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        let any = |key: &str, f: &dyn Fn(&str) -> bool| {
+            let vals = self.get(key);
+            vals.is_empty() || vals.iter().any(|x| f(x))
+        };
+        any("id", &|p| id.starts_with(p))
+            && any("name", &|p| name.starts_with(p))
+            && any("names", &|n| name == n)
+            && self.get("label").iter().all(|l| match l.split_once('=') {
+                Some((k, v)) => labels.get(k).is_some_and(|have| have == v),
+                None => labels.contains_key(l.as_str()),
+            })
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +20,11 @@ use crate::control::{Control, InitRequest, JoinRequest, LocalNodeState, SwarmInf
 use crate::store::ClusterSpec;
 
 type Ctl<C> = State<Arc<C>>;
+
+/// Create bodies may exceed axum's 2 MB default: a config just over its
+/// 1000 KiB limit is ~1.4 MB of base64, and a little over that must still
+/// reach the node to be refused with Swarm's size message, not a bare 413.
+const OBJECT_BODY_LIMIT: usize = 4 << 20;
 
 pub fn router<C: Control>(control: Arc<C>) -> Router {
     Router::new()
@@ -39,6 +44,29 @@ pub fn router<C: Control>(control: Arc<C>) -> Router {
             get(node_inspect::<C>).delete(node_remove::<C>),
         )
         .route("/nodes/{id}/update", post(node_update::<C>))
+        .route("/secrets", get(secrets_list::<C>))
+        .route(
+            "/secrets/create",
+            post(secret_create::<C>).layer(DefaultBodyLimit::max(OBJECT_BODY_LIMIT)),
+        )
+        .route(
+            "/secrets/{id}",
+            get(secret_inspect::<C>).delete(secret_remove::<C>),
+        )
+        .route("/secrets/{id}/update", post(secret_update::<C>))
+        .route("/configs", get(configs_list::<C>))
+        .route(
+            "/configs/create",
+            post(config_create::<C>).layer(DefaultBodyLimit::max(OBJECT_BODY_LIMIT)),
+        )
+        .route(
+            "/configs/{id}",
+            get(config_inspect::<C>).delete(config_remove::<C>),
+        )
+        .route(
+            "/configs/{id}/update",
+            post(config_update::<C>).layer(DefaultBodyLimit::max(OBJECT_BODY_LIMIT)),
+        )
         .fallback(|| async { ApiError::not_found("page not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -385,4 +413,122 @@ async fn node_remove<C: Control>(
     let q = query(&uri)?;
     c.node_remove(&id, bool_param(&q, "force")).await?;
     Ok(StatusCode::OK)
+}
+
+/// `{"ID": "..."}`, as Docker answers `secrets/create` and `configs/create`.
+fn created(id: String) -> (StatusCode, Json<serde_json::Value>) {
+    (StatusCode::CREATED, Json(serde_json::json!({ "ID": id })))
+}
+
+fn object_filters(uri: &Uri) -> ApiResult<Filters> {
+    let q = query(uri)?;
+    let filters = Filters::parse(q.get("filters").map(String::as_str))?;
+    filters.validate_object_filters()?;
+    Ok(filters)
+}
+
+async fn secrets_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Json<Vec<m::Secret>>> {
+    let filters = object_filters(&uri)?;
+    let secrets = c.secrets().await?;
+    Ok(Json(
+        secrets
+            .iter()
+            .filter(|s| filters.matches_object(&s.id.0, &s.spec.name, &s.spec.labels))
+            .map(models::secret_to_api)
+            .collect(),
+    ))
+}
+
+async fn secret_create<C: Control>(
+    State(c): Ctl<C>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let spec: m::SecretSpec = json_body(&body)?;
+    let id = c
+        .secret_create(models::secret_spec_from_api(&spec)?)
+        .await?;
+    Ok(created(id.0))
+}
+
+async fn secret_inspect<C: Control>(
+    State(c): Ctl<C>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<m::Secret>> {
+    let s = c.secret(&id).await?;
+    Ok(Json(models::secret_to_api(&s)))
+}
+
+async fn secret_update<C: Control>(
+    State(c): Ctl<C>,
+    Path(id): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let q = query(&uri)?;
+    let version = version_param(&q, "secret")?;
+    let spec: m::SecretSpec = json_body(&body)?;
+    c.secret_update(&id, version, models::secret_spec_from_api(&spec)?)
+        .await?;
+    Ok(StatusCode::OK)
+}
+
+async fn secret_remove<C: Control>(
+    State(c): Ctl<C>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    c.secret_remove(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn configs_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Json<Vec<m::Config>>> {
+    let filters = object_filters(&uri)?;
+    let configs = c.configs().await?;
+    Ok(Json(
+        configs
+            .iter()
+            .filter(|x| filters.matches_object(&x.id.0, &x.spec.name, &x.spec.labels))
+            .map(models::config_to_api)
+            .collect(),
+    ))
+}
+
+async fn config_create<C: Control>(
+    State(c): Ctl<C>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let spec: m::ConfigSpec = json_body(&body)?;
+    let id = c
+        .config_create(models::config_spec_from_api(&spec)?)
+        .await?;
+    Ok(created(id.0))
+}
+
+async fn config_inspect<C: Control>(
+    State(c): Ctl<C>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<m::Config>> {
+    let x = c.config(&id).await?;
+    Ok(Json(models::config_to_api(&x)))
+}
+
+async fn config_update<C: Control>(
+    State(c): Ctl<C>,
+    Path(id): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let q = query(&uri)?;
+    let version = version_param(&q, "config")?;
+    let spec: m::ConfigSpec = json_body(&body)?;
+    c.config_update(&id, version, models::config_spec_from_api(&spec)?)
+        .await?;
+    Ok(StatusCode::OK)
+}
+
+async fn config_remove<C: Control>(
+    State(c): Ctl<C>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    c.config_remove(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -10,9 +10,13 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::client::Answer;
 use crate::cli::{CliError, Client};
 use crate::control::*;
+use crate::node::secrets;
 use crate::store::{
     Availability, Cluster, ClusterSpec, JoinSecrets, ManagerStatus, Node, NodeDescription, NodeId,
     NodeSpec, NodeState, NodeStatus, Platform, Reachability, Role, RootCa,
+};
+use crate::store::{
+    Command, Config, ConfigId, ConfigSpec, Secret, SecretId, SecretSpec, State, StoreErrorKind,
 };
 
 /// A swarm of two nodes held in memory. `self_id` is the node answering.
@@ -30,6 +34,10 @@ pub(crate) struct FakeState {
     pub last_init: Option<InitRequest>,
     pub last_join: Option<JoinRequest>,
     pub last_update: Option<SwarmUpdate>,
+    /// Secrets and configs live in a real store state, changed by `apply`
+    /// with a counter as the log index.
+    pub objects: State,
+    pub index: u64,
 }
 
 pub(crate) const MANAGER_ID: &str = "m1abcdefghijklmnopqrstuvw";
@@ -106,6 +114,8 @@ impl Fake {
                 last_init: None,
                 last_join: None,
                 last_update: None,
+                objects: State::default(),
+                index: 100,
             }),
         })
     }
@@ -136,6 +146,25 @@ impl Fake {
             })
             .cloned()
             .ok_or_else(|| ControlError::NotFound(format!("node {id} not found")))
+    }
+}
+
+impl Fake {
+    /// Apply a command as the raft state machine would (errors mapped as
+    /// `Manager::propose` maps them).
+    fn apply(&self, cmd: Command) -> ControlResult<()> {
+        let mut s = self.lock();
+        s.index += 1;
+        let index = s.index;
+        let (r, _) = s.objects.apply(index, &cmd);
+        match r.error {
+            None => Ok(()),
+            Some(e) => Err(match e.kind {
+                StoreErrorKind::NotFound => ControlError::NotFound(e.message),
+                StoreErrorKind::Conflict => ControlError::Conflict(e.message),
+                StoreErrorKind::Invalid => ControlError::FailedPrecondition(e.message),
+            }),
+        }
     }
 }
 
@@ -298,6 +327,87 @@ impl Control for Fake {
         Err(ControlError::FailedPrecondition(
             "the fake swarm is not locked".into(),
         ))
+    }
+
+    async fn secret_create(&self, spec: SecretSpec) -> ControlResult<SecretId> {
+        self.manager_only()?;
+        secrets::validate_secret_spec(&spec)?;
+        let secret = secrets::new_secret(spec, "2024-05-01T10:00:00Z");
+        let id = secret.id.clone();
+        self.apply(Command::CreateSecret { secret })?;
+        Ok(id)
+    }
+
+    async fn secrets(&self) -> ControlResult<Vec<Secret>> {
+        self.manager_only()?;
+        let s = self.lock();
+        Ok(s.objects
+            .secrets
+            .values()
+            .cloned()
+            .map(secrets::without_data)
+            .collect())
+    }
+
+    async fn secret(&self, id: &str) -> ControlResult<Secret> {
+        self.manager_only()?;
+        let s = secrets::resolve_secret(&self.lock().objects, id)?;
+        Ok(secrets::without_data(s))
+    }
+
+    async fn secret_update(&self, id: &str, version: u64, spec: SecretSpec) -> ControlResult<()> {
+        self.manager_only()?;
+        let current = secrets::resolve_secret(&self.lock().objects, id)?;
+        secrets::check_secret_update(&current, &spec)?;
+        self.apply(Command::UpdateSecret {
+            id: current.id,
+            version,
+            labels: spec.labels,
+            now: "2024-05-02T10:00:00Z".into(),
+        })
+    }
+
+    async fn secret_remove(&self, id: &str) -> ControlResult<()> {
+        self.manager_only()?;
+        let current = secrets::resolve_secret(&self.lock().objects, id)?;
+        self.apply(Command::RemoveSecret { id: current.id })
+    }
+
+    async fn config_create(&self, spec: ConfigSpec) -> ControlResult<ConfigId> {
+        self.manager_only()?;
+        secrets::validate_config_spec(&spec)?;
+        let config = secrets::new_config(spec, "2024-05-01T10:00:00Z");
+        let id = config.id.clone();
+        self.apply(Command::CreateConfig { config })?;
+        Ok(id)
+    }
+
+    async fn configs(&self) -> ControlResult<Vec<Config>> {
+        self.manager_only()?;
+        Ok(self.lock().objects.configs.values().cloned().collect())
+    }
+
+    async fn config(&self, id: &str) -> ControlResult<Config> {
+        self.manager_only()?;
+        secrets::resolve_config(&self.lock().objects, id)
+    }
+
+    async fn config_update(&self, id: &str, version: u64, spec: ConfigSpec) -> ControlResult<()> {
+        self.manager_only()?;
+        let current = secrets::resolve_config(&self.lock().objects, id)?;
+        secrets::check_config_update(&current, &spec)?;
+        self.apply(Command::UpdateConfig {
+            id: current.id,
+            version,
+            labels: spec.labels,
+            now: "2024-05-02T10:00:00Z".into(),
+        })
+    }
+
+    async fn config_remove(&self, id: &str) -> ControlResult<()> {
+        self.manager_only()?;
+        let current = secrets::resolve_config(&self.lock().objects, id)?;
+        self.apply(Command::RemoveConfig { id: current.id })
     }
 }
 
@@ -608,4 +718,193 @@ async fn serve_returns_when_cancelled() {
     stop.cancel();
     let res = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     assert!(matches!(res, Ok(Ok(Ok(())))), "{res:?}");
+}
+
+#[tokio::test]
+async fn secrets_never_show_their_data() {
+    let s = start(Fake::new()).await;
+    // "hunter2" in base64.
+    let a = raw(
+        &s,
+        Method::POST,
+        "/v1.49/secrets/create",
+        Some(r#"{"Name":"web-key","Labels":{"env":"prod"},"Data":"aHVudGVyMg=="}"#),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let id = json(&a)["ID"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 25);
+    {
+        let st = s.fake.lock();
+        let stored = st.objects.secrets.values().next().unwrap();
+        assert_eq!(stored.spec.data, b"hunter2");
+    }
+
+    for path in [format!("/v1.49/secrets/{id}"), "/secrets/web-key".into()] {
+        let a = raw(&s, Method::GET, &path, None).await;
+        assert_eq!(a.status, 200, "{path}");
+        let v = json(&a);
+        assert_eq!(v["ID"], id);
+        assert_eq!(v["Spec"]["Name"], "web-key");
+        assert_eq!(v["Spec"]["Labels"]["env"], "prod");
+        assert_eq!(v["Version"]["Index"], 101);
+        assert_eq!(v["CreatedAt"], "2024-05-01T10:00:00Z");
+        assert!(v["Spec"].get("Data").is_none(), "{v}");
+        assert!(!String::from_utf8_lossy(&a.body).contains("aHVudGVyMg"));
+    }
+    let a = raw(&s, Method::GET, "/v1.49/secrets", None).await;
+    let v = json(&a);
+    assert_eq!(v.as_array().map(Vec::len), Some(1));
+    assert!(v[0]["Spec"].get("Data").is_none(), "{v}");
+
+    // Filters: name prefix, exact names, label, id prefix; unknown keys refused.
+    for (filter, n) in [
+        (r#"{"name":{"web":true}}"#, 1),
+        (r#"{"names":{"web":true}}"#, 0),
+        (r#"{"label":{"env=prod":true}}"#, 1),
+        (r#"{"label":{"env=dev":true}}"#, 0),
+        (&format!(r#"{{"id":{{"{}":true}}}}"#, &id[..5]), 1),
+    ] {
+        let path = format!(
+            "/secrets?filters={}",
+            crate::cli::client::encode_query(filter)
+        );
+        let v = json(&raw(&s, Method::GET, &path, None).await);
+        assert_eq!(v.as_array().map(Vec::len), Some(n), "{filter}");
+    }
+    let a = raw(
+        &s,
+        Method::GET,
+        "/secrets?filters=%7B%22role%22%3A%5B%22x%22%5D%7D",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 400);
+}
+
+#[tokio::test]
+async fn secret_errors_are_clear() {
+    let s = start(Fake::new()).await;
+    let create = |body: &'static str| {
+        let s = &s;
+        async move { raw(s, Method::POST, "/secrets/create", Some(body)).await }
+    };
+    assert_eq!(create(r#"{"Name":"k","Data":"YQ=="}"#).await.status, 201);
+    let a = create(r#"{"Name":"k","Data":"Yg=="}"#).await;
+    assert_eq!(a.status, 409);
+    assert!(json(&a)["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("secret k already exists"));
+    let a = create(r#"{"Name":"-bad","Data":"YQ=="}"#).await;
+    assert_eq!(a.status, 400);
+    assert!(json(&a)["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid secret name \"-bad\""));
+    let a = create(r#"{"Name":"empty"}"#).await;
+    assert_eq!(a.status, 400);
+    assert!(json(&a)["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("secret data must be larger than 0 and less than 500KB"));
+    let a = create(r#"{"Name":"x","Data":"not base64!"}"#).await;
+    assert_eq!(a.status, 400);
+    let a = create(r#"{"Name":"x","Data":"YQ==","Driver":{"Name":"vault"}}"#).await;
+    assert_eq!(a.status, 400);
+
+    // 500 KiB exactly is refused, like Swarm; the body itself gets through.
+    use base64::Engine;
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 500 * 1024]);
+    let body = format!(r#"{{"Name":"big","Data":"{big}"}}"#);
+    let a = raw(&s, Method::POST, "/secrets/create", Some(&body)).await;
+    assert_eq!(a.status, 400);
+    assert!(json(&a)["message"].as_str().unwrap().contains("500KB"));
+
+    // Update: labels only, with the version.
+    let a = raw(
+        &s,
+        Method::POST,
+        "/secrets/k/update?version=1",
+        Some(r#"{"Name":"k"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 409);
+    let a = raw(
+        &s,
+        Method::POST,
+        "/secrets/k/update?version=101",
+        Some(r#"{"Name":"k","Labels":{"a":"b"},"Data":"Yg=="}"#),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(json(&a)["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("only updates to Labels"));
+    let a = raw(
+        &s,
+        Method::POST,
+        "/secrets/k/update?version=101",
+        Some(r#"{"Name":"k","Labels":{"a":"b"}}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let v = json(&raw(&s, Method::GET, "/secrets/k", None).await);
+    assert_eq!(v["Spec"]["Labels"]["a"], "b");
+    assert_eq!(v["UpdatedAt"], "2024-05-02T10:00:00Z");
+
+    let a = raw(&s, Method::DELETE, "/v1.49/secrets/k", None).await;
+    assert_eq!(a.status, 204);
+    let a = raw(&s, Method::DELETE, "/v1.49/secrets/k", None).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(json(&a)["message"], "secret k not found");
+
+    s.fake.lock().is_manager = false;
+    let a = raw(&s, Method::GET, "/secrets", None).await;
+    assert_eq!(a.status, 503);
+}
+
+#[tokio::test]
+async fn configs_show_their_data() {
+    let s = start(Fake::new()).await;
+    let a = raw(
+        &s,
+        Method::POST,
+        "/v1.49/configs/create",
+        Some(r#"{"Name":"app.conf","Data":"cG9ydD04MA=="}"#),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let id = json(&a)["ID"].as_str().unwrap().to_string();
+    let v = json(&raw(&s, Method::GET, "/configs/app.conf", None).await);
+    assert_eq!(v["ID"], id);
+    assert_eq!(v["Spec"]["Data"], "cG9ydD04MA==");
+    let v = json(&raw(&s, Method::GET, "/configs", None).await);
+    assert_eq!(v[0]["Spec"]["Data"], "cG9ydD04MA==");
+    // Sending the data back unchanged with new labels is an update.
+    let a = raw(
+        &s,
+        Method::POST,
+        "/configs/app.conf/update?version=101",
+        Some(r#"{"Name":"app.conf","Labels":{"x":""},"Data":"cG9ydD04MA=="}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = raw(
+        &s,
+        Method::POST,
+        "/configs/create",
+        Some(r#"{"Name":"app.conf","Data":"YQ=="}"#),
+    )
+    .await;
+    assert_eq!(a.status, 409);
+    assert!(json(&a)["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("config app.conf already exists"));
+    let a = raw(&s, Method::DELETE, &format!("/configs/{}", &id[..6]), None).await;
+    assert_eq!(a.status, 204);
+    let v = json(&raw(&s, Method::GET, "/configs", None).await);
+    assert_eq!(v, serde_json::json!([]));
 }

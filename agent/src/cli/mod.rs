@@ -3,9 +3,12 @@
 //! place of `docker`). One file per command group.
 
 pub mod client;
+mod config;
 mod info;
 mod node;
+mod objects;
 pub mod opts;
+mod secret;
 mod swarm;
 pub mod table;
 
@@ -17,8 +20,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 pub use client::{Client, DEFAULT_HOST};
+pub use config::ConfigCommand;
 pub use info::{InfoArgs, VersionArgs};
 pub use node::NodeCommand;
+pub use secret::SecretCommand;
 pub use swarm::SwarmCommand;
 
 /// The client commands (`main` flattens them next to `agent`).
@@ -30,6 +35,12 @@ pub enum Command {
     /// Manage swarm nodes
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage swarm secrets
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Manage swarm configs
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Display system-wide information
     Info(InfoArgs),
     /// Show the apiary version information
@@ -98,6 +109,8 @@ pub async fn execute(client: &mut Client, cmd: Command, out: &mut Output) -> Res
     match cmd {
         Command::Swarm(c) => swarm::run(client, c, out).await,
         Command::Node(c) => node::run(client, c, out).await,
+        Command::Secret(c) => secret::run(client, c, out).await,
+        Command::Config(c) => config::run(client, c, out).await,
         Command::Info(a) => info::run_info(client, a, out).await,
         Command::Version(a) => info::run_version(client, a, out).await,
     }

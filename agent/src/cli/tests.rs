@@ -310,3 +310,144 @@ fn hosts_and_filters() {
     );
     assert!(node::filters_json(&["nope".into()]).is_err());
 }
+
+#[tokio::test]
+async fn secret_create_ls_inspect_rm_like_docker() {
+    let s = start(Fake::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key.txt");
+    std::fs::write(&file, "hunter2").unwrap();
+    let path = file.to_string_lossy().into_owned();
+    let (r, out) = cli(
+        &s,
+        &[
+            "secret", "create", "--label", "env=prod", "-l", "team", "web-key", &path,
+        ],
+    )
+    .await;
+    r.unwrap();
+    let id = out.out.trim().to_string();
+    assert_eq!(id.len(), 25, "{}", out.out);
+    assert_eq!(
+        s.fake
+            .state
+            .lock()
+            .unwrap()
+            .objects
+            .secrets
+            .values()
+            .next()
+            .unwrap()
+            .spec
+            .data,
+        b"hunter2"
+    );
+
+    let (r, out) = cli(&s, &["secret", "ls"]).await;
+    r.unwrap();
+    let mut lines = out.out.lines();
+    let header = lines.next().unwrap();
+    // CREATED's width depends on how long ago the fake's timestamps are.
+    assert!(
+        header.starts_with("ID                          NAME      DRIVER    CREATED   "),
+        "{header}"
+    );
+    assert!(header.ends_with("   UPDATED"), "{header}");
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with(&format!("{id}   web-key             ")),
+        "{row}"
+    );
+    assert!(row.ends_with(" ago"), "{row}");
+
+    let (_, out) = cli(&s, &["secret", "ls", "-q"]).await;
+    assert_eq!(out.out, format!("{id}\n"));
+    let (_, out) = cli(&s, &["secret", "ls", "--format", "{{.Name}} {{.Labels}}"]).await;
+    assert_eq!(out.out, "web-key env=prod,team=\n");
+    let (_, out) = cli(&s, &["secret", "ls", "-f", "name=nope"]).await;
+    assert_eq!(out.out.lines().count(), 1, "header only: {}", out.out);
+
+    let (r, out) = cli(&s, &["secret", "inspect", "web-key"]).await;
+    r.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out.out).unwrap();
+    assert_eq!(v[0]["ID"], id.as_str());
+    assert!(v[0]["Spec"].get("Data").is_none());
+    assert!(!out.out.contains("aHVudGVyMg"));
+
+    let (_, out) = cli(&s, &["secret", "inspect", "--pretty", "web-key"]).await;
+    assert_eq!(
+        out.out,
+        format!(
+            "ID:              {id}\nName:              web-key\nLabels:\n - env=prod\n - team\nDriver:            \nCreated at:        2024-05-01 10:00:00 +0000 utc\nUpdated at:        2024-05-01 10:00:00 +0000 utc\n"
+        )
+    );
+
+    let (r, _) = cli(&s, &["secret", "create", "web-key", &path]).await;
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "Error response from daemon: secret web-key already exists: choose another name, or remove the existing secret first"
+    );
+    let (r, _) = cli(&s, &["secret", "create", "x", "/nonexistent/file"]).await;
+    assert!(r.unwrap_err().to_string().contains("/nonexistent/file"));
+
+    let (r, out) = cli(&s, &["secret", "rm", "web-key", "ghost"]).await;
+    assert_eq!(out.out, "web-key\n");
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "Error response from daemon: secret ghost not found"
+    );
+    assert!(s.fake.state.lock().unwrap().objects.secrets.is_empty());
+}
+
+#[tokio::test]
+async fn config_commands_show_the_data() {
+    let s = start(Fake::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.conf");
+    std::fs::write(&file, "port=80\n").unwrap();
+    let (r, out) = cli(&s, &["config", "create", "app", &file.to_string_lossy()]).await;
+    r.unwrap();
+    let id = out.out.trim().to_string();
+
+    let (_, out) = cli(&s, &["config", "ls"]).await;
+    let header = out.out.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID                          NAME      CREATED   "),
+        "{header}"
+    );
+    assert!(header.ends_with("   UPDATED"), "{header}");
+
+    let (_, out) = cli(&s, &["config", "inspect", "--pretty", &id[..8]]).await;
+    assert_eq!(
+        out.out,
+        format!(
+            "ID:\t\t\t{id}\nName:\t\t\tapp\nCreated at:            \t2024-05-01 10:00:00 +0000 utc\nUpdated at:            \t2024-05-01 10:00:00 +0000 utc\nData:\nport=80\n\n"
+        )
+    );
+    let (_, out) = cli(
+        &s,
+        &["config", "inspect", "--format", "{{.Spec.Data}}", "app"],
+    )
+    .await;
+    assert_eq!(out.out, "cG9ydD04MAo=\n");
+    let (r, out) = cli(&s, &["config", "rm", "app"]).await;
+    r.unwrap();
+    assert_eq!(out.out, "app\n");
+}
+
+#[test]
+fn create_reads_stdin_for_dash() {
+    let mut stdin = std::io::Cursor::new(b"from stdin".to_vec());
+    assert_eq!(
+        objects::read_data("-", &mut stdin).unwrap(),
+        b"from stdin".to_vec()
+    );
+    assert_eq!(
+        objects::labels_map(&["a=b=c".into(), "k".into()]),
+        [
+            ("a".to_string(), "b=c".to_string()),
+            ("k".to_string(), String::new())
+        ]
+        .into()
+    );
+}

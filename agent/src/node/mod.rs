@@ -5,6 +5,7 @@
 mod host;
 mod keys;
 pub mod persist;
+pub(crate) mod secrets;
 mod session;
 
 use std::net::{IpAddr, SocketAddr};
@@ -597,6 +598,14 @@ impl NodeHandle {
             })?;
             (cluster, state.nodes.values().cloned().collect::<Vec<_>>())
         };
+        // Secrets and configs go into the new log too.
+        let (secrets, configs) = {
+            let state = m.state.read();
+            (
+                state.secrets.values().cloned().collect::<Vec<_>>(),
+                state.configs.values().cloned().collect::<Vec<_>>(),
+            )
+        };
         let file = running.file();
         drop(m);
         let old_listen = parse_addr(&file.listen_addr)?;
@@ -666,7 +675,13 @@ impl NodeHandle {
                     "removed from raft by --force-new-cluster; join this node again".into();
             }
         }
-        m.propose(Command::Restore { cluster, nodes }).await?;
+        m.propose(Command::Restore {
+            cluster,
+            nodes,
+            secrets,
+            configs,
+        })
+        .await?;
         self.start_loops(&running);
         warn!(node.id = %node_id, "forced a new cluster from this manager's state");
         Ok((running, node_id))
@@ -1282,6 +1297,111 @@ impl Control for NodeHandle {
         }
         m.propose(Command::RemoveNode { id: n.id.clone() }).await?;
         m.dispatcher().forget(&n.id);
+        Ok(())
+    }
+
+    async fn secret_create(
+        &self,
+        spec: crate::store::SecretSpec,
+    ) -> ControlResult<crate::store::SecretId> {
+        let m = self.manager_or_err()?;
+        secrets::validate_secret_spec(&spec)?;
+        let secret = secrets::new_secret(spec, &crate::util::now_rfc3339());
+        let id = secret.id.clone();
+        m.propose(Command::CreateSecret { secret }).await?;
+        Ok(id)
+    }
+
+    async fn secrets(&self) -> ControlResult<Vec<crate::store::Secret>> {
+        let m = self.manager_or_err()?;
+        let state = m.state.read();
+        Ok(state
+            .secrets
+            .values()
+            .cloned()
+            .map(secrets::without_data)
+            .collect())
+    }
+
+    async fn secret(&self, id: &str) -> ControlResult<crate::store::Secret> {
+        let m = self.manager_or_err()?;
+        let s = secrets::resolve_secret(&m.state.read(), id)?;
+        Ok(secrets::without_data(s))
+    }
+
+    async fn secret_update(
+        &self,
+        id: &str,
+        version: u64,
+        spec: crate::store::SecretSpec,
+    ) -> ControlResult<()> {
+        let m = self.manager_or_err()?;
+        let current = secrets::resolve_secret(&m.state.read(), id)?;
+        secrets::check_secret_update(&current, &spec)?;
+        m.propose(Command::UpdateSecret {
+            id: current.id,
+            version,
+            labels: spec.labels,
+            now: crate::util::now_rfc3339(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn secret_remove(&self, id: &str) -> ControlResult<()> {
+        let m = self.manager_or_err()?;
+        let current = secrets::resolve_secret(&m.state.read(), id)?;
+        m.propose(Command::RemoveSecret { id: current.id }).await?;
+        Ok(())
+    }
+
+    async fn config_create(
+        &self,
+        spec: crate::store::ConfigSpec,
+    ) -> ControlResult<crate::store::ConfigId> {
+        let m = self.manager_or_err()?;
+        secrets::validate_config_spec(&spec)?;
+        let config = secrets::new_config(spec, &crate::util::now_rfc3339());
+        let id = config.id.clone();
+        m.propose(Command::CreateConfig { config }).await?;
+        Ok(id)
+    }
+
+    async fn configs(&self) -> ControlResult<Vec<crate::store::Config>> {
+        let m = self.manager_or_err()?;
+        let configs = m.state.read().configs.values().cloned().collect();
+        Ok(configs)
+    }
+
+    async fn config(&self, id: &str) -> ControlResult<crate::store::Config> {
+        let m = self.manager_or_err()?;
+        let c = secrets::resolve_config(&m.state.read(), id)?;
+        Ok(c)
+    }
+
+    async fn config_update(
+        &self,
+        id: &str,
+        version: u64,
+        spec: crate::store::ConfigSpec,
+    ) -> ControlResult<()> {
+        let m = self.manager_or_err()?;
+        let current = secrets::resolve_config(&m.state.read(), id)?;
+        secrets::check_config_update(&current, &spec)?;
+        m.propose(Command::UpdateConfig {
+            id: current.id,
+            version,
+            labels: spec.labels,
+            now: crate::util::now_rfc3339(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn config_remove(&self, id: &str) -> ControlResult<()> {
+        let m = self.manager_or_err()?;
+        let current = secrets::resolve_config(&m.state.read(), id)?;
+        m.propose(Command::RemoveConfig { id: current.id }).await?;
         Ok(())
     }
 }

@@ -54,12 +54,16 @@ pub struct Change {
 
 const CLUSTER_KEY: &str = "cluster/default";
 const NODE_PREFIX: &str = "node/";
+const SECRET_PREFIX: &str = "secret/";
+const CONFIG_PREFIX: &str = "config/";
 
 /// All cluster objects, as every manager holds them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<NodeId, Node>,
+    pub secrets: BTreeMap<SecretId, Secret>,
+    pub configs: BTreeMap<ConfigId, Config>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -71,12 +75,19 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 impl State {
     /// Every object as a persisted row (for snapshots).
     pub fn rows(&self) -> Vec<(String, Vec<u8>)> {
-        let mut rows = Vec::with_capacity(self.nodes.len() + 1);
+        let mut rows =
+            Vec::with_capacity(self.nodes.len() + self.secrets.len() + self.configs.len() + 1);
         if let Some(c) = &self.cluster {
             rows.push((CLUSTER_KEY.to_string(), encode(c)));
         }
         for (id, n) in &self.nodes {
             rows.push((format!("{NODE_PREFIX}{id}"), encode(n)));
+        }
+        for (id, s) in &self.secrets {
+            rows.push((format!("{SECRET_PREFIX}{id}"), encode(s)));
+        }
+        for (id, c) in &self.configs {
+            rows.push((format!("{CONFIG_PREFIX}{id}"), encode(c)));
         }
         rows
     }
@@ -98,6 +109,12 @@ impl State {
             } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
                 let node: Node = serde_json::from_slice(&value).map_err(bad)?;
                 state.nodes.insert(NodeId(id.to_string()), node);
+            } else if let Some(id) = key.strip_prefix(SECRET_PREFIX) {
+                let secret: Secret = serde_json::from_slice(&value).map_err(bad)?;
+                state.secrets.insert(SecretId(id.to_string()), secret);
+            } else if let Some(id) = key.strip_prefix(CONFIG_PREFIX) {
+                let config: Config = serde_json::from_slice(&value).map_err(bad)?;
+                state.configs.insert(ConfigId(id.to_string()), config);
             } else {
                 return Err(StoreError::invalid(format!("unknown stored object {key}")));
             }
@@ -110,6 +127,34 @@ impl State {
             key: format!("{NODE_PREFIX}{id}"),
             value: self.nodes.get(id).map(encode),
         }
+    }
+
+    fn secret_change(&self, id: &SecretId) -> Change {
+        Change {
+            key: format!("{SECRET_PREFIX}{id}"),
+            value: self.secrets.get(id).map(encode),
+        }
+    }
+
+    fn config_change(&self, id: &ConfigId) -> Change {
+        Change {
+            key: format!("{CONFIG_PREFIX}{id}"),
+            value: self.configs.get(id).map(encode),
+        }
+    }
+
+    /// Names of the services that use a secret. There are no services in
+    /// the store yet, so nothing uses a secret today; once services exist
+    /// this lists those whose task template references `id`, and removal
+    /// of a secret in use is refused with their names.
+    pub fn services_using_secret(&self, _id: &SecretId) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Names of the services that use a config. None today: there are no
+    /// services yet (see [`State::services_using_secret`]).
+    pub fn services_using_config(&self, _id: &ConfigId) -> Vec<String> {
+        Vec::new()
     }
 
     fn cluster_change(&self) -> Change {
@@ -164,7 +209,12 @@ impl State {
                     vec![self.cluster_change(), self.node_change(&id)],
                 ))
             }
-            Command::Restore { cluster, nodes } => {
+            Command::Restore {
+                cluster,
+                nodes,
+                secrets,
+                configs,
+            } => {
                 // Old versions belong to the old log; restamping every object
                 // with this index keeps `?version=` checks meaningful.
                 let mut changes: Vec<Change> = self
@@ -187,6 +237,7 @@ impl State {
                     self.nodes.insert(id.clone(), n);
                     changes.push(self.node_change(&id));
                 }
+                changes.extend(self.restore_secrets_and_configs(index, secrets, configs));
                 Ok((Some(index), changes))
             }
             Command::AddNode { node } => {
@@ -355,8 +406,168 @@ impl State {
                 cluster.updated_at = now.clone();
                 Ok((Some(index), vec![self.cluster_change()]))
             }
+            Command::CreateSecret { secret } => {
+                if self.secrets.contains_key(&secret.id) {
+                    return Err(StoreError::conflict(format!(
+                        "secret {} already exists",
+                        secret.id
+                    )));
+                }
+                let name = &secret.spec.name;
+                if self.secrets.values().any(|s| &s.spec.name == name) {
+                    return Err(StoreError::conflict(format!(
+                        "secret {name} already exists: choose another name, or remove the existing secret first"
+                    )));
+                }
+                let mut secret = secret.clone();
+                secret.version = index;
+                let id = secret.id.clone();
+                self.secrets.insert(id.clone(), secret);
+                Ok((Some(index), vec![self.secret_change(&id)]))
+            }
+            Command::UpdateSecret {
+                id,
+                version,
+                labels,
+                now,
+            } => {
+                let secret = self
+                    .secrets
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::not_found(format!("secret {id} not found")))?;
+                if secret.version != *version {
+                    return Err(StoreError::conflict(format!(
+                        "update out of sequence: secret {} is at version {}, the update was for version {version}; inspect the secret again and retry",
+                        secret.spec.name, secret.version
+                    )));
+                }
+                secret.spec.labels = labels.clone();
+                secret.version = index;
+                secret.updated_at = now.clone();
+                Ok((Some(index), vec![self.secret_change(id)]))
+            }
+            Command::RemoveSecret { id } => {
+                let secret = self
+                    .secrets
+                    .get(id)
+                    .ok_or_else(|| StoreError::not_found(format!("secret {id} not found")))?;
+                let users = self.services_using_secret(id);
+                if !users.is_empty() {
+                    return Err(StoreError::invalid(in_use_message(
+                        "secret",
+                        &secret.spec.name,
+                        &users,
+                    )));
+                }
+                self.secrets.remove(id);
+                Ok((None, vec![self.secret_change(id)]))
+            }
+            Command::CreateConfig { config } => {
+                if self.configs.contains_key(&config.id) {
+                    return Err(StoreError::conflict(format!(
+                        "config {} already exists",
+                        config.id
+                    )));
+                }
+                let name = &config.spec.name;
+                if self.configs.values().any(|c| &c.spec.name == name) {
+                    return Err(StoreError::conflict(format!(
+                        "config {name} already exists: choose another name, or remove the existing config first"
+                    )));
+                }
+                let mut config = config.clone();
+                config.version = index;
+                let id = config.id.clone();
+                self.configs.insert(id.clone(), config);
+                Ok((Some(index), vec![self.config_change(&id)]))
+            }
+            Command::UpdateConfig {
+                id,
+                version,
+                labels,
+                now,
+            } => {
+                let config = self
+                    .configs
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::not_found(format!("config {id} not found")))?;
+                if config.version != *version {
+                    return Err(StoreError::conflict(format!(
+                        "update out of sequence: config {} is at version {}, the update was for version {version}; inspect the config again and retry",
+                        config.spec.name, config.version
+                    )));
+                }
+                config.spec.labels = labels.clone();
+                config.version = index;
+                config.updated_at = now.clone();
+                Ok((Some(index), vec![self.config_change(id)]))
+            }
+            Command::RemoveConfig { id } => {
+                let config = self
+                    .configs
+                    .get(id)
+                    .ok_or_else(|| StoreError::not_found(format!("config {id} not found")))?;
+                let users = self.services_using_config(id);
+                if !users.is_empty() {
+                    return Err(StoreError::invalid(in_use_message(
+                        "config",
+                        &config.spec.name,
+                        &users,
+                    )));
+                }
+                self.configs.remove(id);
+                Ok((None, vec![self.config_change(id)]))
+            }
         }
     }
+
+    /// The secrets and configs part of `Restore`: replace them all,
+    /// restamped with `index` like the nodes.
+    fn restore_secrets_and_configs(
+        &mut self,
+        index: u64,
+        secrets: &[Secret],
+        configs: &[Config],
+    ) -> Vec<Change> {
+        let mut changes: Vec<Change> = self
+            .secrets
+            .keys()
+            .map(|id| Change {
+                key: format!("{SECRET_PREFIX}{id}"),
+                value: None,
+            })
+            .chain(self.configs.keys().map(|id| Change {
+                key: format!("{CONFIG_PREFIX}{id}"),
+                value: None,
+            }))
+            .collect();
+        self.secrets.clear();
+        self.configs.clear();
+        for s in secrets {
+            let mut s = s.clone();
+            s.version = index;
+            let id = s.id.clone();
+            self.secrets.insert(id.clone(), s);
+            changes.push(self.secret_change(&id));
+        }
+        for c in configs {
+            let mut c = c.clone();
+            c.version = index;
+            let id = c.id.clone();
+            self.configs.insert(id.clone(), c);
+            changes.push(self.config_change(&id));
+        }
+        changes
+    }
+}
+
+/// Swarm's refusal to remove an object that services use, naming them.
+fn in_use_message(kind: &str, name: &str, services: &[String]) -> String {
+    let plural = if services.len() == 1 { "" } else { "s" };
+    format!(
+        "{kind} '{name}' is in use by the following service{plural}: {}; remove it from the service{plural} first",
+        services.join(", ")
+    )
 }
 
 #[cfg(test)]

@@ -322,11 +322,43 @@ pub enum Command {
     Restore {
         cluster: Cluster,
         nodes: Vec<Node>,
+        #[serde(default)]
+        secrets: Vec<Secret>,
+        #[serde(default)]
+        configs: Vec<Config>,
     },
     /// `swarm ca --rotate` and `--force-new-cluster` bookkeeping.
     SetRootCa {
         root_ca: RootCa,
         now: String,
+    },
+    /// `secret create`: the record as the proposer built it (ID, timestamps).
+    CreateSecret {
+        secret: Secret,
+    },
+    /// Only labels may change on a secret, as in Docker. `version` must match.
+    UpdateSecret {
+        id: SecretId,
+        version: u64,
+        labels: BTreeMap<String, String>,
+        now: String,
+    },
+    RemoveSecret {
+        id: SecretId,
+    },
+    /// `config create`.
+    CreateConfig {
+        config: Config,
+    },
+    /// Only labels may change on a config, as in Docker. `version` must match.
+    UpdateConfig {
+        id: ConfigId,
+        version: u64,
+        labels: BTreeMap<String, String>,
+        now: String,
+    },
+    RemoveConfig {
+        id: ConfigId,
     },
 }
 
@@ -347,4 +379,108 @@ pub struct Response {
     /// The new version of the object the command changed, if any.
     pub version: Option<u64>,
     pub error: Option<super::StoreError>,
+}
+
+/// A secret's ID: 25 lowercase base-36 characters, like a node's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretId(pub String);
+
+impl fmt::Display for SecretId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A config's ID: 25 lowercase base-36 characters, like a node's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConfigId(pub String);
+
+impl fmt::Display for ConfigId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Payload bytes as base64 in the stored JSON: a JSON array of numbers
+/// would take four times the room of the data.
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What the user gives for a secret. `data` is the secret itself.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SecretSpec {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for SecretSpec {
+    // Never print a secret's payload (commands are logged on errors).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretSpec")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field(
+                "data",
+                &format_args!("<{} bytes redacted>", self.data.len()),
+            )
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub id: SecretId,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: SecretSpec,
+}
+
+/// What the user gives for a config: like a secret, but its data is not
+/// confidential (the API shows it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ConfigSpec {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for ConfigSpec {
+    // Up to 1000 KiB of payload would drown a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigSpec")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub id: ConfigId,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: ConfigSpec,
 }

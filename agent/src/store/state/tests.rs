@@ -208,6 +208,8 @@ fn restore_restamps_versions_and_replaces_everything() {
         &Command::Restore {
             cluster: cluster(),
             nodes: vec![node("m1", Role::Manager)],
+            secrets: vec![],
+            configs: vec![],
         },
     );
     assert_eq!(r.error, None);
@@ -244,4 +246,285 @@ fn status_updates_skip_removed_nodes() {
         m1.manager_status.as_ref().map(|m| m.reachability),
         Some(Reachability::Unreachable)
     );
+}
+
+fn secret(id: &str, name: &str) -> Secret {
+    Secret {
+        id: SecretId(id.into()),
+        version: 0,
+        created_at: "t0".into(),
+        updated_at: "t0".into(),
+        spec: SecretSpec {
+            name: name.into(),
+            labels: Default::default(),
+            data: b"hunter2".to_vec(),
+        },
+    }
+}
+
+fn config(id: &str, name: &str) -> Config {
+    Config {
+        id: ConfigId(id.into()),
+        version: 0,
+        created_at: "t0".into(),
+        updated_at: "t0".into(),
+        spec: ConfigSpec {
+            name: name.into(),
+            labels: Default::default(),
+            data: b"port=80".to_vec(),
+        },
+    }
+}
+
+#[test]
+fn secret_names_are_unique() {
+    let mut s = initialised();
+    let (r, changes) = s.apply(
+        2,
+        &Command::CreateSecret {
+            secret: secret("s1", "web-key"),
+        },
+    );
+    assert_eq!(r.error, None);
+    assert_eq!(r.version, Some(2));
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].key, "secret/s1");
+    assert_eq!(s.secrets[&SecretId("s1".into())].version, 2);
+
+    let before = s.clone();
+    let (r, changes) = s.apply(
+        3,
+        &Command::CreateSecret {
+            secret: secret("s2", "web-key"),
+        },
+    );
+    let e = r.error.expect("name taken");
+    assert_eq!(e.kind, StoreErrorKind::Conflict);
+    assert!(
+        e.message.starts_with("secret web-key already exists"),
+        "{}",
+        e.message
+    );
+    assert!(changes.is_empty());
+    assert_eq!(s, before);
+
+    let (r, _) = s.apply(
+        4,
+        &Command::CreateSecret {
+            secret: secret("s1", "other"),
+        },
+    );
+    assert_eq!(r.error.map(|e| e.kind), Some(StoreErrorKind::Conflict));
+
+    // A config may share a secret's name: they are separate namespaces.
+    let (r, _) = s.apply(
+        5,
+        &Command::CreateConfig {
+            config: config("c1", "web-key"),
+        },
+    );
+    assert_eq!(r.error, None);
+    let (r, _) = s.apply(
+        6,
+        &Command::CreateConfig {
+            config: config("c2", "web-key"),
+        },
+    );
+    let e = r.error.expect("config name taken");
+    assert_eq!(e.kind, StoreErrorKind::Conflict);
+    assert!(
+        e.message.starts_with("config web-key already exists"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn secret_updates_change_labels_with_the_right_version() {
+    let mut s = initialised();
+    s.apply(
+        2,
+        &Command::CreateSecret {
+            secret: secret("s1", "k"),
+        },
+    );
+    let labels: std::collections::BTreeMap<String, String> =
+        [("a".to_string(), "b".to_string())].into();
+    let upd = |version| Command::UpdateSecret {
+        id: SecretId("s1".into()),
+        version,
+        labels: labels.clone(),
+        now: "t1".into(),
+    };
+    let (r, _) = s.apply(3, &upd(1));
+    let e = r.error.expect("stale");
+    assert_eq!(e.kind, StoreErrorKind::Conflict);
+    assert!(e.message.contains("out of sequence"), "{}", e.message);
+    let (r, changes) = s.apply(4, &upd(2));
+    assert_eq!(r.error, None);
+    assert_eq!(changes.len(), 1);
+    let stored = &s.secrets[&SecretId("s1".into())];
+    assert_eq!(stored.spec.labels, labels);
+    assert_eq!(stored.spec.data, b"hunter2", "data is untouched");
+    assert_eq!((stored.version, stored.updated_at.as_str()), (4, "t1"));
+    assert_eq!(stored.created_at, "t0");
+
+    let (r, _) = s.apply(
+        5,
+        &Command::UpdateSecret {
+            id: SecretId("ghost".into()),
+            version: 4,
+            labels: Default::default(),
+            now: "t".into(),
+        },
+    );
+    assert_eq!(r.error.map(|e| e.kind), Some(StoreErrorKind::NotFound));
+
+    s.apply(
+        6,
+        &Command::CreateConfig {
+            config: config("c1", "app"),
+        },
+    );
+    let (r, _) = s.apply(
+        7,
+        &Command::UpdateConfig {
+            id: ConfigId("c1".into()),
+            version: 6,
+            labels: labels.clone(),
+            now: "t2".into(),
+        },
+    );
+    assert_eq!(r.error, None);
+    assert_eq!(s.configs[&ConfigId("c1".into())].spec.labels, labels);
+    assert_eq!(s.configs[&ConfigId("c1".into())].version, 7);
+}
+
+#[test]
+fn removing_secrets_and_configs() {
+    let mut s = initialised();
+    s.apply(
+        2,
+        &Command::CreateSecret {
+            secret: secret("s1", "k"),
+        },
+    );
+    s.apply(
+        3,
+        &Command::CreateConfig {
+            config: config("c1", "k"),
+        },
+    );
+    // No services exist yet, so nothing uses them and removal goes through.
+    assert!(s.services_using_secret(&SecretId("s1".into())).is_empty());
+    let (r, changes) = s.apply(
+        4,
+        &Command::RemoveSecret {
+            id: SecretId("s1".into()),
+        },
+    );
+    assert_eq!(r.error, None);
+    assert_eq!(
+        changes,
+        vec![Change {
+            key: "secret/s1".into(),
+            value: None
+        }]
+    );
+    let (r, _) = s.apply(
+        5,
+        &Command::RemoveSecret {
+            id: SecretId("s1".into()),
+        },
+    );
+    assert_eq!(r.error.map(|e| e.kind), Some(StoreErrorKind::NotFound));
+    let (r, changes) = s.apply(
+        6,
+        &Command::RemoveConfig {
+            id: ConfigId("c1".into()),
+        },
+    );
+    assert_eq!(r.error, None);
+    assert_eq!(changes[0].key, "config/c1");
+    assert!(s.secrets.is_empty() && s.configs.is_empty());
+}
+
+#[test]
+fn in_use_refusal_names_the_services() {
+    assert_eq!(
+        in_use_message("secret", "web-key", &["web".to_string()]),
+        "secret 'web-key' is in use by the following service: web; remove it from the service first"
+    );
+    assert!(in_use_message("config", "c", &["a".into(), "b".into()])
+        .contains("following services: a, b"));
+}
+
+#[test]
+fn secrets_and_configs_persist_as_rows_and_survive_restore() {
+    let mut s = initialised();
+    s.apply(
+        2,
+        &Command::CreateSecret {
+            secret: secret("s1", "k"),
+        },
+    );
+    s.apply(
+        3,
+        &Command::CreateConfig {
+            config: config("c1", "app"),
+        },
+    );
+    let rows = s.rows();
+    assert!(rows.iter().any(|(k, _)| k == "secret/s1"));
+    assert!(rows.iter().any(|(k, _)| k == "config/c1"));
+    // Payloads are stored as base64, not as arrays of numbers.
+    let (_, row) = rows.iter().find(|(k, _)| k == "secret/s1").expect("row");
+    assert!(String::from_utf8_lossy(row).contains("\"data\":\"aHVudGVyMg==\""));
+    assert_eq!(State::from_rows(rows).expect("decodes"), s);
+    let err = State::from_rows(vec![("secret/x".to_string(), b"{".to_vec())]).expect_err("corrupt");
+    assert!(err.message.contains("secret/x"), "{}", err.message);
+
+    // force-new-cluster carries them into the new log, restamped.
+    let secrets: Vec<Secret> = s.secrets.values().cloned().collect();
+    let configs: Vec<Config> = s.configs.values().cloned().collect();
+    let mut fresh = State::default();
+    let (r, changes) = fresh.apply(
+        1,
+        &Command::Restore {
+            cluster: cluster(),
+            nodes: vec![node("m1", Role::Manager)],
+            secrets,
+            configs,
+        },
+    );
+    assert_eq!(r.error, None);
+    assert!(changes
+        .iter()
+        .any(|c| c.key == "secret/s1" && c.value.is_some()));
+    assert_eq!(fresh.secrets[&SecretId("s1".into())].version, 1);
+    assert_eq!(fresh.secrets[&SecretId("s1".into())].spec.data, b"hunter2");
+    assert_eq!(fresh.configs[&ConfigId("c1".into())].version, 1);
+
+    // A Restore written before secrets existed still decodes.
+    let json = serde_json::to_string(&Command::Restore {
+        cluster: cluster(),
+        nodes: vec![],
+        secrets: vec![],
+        configs: vec![],
+    })
+    .expect("encode");
+    let trimmed = json.replace(",\"secrets\":[],\"configs\":[]", "");
+    assert!(!trimmed.contains("\"secrets\""), "{trimmed}");
+    let back: Command = serde_json::from_str(&trimmed).expect("old Restore decodes");
+    assert!(matches!(back, Command::Restore { secrets, .. } if secrets.is_empty()));
+}
+
+#[test]
+fn secret_payloads_stay_out_of_debug_output() {
+    let cmd = Command::CreateSecret {
+        secret: secret("s1", "k"),
+    };
+    let text = format!("{cmd:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("7 bytes redacted"), "{text}");
 }
