@@ -393,7 +393,9 @@ impl Manager {
                         true,
                         n.spec.role == Role::Manager || n.manager_status.is_some(),
                     ),
-                    None => (false, false),
+                    // Unknown here (this manager lags, or is new and not yet
+                    // caught up): judged on its certificate, unless removed.
+                    None => (!state.removed.contains(id), true),
                 }
             }
             None => (false, false),

@@ -367,8 +367,11 @@ impl NodeHandle {
                 let Some(der) = peer.cert.as_ref() else {
                     return false;
                 };
+                // Refuse nodes known to be removed. Unknown ones are admitted
+                // on their CA-signed certificate: a new manager's state is
+                // empty until the leader has replicated to it.
                 match pki::parse_node_cert_der(der) {
-                    Ok(info) => m.state.read().nodes.contains_key(&info.node_id),
+                    Ok(info) => !m.state.read().removed.contains(&info.node_id),
                     Err(_) => false,
                 }
             }));
@@ -599,11 +602,12 @@ impl NodeHandle {
             (cluster, state.nodes.values().cloned().collect::<Vec<_>>())
         };
         // Secrets and configs go into the new log too.
-        let (secrets, configs) = {
+        let (secrets, configs, removed) = {
             let state = m.state.read();
             (
                 state.secrets.values().cloned().collect::<Vec<_>>(),
                 state.configs.values().cloned().collect::<Vec<_>>(),
+                state.removed.iter().cloned().collect::<Vec<_>>(),
             )
         };
         let file = running.file();
@@ -680,6 +684,7 @@ impl NodeHandle {
             nodes,
             secrets,
             configs,
+            removed,
         })
         .await?;
         self.start_loops(&running);
@@ -1405,3 +1410,6 @@ impl Control for NodeHandle {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

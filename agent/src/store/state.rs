@@ -54,6 +54,7 @@ pub struct Change {
 
 const CLUSTER_KEY: &str = "cluster/default";
 const NODE_PREFIX: &str = "node/";
+const REMOVED_PREFIX: &str = "removed/";
 const SECRET_PREFIX: &str = "secret/";
 const CONFIG_PREFIX: &str = "config/";
 
@@ -64,6 +65,9 @@ pub struct State {
     pub nodes: BTreeMap<NodeId, Node>,
     pub secrets: BTreeMap<SecretId, Secret>,
     pub configs: BTreeMap<ConfigId, Config>,
+    /// Nodes removed from the swarm: their certificates stay valid for TLS
+    /// until they expire, so managers refuse them by ID (revocation).
+    pub removed: std::collections::BTreeSet<NodeId>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -89,6 +93,9 @@ impl State {
         for (id, c) in &self.configs {
             rows.push((format!("{CONFIG_PREFIX}{id}"), encode(c)));
         }
+        for id in &self.removed {
+            rows.push((format!("{REMOVED_PREFIX}{id}"), encode(&true)));
+        }
         rows
     }
 
@@ -112,6 +119,8 @@ impl State {
             } else if let Some(id) = key.strip_prefix(SECRET_PREFIX) {
                 let secret: Secret = serde_json::from_slice(&value).map_err(bad)?;
                 state.secrets.insert(SecretId(id.to_string()), secret);
+            } else if let Some(id) = key.strip_prefix(REMOVED_PREFIX) {
+                state.removed.insert(NodeId(id.to_string()));
             } else if let Some(id) = key.strip_prefix(CONFIG_PREFIX) {
                 let config: Config = serde_json::from_slice(&value).map_err(bad)?;
                 state.configs.insert(ConfigId(id.to_string()), config);
@@ -214,6 +223,7 @@ impl State {
                 nodes,
                 secrets,
                 configs,
+                removed,
             } => {
                 // Old versions belong to the old log; restamping every object
                 // with this index keeps `?version=` checks meaningful.
@@ -238,6 +248,14 @@ impl State {
                     changes.push(self.node_change(&id));
                 }
                 changes.extend(self.restore_secrets_and_configs(index, secrets, configs));
+                for id in removed {
+                    if self.removed.insert(id.clone()) {
+                        changes.push(Change {
+                            key: format!("{REMOVED_PREFIX}{id}"),
+                            value: Some(encode(&true)),
+                        });
+                    }
+                }
                 Ok((Some(index), changes))
             }
             Command::AddNode { node } => {
@@ -349,7 +367,12 @@ impl State {
                     )));
                 }
                 self.nodes.remove(id);
-                Ok((None, vec![self.node_change(id)]))
+                self.removed.insert(id.clone());
+                let tombstone = Change {
+                    key: format!("{REMOVED_PREFIX}{id}"),
+                    value: Some(encode(&true)),
+                };
+                Ok((None, vec![self.node_change(id), tombstone]))
             }
             Command::UpdateCluster { version, spec, now } => {
                 let cluster = self

@@ -326,6 +326,9 @@ pub enum Command {
         secrets: Vec<Secret>,
         #[serde(default)]
         configs: Vec<Config>,
+        /// Removed node IDs stay revoked in the new cluster.
+        #[serde(default)]
+        removed: Vec<NodeId>,
     },
     /// `swarm ca --rotate` and `--force-new-cluster` bookkeeping.
     SetRootCa {

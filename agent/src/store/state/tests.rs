@@ -163,11 +163,22 @@ fn raft_members_cannot_be_removed() {
     assert_eq!(r.error, None);
     assert_eq!(
         changes,
-        vec![Change {
-            key: "node/w1".into(),
-            value: None
-        }]
+        vec![
+            Change {
+                key: "node/w1".into(),
+                value: None
+            },
+            Change {
+                key: "removed/w1".into(),
+                value: Some(b"true".to_vec())
+            },
+        ]
     );
+    assert!(
+        s.removed.contains(&NodeId("w1".into())),
+        "a removed node stays revoked"
+    );
+    assert_eq!(State::from_rows(s.rows()).expect("rows").removed, s.removed);
     let (r, _) = s.apply(
         5,
         &Command::RemoveNode {
@@ -210,6 +221,7 @@ fn restore_restamps_versions_and_replaces_everything() {
             nodes: vec![node("m1", Role::Manager)],
             secrets: vec![],
             configs: vec![],
+            removed: vec![],
         },
     );
     assert_eq!(r.error, None);
@@ -495,6 +507,7 @@ fn secrets_and_configs_persist_as_rows_and_survive_restore() {
             nodes: vec![node("m1", Role::Manager)],
             secrets,
             configs,
+            removed: vec![],
         },
     );
     assert_eq!(r.error, None);
@@ -511,6 +524,7 @@ fn secrets_and_configs_persist_as_rows_and_survive_restore() {
         nodes: vec![],
         secrets: vec![],
         configs: vec![],
+        removed: vec![],
     })
     .expect("encode");
     let trimmed = json.replace(",\"secrets\":[],\"configs\":[]", "");

@@ -1,0 +1,144 @@
+//! In-process nodes over real QUIC on loopback: authorisation and revocation
+//! seen from the wire, which the cluster tests cannot reach (they only have
+//! the CLIs).
+
+use std::time::Duration;
+
+use super::*;
+use crate::store::Availability;
+
+async fn node(dir: &std::path::Path, name: &str) -> NodeHandle {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    NodeHandle::start(NodeConfig {
+        data_dir: dir.join(name),
+        hostname: Some(name.into()),
+    })
+    .await
+    .expect("node starts")
+}
+
+fn addr(net: u8, host: u8) -> SocketAddr {
+    SocketAddr::from(([127, 90, net, host], 2377))
+}
+
+/// A one-manager swarm and one worker joined to it.
+async fn swarm(dir: &std::path::Path, net: u8) -> (NodeHandle, NodeHandle) {
+    let m = node(dir, "m").await;
+    m.swarm_init(InitRequest {
+        listen_addr: addr(net, 1),
+        advertise_addr: Some(addr(net, 1)),
+        force_new_cluster: false,
+        availability: Availability::Active,
+        spec: ClusterSpec::default(),
+    })
+    .await
+    .expect("init");
+    let token = m.swarm_inspect().await.expect("inspect").worker_token;
+    let w = node(dir, "w").await;
+    w.swarm_join(JoinRequest {
+        listen_addr: addr(net, 2),
+        advertise_addr: Some(addr(net, 2)),
+        remote_addrs: vec![addr(net, 1).to_string()],
+        token,
+        availability: Availability::Active,
+    })
+    .await
+    .expect("join");
+    (m, w)
+}
+
+async fn call_as(from: &NodeHandle, to: SocketAddr, req: &Request) -> Result<Reply, String> {
+    let r = from.current().expect("in a swarm");
+    let bytes = r
+        .transport
+        .call(
+            to,
+            crate::transport::MANAGER_SERVER_NAME,
+            rpc::encode(req),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    rpc::decode(&bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_certificate_cannot_make_manager_calls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (m, w) = swarm(dir.path(), 1).await;
+    let cmd = Command::RemoveNode {
+        id: m.manager().expect("manager").me.node_id.clone(),
+    };
+    for req in [
+        Request::Propose(cmd),
+        Request::Elect,
+        Request::RaftJoin {
+            node_id: crate::store::NodeId("x".into()),
+            raft_id: 5,
+            addr: "127.0.0.1:1".into(),
+        },
+        Request::Vote(openraft::raft::VoteRequest::new(
+            openraft::Vote::new(99, 5),
+            None,
+        )),
+    ] {
+        let what = format!("{req:?}");
+        match call_as(&w, addr(1, 1), &req).await {
+            Ok(Reply::Error(RpcError::PermissionDenied(_))) => {}
+            other => panic!("{what}: a worker was not refused: {other:?}"),
+        }
+    }
+    // It may still do what workers do.
+    let hb = Request::Heartbeat(rpc::Heartbeat {
+        node_id: w.current().expect("w").file().node_id,
+        role: Role::Worker,
+        description: NodeDescription::default(),
+    });
+    assert!(matches!(
+        call_as(&w, addr(1, 1), &hb).await,
+        Ok(Reply::Heartbeat(_))
+    ));
+    // The manager's state is untouched.
+    assert_eq!(m.nodes().await.expect("nodes").len(), 2);
+    w.shutdown().await;
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_cut_off_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (m, w) = swarm(dir.path(), 2).await;
+    let wid = w.current().expect("w").file().node_id;
+    let hb = Request::Heartbeat(rpc::Heartbeat {
+        node_id: wid.clone(),
+        role: Role::Worker,
+        description: NodeDescription::default(),
+    });
+    // An open connection exists and works.
+    assert!(matches!(
+        call_as(&w, addr(2, 1), &hb).await,
+        Ok(Reply::Heartbeat(_))
+    ));
+    m.node_remove(&wid.0, true).await.expect("rm --force");
+    // The open connection is closed and a new one is refused.
+    let mut refused = None;
+    for _ in 0..20 {
+        match call_as(&w, addr(2, 1), &hb).await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let e = refused.expect("the removed node's calls are refused");
+    assert!(
+        e.contains("revoked") || e.contains("closed") || e.contains("removed"),
+        "{e}"
+    );
+    for _ in 0..3 {
+        assert!(call_as(&w, addr(2, 1), &hb).await.is_err(), "stays refused");
+    }
+    w.shutdown().await;
+    m.shutdown().await;
+}
