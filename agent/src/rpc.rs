@@ -75,6 +75,10 @@ pub struct JoinRequest {
     /// The joiner's address as seen by the first manager it reached (kept
     /// when a follower forwards the request to the leader).
     pub observed_ip: Option<String>,
+    /// Set by a node whose certificate expired: come back as this node (the
+    /// CSR must be made with that node's key).
+    #[serde(default)]
+    pub rejoin: Option<NodeId>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

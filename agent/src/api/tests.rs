@@ -78,6 +78,7 @@ fn node(id: &str, host: &str, role: Role, leader: bool, state: NodeState) -> Nod
                 reachability: Reachability::Reachable,
             }),
             cert_expiry: String::new(),
+            key_fingerprint: String::new(),
         },
         leader,
     }

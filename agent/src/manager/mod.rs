@@ -499,6 +499,10 @@ impl Manager {
     }
 
     async fn handle_join(&self, caller: Caller, j: JoinRequest) -> Result<Joined, RpcError> {
+        if let Some(id) = j.rejoin.clone() {
+            let role = self.token_role(&j.secret)?;
+            return self.handle_rejoin(&id, role, &j.csr_pem).await;
+        }
         let (role, node, cert_pem, ca_pem, cluster_id, managers) = {
             let state = self.state.read();
             let cluster = state
@@ -543,6 +547,7 @@ impl Manager {
                 role,
                 manager_status: None,
                 cert_expiry: expiry,
+                key_fingerprint: pki::cert_key_fingerprint(&cert_pem).unwrap_or_default(),
             };
             let managers = manager_addrs(&state);
             (role, node, cert_pem, ca_pem, cluster.id.clone(), managers)
@@ -644,6 +649,7 @@ impl Manager {
             role,
             manager_status,
             cert_expiry: expiry,
+            key_fingerprint: pki::cert_key_fingerprint(&cert_pem).ok(),
             now: crate::util::now_rfc3339(),
         };
         self.propose(cmd).await.map_err(control_to_rpc)?;
@@ -652,6 +658,102 @@ impl Manager {
             cert_pem,
             ca_pem,
             role,
+        })
+    }
+
+    /// The role a join token's secret grants.
+    fn token_role(&self, secret: &str) -> Result<Role, RpcError> {
+        let state = self.state.read();
+        let cluster = state
+            .cluster
+            .as_ref()
+            .ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+        if pki::secrets_equal(secret, &cluster.join_secrets.manager) {
+            Ok(Role::Manager)
+        } else if pki::secrets_equal(secret, &cluster.join_secrets.worker) {
+            Ok(Role::Worker)
+        } else {
+            Err(RpcError::InvalidToken(
+                "The join token is not valid for this swarm: it may have been rotated. Get the current one with `apiary swarm join-token worker` (or `manager`) on a manager.".into(),
+            ))
+        }
+    }
+
+    /// A node whose certificate expired while it was off (a Pi in a drawer)
+    /// comes back as itself: it presents a valid join token for its role and
+    /// a CSR made with the key of its old certificate, which proves it is the
+    /// node it claims to be. Docker makes such a node leave and join anew.
+    async fn handle_rejoin(
+        &self,
+        node_id: &NodeId,
+        token_role: Role,
+        csr_pem: &str,
+    ) -> Result<Joined, RpcError> {
+        let (cert_pem, ca_pem, role, manager_status, cluster_id, managers) = {
+            let state = self.state.read();
+            if state.removed.contains(node_id) {
+                return Err(RpcError::PermissionDenied(format!(
+                    "node {node_id} was removed from the swarm; join it as a new node (`apiary swarm leave --force`, then `apiary swarm join`)"
+                )));
+            }
+            let node = state
+                .nodes
+                .get(node_id)
+                .ok_or_else(|| RpcError::UnknownNode(node_id.0.clone()))?;
+            let role = if node.manager_status.is_some() {
+                Role::Manager
+            } else {
+                node.spec.role
+            };
+            if role == Role::Manager && token_role != Role::Manager {
+                return Err(RpcError::InvalidToken(
+                    "this node is a manager: it can only come back with the manager join token (`apiary swarm join-token manager`)".into(),
+                ));
+            }
+            let presented = pki::csr_key_fingerprint(csr_pem)
+                .map_err(|e| RpcError::PermissionDenied(format!("bad certificate request: {e}")))?;
+            if node.key_fingerprint.is_empty()
+                || !pki::secrets_equal(&presented, &node.key_fingerprint)
+            {
+                return Err(RpcError::PermissionDenied(format!(
+                    "the request is not signed with node {node_id}'s key; a node can only come back as itself"
+                )));
+            }
+            let (cert, ca) = self.issue_cert(&state, node_id, csr_pem, role)?;
+            let cluster_id = state
+                .cluster
+                .as_ref()
+                .map(|c| c.id.clone())
+                .unwrap_or_default();
+            (
+                cert,
+                ca,
+                role,
+                node.manager_status.clone(),
+                cluster_id,
+                manager_addrs(&state),
+            )
+        };
+        let cmd = Command::SetNodeRole {
+            id: node_id.clone(),
+            role,
+            manager_status,
+            cert_expiry: pki::parse_node_cert_pem(&cert_pem)
+                .map(|i| crate::util::rfc3339(i.not_after))
+                .ok(),
+            key_fingerprint: None,
+            now: crate::util::now_rfc3339(),
+        };
+        self.propose(cmd).await.map_err(control_to_rpc)?;
+        self.dispatcher.seen(node_id);
+        info!(node.id = %node_id, "a node whose certificate had expired came back with its join token");
+        Ok(Joined {
+            node_id: node_id.clone(),
+            cluster_id,
+            role,
+            cert_pem,
+            ca_pem,
+            managers,
         })
     }
 
@@ -732,6 +834,7 @@ impl Manager {
                 reachability: Reachability::Reachable,
             }),
             cert_expiry: None,
+            key_fingerprint: None,
             now: crate::util::now_rfc3339(),
         };
         self.propose(cmd).await.map_err(control_to_rpc)?;
@@ -816,6 +919,7 @@ impl Manager {
             role,
             manager_status: None,
             cert_expiry: None,
+            key_fingerprint: None,
             now: crate::util::now_rfc3339(),
         };
         let membership = self.raft.metrics().borrow().membership_config.clone();

@@ -89,6 +89,7 @@ mod tests {
                 reachability: Reachability::Reachable,
             }),
             cert_expiry: String::new(),
+            key_fingerprint: String::new(),
         }
     }
 

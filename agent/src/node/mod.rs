@@ -129,6 +129,50 @@ impl Running {
         Ok(())
     }
 
+    /// Whether this node's certificate has expired (it was off too long).
+    fn cert_expired(&self) -> bool {
+        pki::parse_node_cert_pem(&self.certs().cert_pem)
+            .map(|i| i.not_after <= SystemTime::now())
+            .unwrap_or(true)
+    }
+
+    /// Come back with a join token after the certificate expired: same node,
+    /// same key, a fresh certificate.
+    async fn rejoin(&self, token: &str) -> Result<(), ControlError> {
+        let token = pki::JoinToken::parse(token)
+            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        let f = self.file();
+        let key_pem = self.certs().key_pem;
+        let (joined, key_pem, _) = join_through(
+            &self.transport,
+            &self.description,
+            &token,
+            &f.managers,
+            f.advertise_addr.parse().ok(),
+            crate::store::Availability::Active,
+            Some((f.node_id.clone(), key_pem)),
+        )
+        .await?;
+        if joined.node_id != f.node_id {
+            return Err(ControlError::Internal(
+                "the swarm answered for another node".into(),
+            ));
+        }
+        self.install_certs(Certs {
+            ca_pem: joined.ca_pem,
+            cert_pem: joined.cert_pem,
+            key_pem,
+        })?;
+        self.update_file(|f| {
+            f.role = joined.role;
+            if !joined.managers.is_empty() {
+                f.managers = joined.managers;
+            }
+        })?;
+        info!("came back into the swarm with a fresh certificate after it had expired");
+        Ok(())
+    }
+
     /// Start the manager side: open raft (existing data, or empty for a new
     /// member) and answer cluster RPCs.
     async fn start_manager(
@@ -519,6 +563,7 @@ impl NodeHandle {
             listen_addr: req.listen_addr.to_string(),
             advertise_addr: advertise.to_string(),
             managers: vec![advertise.to_string()],
+            join_token: None,
         };
         dir.save_certs(&certs)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
@@ -573,6 +618,8 @@ impl NodeHandle {
                 reachability: Reachability::Reachable,
             }),
             cert_expiry: expiry,
+            key_fingerprint: pki::cert_key_fingerprint(&running.certs().cert_pem)
+                .unwrap_or_default(),
         };
         m.propose(Command::InitCluster { cluster, node }).await?;
         // With --autolock the keys are sealed before init answers.
@@ -730,6 +777,7 @@ impl NodeHandle {
             listen_addr: req.listen_addr.to_string(),
             advertise_addr: advertise.to_string(),
             managers,
+            join_token: (joined.role == Role::Worker).then(|| req.token.trim().to_string()),
         };
         dir.save_certs(&certs)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
@@ -753,17 +801,49 @@ impl NodeHandle {
         Ok(running)
     }
 
-    /// Find a manager that accepts the token; returns the answer, our key
-    /// and the manager's address.
     async fn join_with(
         &self,
         transport: &Transport,
         token: &pki::JoinToken,
         req: &JoinRequest,
     ) -> ControlResult<(rpc::Joined, String, SocketAddr)> {
-        let kc = pki::new_key_and_csr().map_err(|e| ControlError::Internal(e.to_string()))?;
+        join_through(
+            transport,
+            &self.inner.description,
+            token,
+            &req.remote_addrs,
+            req.advertise_addr,
+            req.availability,
+            None,
+        )
+        .await
+    }
+}
+
+/// The join protocol from the joiner's side: find a manager whose CA matches
+/// the token, then send the token's secret with a CSR. Returns the answer,
+/// our key and the manager's address. With `rejoin`, come back as that node
+/// with its existing key (certificate expired while the node was off).
+async fn join_through(
+    transport: &Transport,
+    description: &NodeDescription,
+    token: &pki::JoinToken,
+    remote_addrs: &[String],
+    advertise_addr: Option<SocketAddr>,
+    availability: crate::store::Availability,
+    rejoin: Option<(crate::store::NodeId, String)>,
+) -> ControlResult<(rpc::Joined, String, SocketAddr)> {
+    {
+        let kc = match &rejoin {
+            Some((_, key_pem)) => pki::KeyAndCsr {
+                key_pem: key_pem.clone(),
+                csr_pem: pki::csr_for_key(key_pem)
+                    .map_err(|e| ControlError::Internal(e.to_string()))?,
+            },
+            None => pki::new_key_and_csr().map_err(|e| ControlError::Internal(e.to_string()))?,
+        };
         let mut last_err = None;
-        for remote in &req.remote_addrs {
+        for remote in remote_addrs {
             let addrs = match resolve(remote).await {
                 Ok(a) => a,
                 Err(e) => {
@@ -808,13 +888,11 @@ impl NodeHandle {
                 let join = Request::Join(RpcJoin {
                     secret: token.secret.clone(),
                     csr_pem: kc.csr_pem.clone(),
-                    description: self.inner.description.clone(),
-                    advertise_addr: req
-                        .advertise_addr
-                        .map(|a| a.to_string())
-                        .unwrap_or_default(),
-                    availability: req.availability,
+                    description: description.clone(),
+                    advertise_addr: advertise_addr.map(|a| a.to_string()).unwrap_or_default(),
+                    availability,
                     observed_ip: None,
+                    rejoin: rejoin.as_ref().map(|(id, _)| id.clone()),
                 });
                 let (bytes, _) = transport
                     .join_call(addr, Some(ca_der), rpc::encode(&join), JOIN_TIMEOUT)
@@ -1065,7 +1143,17 @@ impl Control for NodeHandle {
         if self.is_locked() {
             return Err(ControlError::Locked);
         }
-        if phase.is_some() {
+        if let Some(running) = phase.clone() {
+            // A node whose certificate expired while it was off comes back
+            // as itself with a valid token, instead of leave + join.
+            if running.cert_expired() {
+                running.rejoin(&req.token).await?;
+                if running.file().role == Role::Worker {
+                    let token = req.token.trim().to_string();
+                    running.update_file(|f| f.join_token = Some(token))?;
+                }
+                return Ok(());
+            }
             return Err(ControlError::AlreadyInSwarm);
         }
         let running = self.join(req).await?;

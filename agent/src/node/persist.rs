@@ -43,6 +43,11 @@ pub struct NodeFile {
     pub advertise_addr: String,
     /// Managers' cluster addresses, refreshed by heartbeats.
     pub managers: Vec<String>,
+    /// Workers keep the join token they joined with, so that a node powered
+    /// off past its certificate's expiry comes back by itself. (Managers do
+    /// not: with autolock that would leave a manager token in the clear.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
 }
 
 #[derive(Clone)]

@@ -76,7 +76,22 @@ pub(super) async fn run(running: Arc<Running>) {
     let mut period = Duration::from_nanos(ClusterSpec::default().dispatcher_heartbeat_ns as u64);
     let mut renew_at = renewal_time(&running.certs());
     let mut removed_logged = false;
+    let mut expired_logged = false;
     loop {
+        if running.cert_expired() {
+            match running.file().join_token {
+                Some(token) => match running.rejoin(&token).await {
+                    Ok(()) => renew_at = renewal_time(&running.certs()),
+                    Err(e) => warn!("the node certificate expired and coming back with the stored join token failed: {e}"),
+                },
+                None => {
+                    if !expired_logged {
+                        warn!("the node certificate expired while the node was off: run `apiary swarm join --token <token> <manager>` to bring it back as itself");
+                        expired_logged = true;
+                    }
+                }
+            }
+        }
         let f = running.file();
         let hb = Heartbeat {
             node_id: f.node_id.clone(),

@@ -142,3 +142,104 @@ async fn a_removed_node_is_cut_off_at_once() {
     w.shutdown().await;
     m.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_certificate_expired_comes_back_as_itself() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (m, w) = swarm(dir.path(), 3).await;
+    let r = w.current().expect("w");
+    let wid = r.file().node_id;
+    let hb = Request::Heartbeat(rpc::Heartbeat {
+        node_id: wid.clone(),
+        role: Role::Worker,
+        description: NodeDescription::default(),
+    });
+    // Give the worker a certificate for its own key that lives 2 seconds,
+    // as if it had been in a drawer past its certificate's expiry.
+    let cluster = m
+        .manager()
+        .expect("m")
+        .state
+        .read()
+        .cluster
+        .clone()
+        .expect("cluster");
+    let key_pem = r.certs().key_pem;
+    let csr = pki::csr_for_key(&key_pem).expect("csr");
+    let short = pki::sign_csr(
+        &cluster.root_ca,
+        &csr,
+        &wid,
+        Role::Worker,
+        &cluster.id,
+        Duration::from_secs(2),
+    )
+    .expect("sign");
+    r.install_certs(Certs {
+        ca_pem: cluster.root_ca.cert_pem.clone(),
+        cert_pem: short,
+        key_pem,
+    })
+    .expect("install");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(r.cert_expired());
+    // (Open connections outlive the certificate: TLS checks it only when a
+    // connection is made. The session's renewal timer still points at the
+    // old certificate's 90 days, so only coming back can fix this one.)
+
+    // The session comes back by itself with the stored worker token.
+    let mut back = false;
+    for _ in 0..100 {
+        if !r.cert_expired() && call_as(&w, addr(3, 1), &hb).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(back, "the node came back with a fresh certificate");
+    assert_eq!(r.file().node_id, wid, "as the same node");
+    let info = pki::parse_node_cert_pem(&r.certs().cert_pem).expect("cert");
+    let left = info
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .expect("valid");
+    assert!(
+        left > Duration::from_secs(89 * 24 * 3600),
+        "a full-length certificate: {left:?}"
+    );
+    assert_eq!(
+        m.nodes().await.expect("nodes").len(),
+        2,
+        "no second node record"
+    );
+    w.shutdown().await;
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coming_back_needs_the_nodes_own_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (m, w) = swarm(dir.path(), 4).await;
+    let token = m.swarm_inspect().await.expect("inspect").worker_token;
+    let wid = w.current().expect("w").file().node_id;
+    // A stranger with a valid token but another key claims the worker's ID.
+    let stranger = Transport::bind(addr(4, 9), None).expect("bind");
+    let err = join_through(
+        &stranger,
+        &NodeDescription::default(),
+        &pki::JoinToken::parse(&token).expect("token"),
+        &[addr(4, 1).to_string()],
+        None,
+        crate::store::Availability::Active,
+        Some((wid, pki::new_key_and_csr().expect("key").key_pem)),
+    )
+    .await
+    .expect_err("must be refused");
+    assert!(
+        err.to_string().contains("can only come back as itself"),
+        "{err}"
+    );
+    stranger.close().await;
+    w.shutdown().await;
+    m.shutdown().await;
+}

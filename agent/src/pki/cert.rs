@@ -552,3 +552,61 @@ pub fn key_der_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
             label: "PRIVATE KEY",
         })
 }
+
+/// A CSR for an existing key. A node whose certificate expired while it was
+/// off proves who it is by asking with the key of its old certificate.
+pub fn csr_for_key(key_pem: &str) -> Result<String, PkiError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|source| PkiError::Generate {
+        what: "a certificate signing request (the node key does not load)",
+        source,
+    })?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "apiary-node");
+    params
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(|source| PkiError::Generate {
+            what: "a certificate signing request",
+            source,
+        })
+}
+
+fn fingerprint(spki_der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, spki_der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// SHA-256 (hex) of a certificate's public key (its SubjectPublicKeyInfo).
+pub fn cert_key_fingerprint(cert_pem: &str) -> Result<String, PkiError> {
+    let der = pem_cert(cert_pem, "node certificate")?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| PkiError::BadCsr {
+        reason: format!("not a certificate: {e}"),
+    })?;
+    Ok(fingerprint(cert.tbs_certificate.subject_pki.raw))
+}
+
+/// SHA-256 (hex) of a CSR's public key, after checking its self-signature.
+pub fn csr_key_fingerprint(csr_pem: &str) -> Result<String, PkiError> {
+    csr_public_key(csr_pem)?;
+    let mut reader = csr_pem.as_bytes();
+    let der = rustls_pemfile::csr(&mut reader)
+        .map_err(|source| PkiError::PemRead {
+            what: "certificate signing request",
+            source,
+        })?
+        .ok_or(PkiError::PemMissing {
+            what: "certificate signing request",
+            label: "CERTIFICATE REQUEST",
+        })?;
+    let (_, csr) =
+        X509CertificationRequest::from_der(der.as_ref()).map_err(|e| PkiError::BadCsr {
+            reason: e.to_string(),
+        })?;
+    Ok(fingerprint(csr.certification_request_info.subject_pki.raw))
+}

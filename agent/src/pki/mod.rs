@@ -12,9 +12,9 @@ mod token;
 mod tests;
 
 pub use cert::{
-    ca_digest, cert_der_from_pem, key_der_from_pem, new_key_and_csr, new_root_ca,
-    parse_node_cert_der, parse_node_cert_pem, sign_csr, verify_node_cert, CertInfo, KeyAndCsr,
-    PkiError, CA_COMMON_NAME,
+    ca_digest, cert_der_from_pem, cert_key_fingerprint, csr_for_key, csr_key_fingerprint,
+    key_der_from_pem, new_key_and_csr, new_root_ca, parse_node_cert_der, parse_node_cert_pem,
+    sign_csr, verify_node_cert, CertInfo, KeyAndCsr, PkiError, CA_COMMON_NAME,
 };
 pub use renew::renewal_delay;
 pub use token::{new_join_secret, new_node_id, secrets_equal, JoinToken, TokenError, UnlockKey};

@@ -667,3 +667,30 @@ fn renewal_delay_stays_in_window() {
         Duration::ZERO
     );
 }
+
+#[test]
+fn a_csr_for_an_existing_key_carries_that_key() {
+    let ca = new_root_ca().expect("ca");
+    let kc = new_key_and_csr().expect("key");
+    let id = new_node_id();
+    let cert = sign_csr(
+        &ca,
+        &kc.csr_pem,
+        &id,
+        crate::store::Role::Worker,
+        "c",
+        std::time::Duration::from_secs(7200),
+    )
+    .expect("sign");
+    let again = csr_for_key(&kc.key_pem).expect("csr for the same key");
+    assert_eq!(
+        csr_key_fingerprint(&again).expect("fp"),
+        cert_key_fingerprint(&cert).expect("fp")
+    );
+    let other = new_key_and_csr().expect("other key");
+    assert_ne!(
+        csr_key_fingerprint(&other.csr_pem).expect("fp"),
+        cert_key_fingerprint(&cert).expect("fp")
+    );
+    assert!(csr_for_key("not a key").is_err());
+}

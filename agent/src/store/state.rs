@@ -341,6 +341,7 @@ impl State {
                 role,
                 manager_status,
                 cert_expiry,
+                key_fingerprint,
                 now,
             } => {
                 let node = self
@@ -351,6 +352,9 @@ impl State {
                 node.manager_status = manager_status.clone();
                 if let Some(e) = cert_expiry {
                     node.cert_expiry = e.clone();
+                }
+                if let Some(f) = key_fingerprint {
+                    node.key_fingerprint = f.clone();
                 }
                 node.version = index;
                 node.updated_at = now.clone();

@@ -186,6 +186,10 @@ pub struct Node {
     /// Expiry of the node's current certificate, RFC 3339.
     #[serde(default)]
     pub cert_expiry: String,
+    /// SHA-256 of the public key of the node's current certificate: a node
+    /// whose certificate expired proves who it is with this key.
+    #[serde(default)]
+    pub key_fingerprint: String,
 }
 
 /// Cluster-wide settings (`swarm update`).
@@ -295,6 +299,9 @@ pub enum Command {
         role: Role,
         manager_status: Option<ManagerStatus>,
         cert_expiry: Option<String>,
+        /// Fingerprint of the key in the node's new certificate.
+        #[serde(default)]
+        key_fingerprint: Option<String>,
         now: String,
     },
     RemoveNode {

@@ -41,6 +41,7 @@ pub fn sample_node(id: &str, host: &str, role: Role, leader: bool) -> NodeView {
                 reachability: Reachability::Reachable,
             }),
             cert_expiry: String::new(),
+            key_fingerprint: String::new(),
         },
         leader,
     }

@@ -45,6 +45,7 @@ fn state_with(nodes: &[(&str, NodeState, bool)]) -> State {
                     reachability: Reachability::Reachable,
                 }),
                 cert_expiry: String::new(),
+                key_fingerprint: String::new(),
             },
         );
     }

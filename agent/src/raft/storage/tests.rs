@@ -82,6 +82,7 @@ fn node(id: &str) -> Node {
         role: Role::Manager,
         manager_status: None,
         cert_expiry: String::new(),
+        key_fingerprint: String::new(),
     }
 }
 

@@ -28,6 +28,7 @@ fn node(id: &str, role: Role) -> Node {
             reachability: Reachability::Reachable,
         }),
         cert_expiry: String::new(),
+        key_fingerprint: String::new(),
     }
 }
 
