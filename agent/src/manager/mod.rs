@@ -41,11 +41,15 @@ const ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
 /// A write that has not committed by then will not commit soon: say so.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write waits for an election in progress to produce a leader.
-const LEADER_WAIT: Duration = Duration::from_millis(3 * ELECTION_TIMEOUT_MAX_MS);
+const LEADER_WAIT: Duration = Duration::from_millis(2 * ELECTION_TIMEOUT_MAX_MS);
 /// A leader that heard from no quorum for this long has lost it.
 const QUORUM_ACK_STALE_MS: u64 = 3 * ELECTION_TIMEOUT_MAX_MS;
-/// Timeout for forwarding a call to the leader.
+/// Timeout for forwarding a call to the leader, across leader changes.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// One forwarding attempt: a live leader answers well within this (fsync on
+/// a slow SD card included); a dead one is given up on after it.
+const FORWARD_ATTEMPT: Duration = Duration::from_millis(1500);
+const LEADER_IS_HERE: &str = "this manager became the leader";
 const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub fn raft_config(snapshot_interval: u64) -> Result<openraft::Config, String> {
@@ -188,72 +192,59 @@ impl Manager {
     }
 
     async fn propose_raw(&self, cmd: Command) -> Result<StoreResponse, ControlError> {
-        let leader = match self.leader_raft_id() {
-            Some(l) => Some(l),
-            None => self.wait_for_leader(LEADER_WAIT).await,
-        };
-        let Some(leader) = leader else {
-            return Err(ControlError::NoQuorum(self.quorum_message().await));
-        };
-        if leader != self.me.raft_id {
-            let reply = self.forward(Request::Propose(cmd), None).await?;
-            return match reply {
-                Reply::Proposed(r) => Ok(r),
-                Reply::Error(e) => Err(rpc_to_control(e)),
-                other => Err(ControlError::Internal(format!(
-                    "unexpected answer from the leader: {other:?}"
-                ))),
+        loop {
+            let leader = match self.leader_raft_id() {
+                Some(l) => Some(l),
+                None => self.wait_for_leader(LEADER_WAIT).await,
             };
-        }
-        let stale = {
-            let m = self.raft.metrics().borrow().clone();
-            let voters = m.membership_config.membership().voter_ids().count();
-            voters > 1
-                && m.millis_since_quorum_ack
-                    .map_or(true, |ms| ms > QUORUM_ACK_STALE_MS)
-        };
-        if stale {
-            return Err(ControlError::NoQuorum(self.quorum_message().await));
-        }
-        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd.clone())).await {
-            Err(_) => Err(ControlError::NoQuorum(self.quorum_message().await)),
-            Ok(Ok(r)) => Ok(r.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                // Leadership moved while we were writing: try the new leader once.
-                match self.forward(Request::Propose(cmd), None).await? {
-                    Reply::Proposed(r) => Ok(r),
-                    Reply::Error(e) => Err(rpc_to_control(e)),
-                    other => Err(ControlError::Internal(format!(
+            let Some(leader) = leader else {
+                return Err(ControlError::NoQuorum(self.quorum_message().await));
+            };
+            if leader != self.me.raft_id {
+                return match self.forward(Request::Propose(cmd.clone()), None).await {
+                    // Leadership came to us meanwhile: write here.
+                    Err(ControlError::Unavailable(m)) if m == LEADER_IS_HERE => continue,
+                    Err(e) => Err(e),
+                    Ok(Reply::Proposed(r)) => Ok(r),
+                    Ok(Reply::Error(e)) => Err(rpc_to_control(e)),
+                    Ok(other) => Err(ControlError::Internal(format!(
                         "unexpected answer from the leader: {other:?}"
                     ))),
-                }
+                };
             }
-            Ok(Err(e)) => Err(ControlError::Internal(format!("raft write failed: {e}"))),
+            let stale = {
+                let m = self.raft.metrics().borrow().clone();
+                let voters = m.membership_config.membership().voter_ids().count();
+                voters > 1
+                    && m.millis_since_quorum_ack
+                        .map_or(true, |ms| ms > QUORUM_ACK_STALE_MS)
+            };
+            if stale {
+                return Err(ControlError::NoQuorum(self.quorum_message().await));
+            }
+            return match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd.clone()))
+                .await
+            {
+                Err(_) => Err(ControlError::NoQuorum(self.quorum_message().await)),
+                Ok(Ok(r)) => Ok(r.data),
+                // Leadership moved while we were writing: go round again.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => continue,
+                Ok(Err(e)) => Err(ControlError::Internal(format!("raft write failed: {e}"))),
+            };
         }
     }
 
-    /// Send `req` to the current leader (waiting briefly for one).
+    /// Send `req` to the current leader, waiting briefly for one. A leader
+    /// that dies mid-call is noticed by the attempt timeout (rather than by
+    /// QUIC's idle timeout) and the call goes to its successor: that is what
+    /// keeps a follower's writes available through a failover. A call that
+    /// reached the dead leader may thus run twice; versioned updates then
+    /// answer "out of sequence", which tells the user to look again.
     pub async fn forward(
         &self,
         req: Request,
         caller: Option<Caller>,
     ) -> Result<Reply, ControlError> {
-        let mut target = self.leader_addr();
-        if target.is_none() {
-            self.wait_for_leader(LEADER_WAIT).await;
-            target = self.leader_addr();
-        }
-        let Some((leader, addr)) = target else {
-            return Err(ControlError::NoQuorum(self.quorum_message().await));
-        };
-        if leader == self.me.raft_id {
-            return Err(ControlError::Internal(
-                "asked to forward a call to ourselves".into(),
-            ));
-        }
-        let addr: SocketAddr = addr.parse().map_err(|e| {
-            ControlError::Internal(format!("leader address {addr:?} is invalid: {e}"))
-        })?;
         let req = match caller {
             Some(caller) => Request::Forwarded {
                 caller,
@@ -261,19 +252,61 @@ impl Manager {
             },
             None => req,
         };
-        let bytes = self
-            .transport
-            .call(
-                addr,
-                MANAGER_SERVER_NAME,
-                rpc::encode(&req),
-                FORWARD_TIMEOUT,
-            )
-            .await
-            .map_err(|e| {
-                ControlError::Unavailable(format!("the leader at {addr} did not answer: {e}"))
+        let bytes = rpc::encode(&req);
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        loop {
+            let mut target = self.leader_addr();
+            if target.is_none() {
+                self.wait_for_leader(LEADER_WAIT).await;
+                target = self.leader_addr();
+            }
+            let Some((leader, addr)) = target else {
+                return Err(ControlError::NoQuorum(self.quorum_message().await));
+            };
+            if leader == self.me.raft_id {
+                return Err(ControlError::Unavailable(LEADER_IS_HERE.into()));
+            }
+            let addr: SocketAddr = addr.parse().map_err(|e| {
+                ControlError::Internal(format!("leader address {addr:?} is invalid: {e}"))
             })?;
-        rpc::decode::<Reply>(&bytes).map_err(ControlError::Internal)
+            let attempt = FORWARD_ATTEMPT
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match self
+                .transport
+                .call(addr, MANAGER_SERVER_NAME, bytes.clone(), attempt)
+                .await
+            {
+                Ok(b) => return rpc::decode::<Reply>(&b).map_err(ControlError::Internal),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ControlError::Unavailable(format!(
+                        "the leader at {addr} did not answer: {e}"
+                    )))
+                }
+                Err(e) => {
+                    debug!(%addr, "forwarding to the leader failed, waiting for a new one: {e}");
+                    self.wait_for_leader_change(leader, deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Wait until raft names a leader other than `old` (or `deadline`).
+    async fn wait_for_leader_change(&self, old: RaftId, deadline: tokio::time::Instant) {
+        let mut rx = self.raft.metrics();
+        loop {
+            let now = rx.borrow_and_update().current_leader;
+            if now != Some(old) {
+                return;
+            }
+            // Poll as well: the same leader may come back (a blip).
+            let tick = tokio::time::Instant::now() + Duration::from_millis(250);
+            if tokio::time::timeout_at(tick.min(deadline), rx.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     /// Explain a lost quorum: which managers do not answer, and the way out.
@@ -467,10 +500,13 @@ impl Manager {
                 }
             }
             // The rest only the leader can answer: forward, vouching for the caller.
-            req if !self.is_leader() => self
-                .forward(req, Some(caller))
-                .await
-                .map_err(control_to_rpc),
+            req if !self.is_leader() => match self.forward(req.clone(), Some(caller.clone())).await
+            {
+                Err(ControlError::Unavailable(m)) if m == LEADER_IS_HERE => {
+                    Box::pin(self.handle_inner(caller, req)).await
+                }
+                r => r.map_err(control_to_rpc),
+            },
             Request::Join(j) => self.handle_join(caller, j).await.map(Reply::Joined),
             Request::RaftJoin {
                 node_id,
