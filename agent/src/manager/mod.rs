@@ -32,12 +32,15 @@ use crate::transport::Transport;
 
 pub use dispatcher::Dispatcher;
 
-/// Raft timing. Elections start after 1–2 s without a leader heartbeat:
-/// long enough for an SD card's fsync stalls and a Wi-Fi hiccup, short
-/// enough that a dead leader is replaced in about 2 s.
-const RAFT_HEARTBEAT_MS: u64 = 250;
-const ELECTION_TIMEOUT_MIN_MS: u64 = 1000;
-const ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
+/// Raft timing. openraft lets followers refuse votes for a lease (the
+/// maximum election timeout) after the last heartbeat, and only then starts
+/// the randomised election timeout, so a dead leader is replaced after
+/// max + [min, max): 1.2–1.6 s here. Heartbeats every 150 ms mean a leader
+/// must miss five in a row (an SD card's fsync stall, a Wi-Fi hiccup) before
+/// anyone stands. Swarm's default (10 ticks of 1 s) takes about 11 s.
+const RAFT_HEARTBEAT_MS: u64 = 150;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
 /// A write that has not committed by then will not commit soon: say so.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write waits for an election in progress to produce a leader.
@@ -212,12 +215,15 @@ impl Manager {
                     ))),
                 };
             }
+            // A leader that has not heard from a quorum for a while has lost
+            // it: say so now. (A brand-new leader has no acknowledgement yet;
+            // its write is bounded by WRITE_TIMEOUT instead.)
             let stale = {
                 let m = self.raft.metrics().borrow().clone();
                 let voters = m.membership_config.membership().voter_ids().count();
                 voters > 1
                     && m.millis_since_quorum_ack
-                        .map_or(true, |ms| ms > QUORUM_ACK_STALE_MS)
+                        .is_some_and(|ms| ms > QUORUM_ACK_STALE_MS)
             };
             if stale {
                 return Err(ControlError::NoQuorum(self.quorum_message().await));
@@ -271,11 +277,19 @@ impl Manager {
             })?;
             let attempt = FORWARD_ATTEMPT
                 .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            match self
+            let call = self
                 .transport
-                .call(addr, MANAGER_SERVER_NAME, bytes.clone(), attempt)
-                .await
-            {
+                .call(addr, MANAGER_SERVER_NAME, bytes.clone(), attempt);
+            let result = tokio::select! {
+                r = call => r,
+                // A new leader was elected while we waited on the old one:
+                // it will not answer, ask the new one at once.
+                _ = self.wait_for_leader_change(leader, deadline) => {
+                    debug!(%addr, "the leader changed while a call was forwarded to it; retrying");
+                    continue;
+                }
+            };
+            match result {
                 Ok(b) => return rpc::decode::<Reply>(&b).map_err(ControlError::Internal),
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     return Err(ControlError::Unavailable(format!(
@@ -284,7 +298,9 @@ impl Manager {
                 }
                 Err(e) => {
                     debug!(%addr, "forwarding to the leader failed, waiting for a new one: {e}");
-                    self.wait_for_leader_change(leader, deadline).await;
+                    let soon = tokio::time::Instant::now() + Duration::from_millis(500);
+                    self.wait_for_leader_change(leader, soon.min(deadline))
+                        .await;
                 }
             }
         }
@@ -294,17 +310,12 @@ impl Manager {
     async fn wait_for_leader_change(&self, old: RaftId, deadline: tokio::time::Instant) {
         let mut rx = self.raft.metrics();
         loop {
-            let now = rx.borrow_and_update().current_leader;
-            if now != Some(old) {
+            if rx.borrow_and_update().current_leader != Some(old) {
                 return;
             }
-            // Poll as well: the same leader may come back (a blip).
-            let tick = tokio::time::Instant::now() + Duration::from_millis(250);
-            if tokio::time::timeout_at(tick.min(deadline), rx.changed())
-                .await
-                .is_err()
-            {
-                return;
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
             }
         }
     }

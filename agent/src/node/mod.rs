@@ -342,6 +342,18 @@ impl NodeHandle {
             .clone()
     }
 
+    /// The data dir's stateless-reset secret; without one (unwritable dir)
+    /// the endpoint just uses a random one, as quinn does.
+    fn reset_secret(&self) -> Option<[u8; 32]> {
+        match self.inner.dir.reset_secret() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                warn!("no persistent QUIC reset secret: {e}");
+                None
+            }
+        }
+    }
+
     fn is_locked(&self) -> bool {
         self.inner
             .locked
@@ -453,9 +465,11 @@ impl NodeHandle {
     ) -> ControlResult<Arc<Running>> {
         let identity = identity_from(&certs)?;
         let listen = parse_addr(&file.listen_addr)?;
-        let transport = Transport::bind(listen, Some(identity)).map_err(|e| {
-            ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}"))
-        })?;
+        let transport =
+            Transport::bind_with_reset_secret(listen, Some(identity), self.reset_secret())
+                .map_err(|e| {
+                    ControlError::InvalidArgument(format!("cannot listen on {listen}: {e}"))
+                })?;
         let running = self.new_running(file.clone(), certs, transport);
         if let Some((dek, key)) = unlocked {
             *running.dek.lock().unwrap_or_else(|p| p.into_inner()) = Some(dek);
@@ -550,10 +564,14 @@ impl NodeHandle {
             cert_pem,
             key_pem: kc.key_pem,
         };
-        let transport =
-            Transport::bind(req.listen_addr, Some(identity_from(&certs)?)).map_err(|e| {
-                ControlError::InvalidArgument(format!("cannot listen on {}: {e}", req.listen_addr))
-            })?;
+        let transport = Transport::bind_with_reset_secret(
+            req.listen_addr,
+            Some(identity_from(&certs)?),
+            self.reset_secret(),
+        )
+        .map_err(|e| {
+            ControlError::InvalidArgument(format!("cannot listen on {}: {e}", req.listen_addr))
+        })?;
         let raft_id = new_raft_id();
         let file = NodeFile {
             node_id: node_id.clone(),
@@ -677,7 +695,7 @@ impl NodeHandle {
             running.transport.clone()
         } else {
             running.transport.close().await;
-            bind_retrying(listen, identity_from(&certs)?).await?
+            bind_retrying(listen, identity_from(&certs)?, self.reset_secret()).await?
         };
         drop(running);
         // Keep the old log beside the new one: it is the user's backup.
@@ -745,7 +763,12 @@ impl NodeHandle {
         if req.remote_addrs.is_empty() {
             return Err(ControlError::InvalidArgument("no manager address given: say which manager to join, e.g. `apiary swarm join --token ... 10.0.0.1:2377`".into()));
         }
-        let transport = Transport::bind(req.listen_addr, None).map_err(|e| {
+        let transport = Transport::bind_with_reset_secret(
+            req.listen_addr,
+            None,
+            self.reset_secret(),
+        )
+        .map_err(|e| {
             ControlError::InvalidArgument(format!("cannot listen on {}: {e}", req.listen_addr))
         })?;
         let result = self.join_with(&transport, &token, &req).await;
@@ -916,10 +939,14 @@ async fn join_through(
 
 /// Bind again right after closing the previous endpoint on the same port:
 /// quinn releases the socket a moment after `close`.
-async fn bind_retrying(listen: SocketAddr, identity: Identity) -> ControlResult<Transport> {
+async fn bind_retrying(
+    listen: SocketAddr,
+    identity: Identity,
+    reset_secret: Option<[u8; 32]>,
+) -> ControlResult<Transport> {
     let mut attempts = 0;
     loop {
-        match Transport::bind(listen, Some(identity.clone())) {
+        match Transport::bind_with_reset_secret(listen, Some(identity.clone()), reset_secret) {
             Ok(t) => return Ok(t),
             Err(e) if attempts < 30 => {
                 attempts += 1;

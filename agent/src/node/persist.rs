@@ -133,6 +133,33 @@ impl DataDir {
         Ok(Some((file, certs)))
     }
 
+    /// The QUIC stateless-reset secret (see `Transport::bind_with_reset_secret`),
+    /// created on first use and kept for the life of the data dir.
+    pub fn reset_secret(&self) -> Result<[u8; 32], PersistError> {
+        use ring::rand::SecureRandom;
+        let path = self.root.join("transport-reset.key");
+        match fs::read(&path) {
+            Ok(b) if b.len() == 32 => {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(&b);
+                return Ok(k);
+            }
+            Ok(_) => {} // damaged: make a new one (only costs faster resets once)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("read", &path)(e)),
+        }
+        let mut k = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut k)
+            .map_err(|_| PersistError::Corrupt {
+                path: path.clone(),
+                reason: "no randomness".into(),
+            })?;
+        self.ensure()?;
+        write_atomic(&path, &k, 0o600)?;
+        Ok(k)
+    }
+
     pub fn key_file_path(&self) -> PathBuf {
         self.root.join(crate::seal::KEY_FILE)
     }

@@ -83,6 +83,8 @@ pub(crate) mod close_code {
     pub const IDENTITY_CHANGED: VarInt = VarInt::from_u32(4);
     /// The peer's certificate is no longer admitted (its node was removed).
     pub const REVOKED: VarInt = VarInt::from_u32(5);
+    /// The peer opened a new connection; this older one is dropped.
+    pub const SUPERSEDED: VarInt = VarInt::from_u32(6);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -153,6 +155,24 @@ struct Inner {
 }
 
 impl Inner {
+    /// Close our pooled connections to `addr` (every server name).
+    async fn drop_pooled_to(&self, addr: SocketAddr) {
+        let slots: Vec<Arc<Slot>> = {
+            let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state
+                .pool
+                .iter()
+                .filter(|(k, _)| k.addr == addr)
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        for slot in slots {
+            if let Some(c) = slot.lock().await.take() {
+                c.close(close_code::SUPERSEDED, b"peer restarted");
+            }
+        }
+    }
+
     fn admitted(&self, peer: &Peer) -> bool {
         let admission = lock(&self.admission).clone();
         admission.is_none_or(|a| a(peer))
@@ -191,6 +211,26 @@ impl Transport {
         listen: SocketAddr,
         identity: Option<Identity>,
     ) -> Result<Transport, TransportError> {
+        Self::bind_with_reset_secret(listen, identity, None)
+    }
+
+    /// [`Transport::bind`] with a stateless-reset secret that survives
+    /// restarts. A node that restarts with the same secret answers packets
+    /// of its previous life's connections with a valid stateless reset, so
+    /// its peers drop those connections at once instead of waiting out the
+    /// idle timeout (which otherwise stalls raft elections after a restart).
+    pub fn bind_with_reset_secret(
+        listen: SocketAddr,
+        identity: Option<Identity>,
+        reset_secret: Option<[u8; 32]>,
+    ) -> Result<Transport, TransportError> {
+        let endpoint_config = match reset_secret {
+            Some(secret) => EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                &secret,
+            ))),
+            None => EndpointConfig::default(),
+        };
         let (server, cluster_client) = match &identity {
             Some(identity) => (
                 Some(tls::server_config(identity)?),
@@ -208,8 +248,8 @@ impl Transport {
             ))
         })?;
         let socket = std::net::UdpSocket::bind(listen).map_err(bind_error)?;
-        let endpoint = Endpoint::new(EndpointConfig::default(), server, socket, runtime)
-            .map_err(bind_error)?;
+        let endpoint =
+            Endpoint::new(endpoint_config, server, socket, runtime).map_err(bind_error)?;
         let local_addr = endpoint.local_addr().map_err(bind_error)?;
         debug!(%local_addr, with_identity = identity.is_some(), "transport bound");
         Ok(Transport {
@@ -667,10 +707,35 @@ async fn serve_connection<H: Handler>(
         );
         return;
     }
-    {
+    // A peer pools one connection to us per certificate. A second cluster
+    // connection from the same address means its earlier one is gone: the
+    // peer restarted (or changed certificate). Our own connections to its
+    // previous life would otherwise sit dead until the idle timeout, which
+    // stalls raft replication and elections for seconds: drop them now.
+    let superseded: Vec<Connection> = {
         let mut accepted = lock(&inner.accepted);
         accepted.retain(|(c, _)| c.close_reason().is_none());
+        let old = if peer.alpn == ALPN_CLUSTER {
+            accepted
+                .iter()
+                .filter(|(_, p)| p.remote == remote && p.alpn == ALPN_CLUSTER)
+                .map(|(c, _)| c.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         accepted.push((conn.clone(), peer.clone()));
+        old
+    };
+    if !superseded.is_empty() {
+        for c in &superseded {
+            c.close(
+                close_code::SUPERSEDED,
+                b"superseded by a new connection from the same peer",
+            );
+        }
+        inner.drop_pooled_to(remote).await;
+        debug!(%remote, "peer reconnected: dropped its old connections");
     }
     debug!(%remote, alpn = %String::from_utf8_lossy(&peer.alpn), with_cert = peer.cert.is_some(), "connection accepted");
 
