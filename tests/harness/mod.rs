@@ -12,7 +12,17 @@ pub const APIARY: &str = env!("CARGO_BIN_EXE_apiary");
 
 /// Each cluster in this process gets its own 127.N.0.0/16 slice, so tests
 /// can run side by side on the same port numbers as a real swarm (2377).
-static NEXT_NET: AtomicU8 = AtomicU8::new(20);
+/// 0 = not chosen yet; the first cluster picks a band from the process ID,
+/// so that two test binaries run at once (by hand) rarely meet.
+static NEXT_NET: AtomicU8 = AtomicU8::new(0);
+
+fn next_net() -> u8 {
+    let band = 20 + (std::process::id() % 20) as u8 * 10;
+    let _ = NEXT_NET.compare_exchange(0, band, Ordering::SeqCst, Ordering::SeqCst);
+    let n = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+    // Wrap within 20..=249, skipping 127.0/8's own first slices.
+    20 + (n.wrapping_sub(20)) % 230
+}
 
 /// How long to wait for something that should happen "soon" (elections,
 /// joins, heartbeats). Generous: CI machines are slow and shared.
@@ -23,6 +33,10 @@ pub struct Agent {
     pub ip: String,
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// The program (and its first arguments) that runs `apiary`: empty for
+    /// the binary under test, e.g. `["qemu-aarch64-static", "<arm apiary>"]`
+    /// for another architecture's binary.
+    pub prefix: Vec<String>,
     child: Option<Child>,
 }
 
@@ -50,7 +64,15 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .expect("agent log file");
-        let child = Command::new(APIARY)
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+            None => Command::new(APIARY),
+        };
+        let child = cmd
             .args(["agent", "--data-dir"])
             .arg(self.data_dir())
             .arg("--socket")
@@ -261,7 +283,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(name: &str) -> Cluster {
-        let net = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+        let net = next_net();
         let root = tempfile::Builder::new()
             .prefix(&format!("apiary-{name}-"))
             .tempdir()
@@ -289,6 +311,13 @@ impl Cluster {
 
     /// A started agent in no swarm yet, at 127.<net>.0.<host>.
     pub fn agent(&self, name: &str, host: u8) -> Agent {
+        self.agent_with(name, host, &[])
+    }
+
+    /// Like [`Cluster::agent`], but the agent runs as `<prefix...> agent ...`
+    /// (e.g. another architecture's binary under qemu-user). An empty
+    /// prefix runs the binary under test.
+    pub fn agent_with(&self, name: &str, host: u8, prefix: &[&str]) -> Agent {
         let dir = self.root.path().join(name);
         std::fs::create_dir_all(&dir).expect("agent dir");
         let mut a = Agent {
@@ -296,6 +325,7 @@ impl Cluster {
             ip: format!("127.{}.0.{}", self.net, host),
             socket: dir.join("apiary.sock"),
             dir,
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         a.start();
