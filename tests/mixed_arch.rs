@@ -263,6 +263,41 @@ fn mixed_architecture_cluster() {
         "pi1 answering as a manager {:?} after promote",
         t0.elapsed()
     );
+    // Hold the two-voter cluster for a while: every commit now needs the
+    // emulated voter's acknowledgement, and its election timer (a few
+    // hundred ms) must not fire while the leader is alive. Writes go through
+    // both managers in turn (pi1 forwards to the leader).
+    let hold = Duration::from_secs(10);
+    let t0 = Instant::now();
+    let (mut writes, mut slowest) = (0u32, Duration::ZERO);
+    while t0.elapsed() < hold {
+        let via = if writes % 2 == 0 { pi1 } else { m };
+        let w = Instant::now();
+        via.apiary(&[
+            "node",
+            "update",
+            "--label-add",
+            &format!("n={writes}"),
+            "pi1",
+        ])
+        .ok();
+        slowest = slowest.max(w.elapsed());
+        writes += 1;
+        let nodes = m.nodes_json().expect("node inspect");
+        let stable = by_host(&nodes, "mgr1").is_ok_and(|n| n["ManagerStatus"]["Leader"] == true)
+            && by_host(&nodes, "pi1")
+                .is_ok_and(|n| n["ManagerStatus"]["Reachability"] == "reachable");
+        assert!(
+            stable,
+            "leadership moved or pi1 became unreachable {:?} into the hold: {}\n{}",
+            t0.elapsed(),
+            summary(&nodes),
+            c.logs()
+        );
+    }
+    eprintln!(
+        "with pi1 a voter for {hold:?}: {writes} writes, slowest {slowest:?}, leader stayed mgr1"
+    );
     // A write through the emulated manager (forwarded to the leader if pi1
     // is a follower) commits with both voters.
     pi1.apiary(&["node", "update", "--label-add", "arch=arm64", "pi1"])
