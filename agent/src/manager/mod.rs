@@ -80,6 +80,8 @@ pub struct ManagerIdentity {
 
 pub struct Manager {
     pub raft: Raft,
+    /// Writes waiting for the batching writer (see `write_batched`).
+    writes: tokio::sync::mpsc::UnboundedSender<(Command, WriteReply)>,
     pub state: StateReader,
     pub me: ManagerIdentity,
     transport: Transport,
@@ -109,7 +111,9 @@ impl Manager {
         let raft = Raft::new(me.raft_id, config, Network::new(transport.clone()), log, sm)
             .await
             .map_err(|e| ControlError::Internal(format!("cannot start raft: {e}")))?;
+        let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
         let manager = Arc::new(Manager {
+            writes,
             raft,
             state,
             me,
@@ -120,6 +124,11 @@ impl Manager {
             tasks: TaskTracker::new(),
         });
         manager.tasks.spawn(leader_supervisor(manager.clone()));
+        manager.tasks.spawn(batching_writer(
+            manager.raft.clone(),
+            queue,
+            manager.shutdown.clone(),
+        ));
         Ok(manager)
     }
 
@@ -228,16 +237,29 @@ impl Manager {
             if stale {
                 return Err(ControlError::NoQuorum(self.quorum_message().await));
             }
-            return match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd.clone()))
-                .await
+            return match tokio::time::timeout(WRITE_TIMEOUT, self.write_batched(cmd.clone())).await
             {
                 Err(_) => Err(ControlError::NoQuorum(self.quorum_message().await)),
-                Ok(Ok(r)) => Ok(r.data),
+                Ok(Ok(r)) => Ok(r),
                 // Leadership moved while we were writing: go round again.
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => continue,
-                Ok(Err(e)) => Err(ControlError::Internal(format!("raft write failed: {e}"))),
+                Ok(Err(WriteError::NotLeader)) => continue,
+                Ok(Err(WriteError::Failed(e))) => {
+                    Err(ControlError::Internal(format!("raft write failed: {e}")))
+                }
             };
         }
+    }
+
+    /// Queue `cmd` for the writer, which commits whatever has queued up as
+    /// one raft entry. openraft 0.9 appends (and fsyncs) each client write on
+    /// its own; batching concurrent writes shares one append and one apply.
+    async fn write_batched(&self, cmd: Command) -> Result<StoreResponse, WriteError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writes
+            .send((cmd, tx))
+            .map_err(|_| WriteError::Failed("the manager is stopping".into()))?;
+        rx.await
+            .map_err(|_| WriteError::Failed("the manager is stopping".into()))?
     }
 
     /// Send `req` to the current leader, waiting briefly for one. A leader
@@ -1032,6 +1054,90 @@ impl Manager {
 
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.dispatcher
+    }
+}
+
+/// Why a batched write did not commit.
+#[derive(Debug)]
+enum WriteError {
+    /// This manager is not (or no longer) the leader.
+    NotLeader,
+    Failed(String),
+}
+
+type WriteReply = tokio::sync::oneshot::Sender<Result<StoreResponse, WriteError>>;
+
+/// Most commands one raft entry carries: bounds an entry's size (and a
+/// snapshot-less follower's catch-up message) at a few hundred KiB.
+const MAX_BATCH: usize = 512;
+
+/// Commits queued writes one entry at a time: everything that queued up
+/// while the previous entry was being committed goes into the next one.
+async fn batching_writer(
+    raft: Raft,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<(Command, WriteReply)>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            w = queue.recv() => match w { Some(w) => w, None => return },
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let (cmds, replies): (Vec<Command>, Vec<WriteReply>) = batch.into_iter().unzip();
+        let single = cmds.len() == 1;
+        let entry = if single {
+            cmds.into_iter()
+                .next()
+                .unwrap_or(Command::Batch(Vec::new()))
+        } else {
+            Command::Batch(cmds)
+        };
+        // A write without quorum never commits: give up on it when the
+        // manager stops (force-new-cluster, demotion, shutdown).
+        let result = tokio::select! {
+            _ = stop.cancelled() => {
+                for tx in replies {
+                    let _ = tx.send(Err(WriteError::Failed("the manager is stopping".into())));
+                }
+                return;
+            }
+            r = raft.client_write(entry) => r,
+        };
+        match result {
+            Ok(r) if single => {
+                if let Some(tx) = replies.into_iter().next() {
+                    let _ = tx.send(Ok(r.data));
+                }
+            }
+            Ok(r) => {
+                let mut answers = r.data.batch.into_iter();
+                for tx in replies {
+                    let answer = answers
+                        .next()
+                        .ok_or_else(|| WriteError::Failed("a batched write got no answer".into()));
+                    let _ = tx.send(answer);
+                }
+            }
+            Err(e) => {
+                let not_leader =
+                    matches!(e, RaftError::APIError(ClientWriteError::ForwardToLeader(_)));
+                let msg = e.to_string();
+                for tx in replies {
+                    let _ = tx.send(Err(if not_leader {
+                        WriteError::NotLeader
+                    } else {
+                        WriteError::Failed(msg.clone())
+                    }));
+                }
+            }
+        }
     }
 }
 

@@ -180,11 +180,29 @@ impl State {
     /// Apply one committed command at log `index`. Deterministic: the same
     /// state, index and command give the same result on every manager.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> (Response, Vec<Change>) {
+        if let Command::Batch(cmds) = cmd {
+            let mut changes = Vec::new();
+            let mut batch = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                let (r, ch) = self.apply(index, c);
+                changes.extend(ch);
+                batch.push(r);
+            }
+            return (
+                Response {
+                    version: None,
+                    error: None,
+                    batch,
+                },
+                changes,
+            );
+        }
         match self.apply_inner(index, cmd) {
             Ok((version, changes)) => (
                 Response {
                     version,
                     error: None,
+                    batch: Vec::new(),
                 },
                 changes,
             ),
@@ -192,6 +210,7 @@ impl State {
                 Response {
                     version: None,
                     error: Some(e),
+                    batch: Vec::new(),
                 },
                 Vec::new(),
             ),
@@ -204,6 +223,8 @@ impl State {
         cmd: &Command,
     ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
         match cmd {
+            // `apply` unpacks batches before they get here.
+            Command::Batch(_) => Err(StoreError::invalid("a batch inside apply_inner")),
             Command::InitCluster { cluster, node } => {
                 // Also used by --force-new-cluster: keeps everything else.
                 let mut cluster = cluster.clone();

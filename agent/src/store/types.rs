@@ -337,6 +337,10 @@ pub enum Command {
         #[serde(default)]
         removed: Vec<NodeId>,
     },
+    /// Several commands in one log entry, applied in order, each answered on
+    /// its own (one failing does not stop the others). The leader batches
+    /// concurrent writes so that they share one log append and one apply.
+    Batch(Vec<Command>),
     /// `swarm ca --rotate` and `--force-new-cluster` bookkeeping.
     SetRootCa {
         root_ca: RootCa,
@@ -389,6 +393,9 @@ pub struct Response {
     /// The new version of the object the command changed, if any.
     pub version: Option<u64>,
     pub error: Option<super::StoreError>,
+    /// One answer per command of a [`Command::Batch`], in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<Response>,
 }
 
 /// A secret's ID: 25 lowercase base-36 characters, like a node's.

@@ -543,3 +543,29 @@ fn secret_payloads_stay_out_of_debug_output() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("7 bytes redacted"), "{text}");
 }
+
+#[test]
+fn a_batch_answers_each_command_and_one_failure_stops_none() {
+    let mut s = initialised();
+    let batch = Command::Batch(vec![
+        Command::AddNode {
+            node: node("w1", Role::Worker),
+        },
+        Command::AddNode {
+            node: node("w1", Role::Worker),
+        },
+        Command::AddNode {
+            node: node("w2", Role::Worker),
+        },
+    ]);
+    let (r, changes) = s.apply(7, &batch);
+    assert_eq!(r.batch.len(), 3);
+    assert_eq!(r.batch[0].error, None);
+    assert_eq!(
+        r.batch[1].error.as_ref().map(|e| e.kind),
+        Some(StoreErrorKind::Conflict)
+    );
+    assert_eq!(r.batch[2].version, Some(7));
+    assert_eq!(changes.len(), 2);
+    assert!(s.nodes.contains_key(&NodeId("w2".into())));
+}
