@@ -654,42 +654,6 @@ fn shortening_cert_expiry_renews_every_node_promptly() {
     assert!(err.contains("1h") || err.contains("hour"), "{err}");
 }
 
-/// Run a CLI (`apiary -H …` or `docker` with DOCKER_HOST) with `input` on stdin.
-fn with_stdin(a: &harness::Agent, docker: bool, args: &[&str], input: &str) -> harness::Out {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut cmd = if docker {
-        let mut c = Command::new("docker");
-        c.env("DOCKER_HOST", a.host())
-            .env("DOCKER_CONFIG", a.dir.join("docker-config"));
-        c
-    } else {
-        let mut c = Command::new(harness::APIARY);
-        c.arg("-H").arg(a.host());
-        c
-    };
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn CLI");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("CLI output");
-    harness::Out {
-        cmd: args.join(" "),
-        status: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// Every file under `dir` that contains `needle`.
 fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     let mut hits = vec![];
@@ -777,17 +741,16 @@ fn raft_data_is_encrypted_at_rest_and_autolock_locks_restarted_managers() {
     assert_eq!(nodes.len(), 4);
 
     // Wrong keys are refused and change nothing; the right one unlocks.
-    let bad = with_stdin(
-        m2,
-        false,
+    let bad = m2.apiary_stdin(
         &["swarm", "unlock"],
-        "SWMKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
+        "SWMKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n".as_bytes(),
     );
     assert!(bad.fails().contains("invalid unlock key"), "{}", bad.stderr);
-    let bad = with_stdin(m2, false, &["swarm", "unlock"], "not-a-key\n");
+    let bad = m2.apiary_stdin(&["swarm", "unlock"], "not-a-key\n".as_bytes());
     assert!(bad.fails().contains("invalid unlock key"), "{}", bad.stderr);
     let unlocked_at = Instant::now();
-    with_stdin(m2, false, &["swarm", "unlock"], &format!("{key}\n")).ok();
+    m2.apiary_stdin(&["swarm", "unlock"], format!("{key}\n").as_bytes())
+        .ok();
     eventually("the unlocked manager to answer", PATIENCE, || {
         m2.apiary(&["node", "ls"]).status.eq(&0).then_some(())
     });
@@ -818,7 +781,8 @@ fn raft_data_is_encrypted_at_rest_and_autolock_locks_restarted_managers() {
     c.managers[2].start();
     let m3 = &c.managers[2];
     assert!(m3.apiary(&["info"]).ok().contains("Swarm: locked"));
-    with_stdin(m3, true, &["swarm", "unlock"], &format!("{key}\n")).ok();
+    m3.docker_stdin(&["swarm", "unlock"], format!("{key}\n").as_bytes())
+        .ok();
     eventually("mgr3 unlocked with the previous key", PATIENCE, || {
         m3.apiary(&["node", "ls"]).status.eq(&0).then_some(())
     });

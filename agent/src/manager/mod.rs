@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::ControlError;
 use crate::pki;
-use crate::raft::network::{Network, MANAGER_SERVER_NAME};
+use crate::raft::network::Network;
 use crate::raft::{storage, Raft, StateReader};
 use crate::rpc::{
     self, Caller, Heartbeat, HeartbeatReply, JoinRequest, Joined, Renewed, Reply, Request, RpcError,
@@ -29,6 +29,7 @@ use crate::store::{
     Response as StoreResponse, Role, State, StoreErrorKind,
 };
 use crate::transport::Transport;
+use crate::transport::MANAGER_SERVER_NAME;
 
 pub use dispatcher::Dispatcher;
 

@@ -13,9 +13,9 @@ use super::{new_raft_id, Running};
 use crate::control::ControlError;
 use crate::manager::rpc_to_control;
 use crate::pki;
-use crate::raft::network::MANAGER_SERVER_NAME;
 use crate::rpc::{self, Heartbeat, HeartbeatReply, Reply, Request, RpcError};
 use crate::store::{ClusterSpec, Role};
+use crate::transport::MANAGER_SERVER_NAME;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed heartbeat, try the next manager soon rather than a whole

@@ -593,20 +593,8 @@ pub fn cert_key_fingerprint(cert_pem: &str) -> Result<String, PkiError> {
 
 /// SHA-256 (hex) of a CSR's public key, after checking its self-signature.
 pub fn csr_key_fingerprint(csr_pem: &str) -> Result<String, PkiError> {
-    csr_public_key(csr_pem)?;
-    let mut reader = csr_pem.as_bytes();
-    let der = rustls_pemfile::csr(&mut reader)
-        .map_err(|source| PkiError::PemRead {
-            what: "certificate signing request",
-            source,
-        })?
-        .ok_or(PkiError::PemMissing {
-            what: "certificate signing request",
-            label: "CERTIFICATE REQUEST",
-        })?;
-    let (_, csr) =
-        X509CertificationRequest::from_der(der.as_ref()).map_err(|e| PkiError::BadCsr {
-            reason: e.to_string(),
-        })?;
-    Ok(fingerprint(csr.certification_request_info.subject_pki.raw))
+    let spki = csr_public_key(csr_pem)?;
+    Ok(fingerprint(&rcgen::PublicKeyData::subject_public_key_info(
+        &spki,
+    )))
 }

@@ -15,10 +15,7 @@ use openraft::BasicNode;
 
 use super::TypeConfig;
 use crate::rpc::{self, Reply, Request};
-use crate::transport::Transport;
-
-/// Server name managers present (DNS SAN of every manager certificate).
-pub const MANAGER_SERVER_NAME: &str = "swarm-manager";
+use crate::transport::{Transport, MANAGER_SERVER_NAME};
 
 #[derive(Clone)]
 pub struct Network {
