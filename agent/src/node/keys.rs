@@ -146,11 +146,31 @@ impl Running {
 /// nodes that were removed.
 pub(super) async fn guard(running: Arc<Running>, m: Arc<Manager>) {
     let mut changes = m.state.watch();
+    // What the last pass acted on: the watch fires for every applied batch,
+    // and neither resealing (file I/O) nor revalidating connections (a
+    // certificate parse each) is worth doing unless its input changed.
+    let mut synced: Option<(bool, Option<String>)> = None;
+    let mut removed_seen: Option<usize> = None;
     loop {
-        if let Err(e) = running.sync_keys(&m) {
-            warn!("could not update the keys at rest: {e}");
+        let (policy, removed) = {
+            let state = m.state.read();
+            let policy = state
+                .cluster
+                .as_ref()
+                .map_or((false, None), |c| (c.spec.autolock, c.unlock_key.clone()));
+            (policy, state.removed.len())
+        };
+        if synced.as_ref() != Some(&policy) {
+            // Remembered only on success, so a failed reseal is retried.
+            match running.sync_keys(&m) {
+                Ok(()) => synced = Some(policy),
+                Err(e) => warn!("could not update the keys at rest: {e}"),
+            }
         }
-        running.transport.revalidate();
+        if removed_seen != Some(removed) {
+            running.transport.revalidate();
+            removed_seen = Some(removed);
+        }
         tokio::select! {
             _ = running.shutdown.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
