@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod control;
+pub mod executor;
 pub mod manager;
 pub mod node;
 pub mod pki;
