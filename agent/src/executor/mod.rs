@@ -23,6 +23,52 @@ pub mod simulated;
 
 pub use simulated::SimulatedExecutor;
 
+/// The executor of a node without a container runtime: every task assigned
+/// to it is rejected with the reason, so the user sees why in `service ps`
+/// (and the orchestrator places it elsewhere).
+pub struct NoRuntime {
+    reason: String,
+}
+
+impl NoRuntime {
+    pub fn new(reason: &str) -> NoRuntime {
+        NoRuntime {
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl Executor for NoRuntime {
+    fn prepare<'a>(&'a self, _spec: &'a ContainerSpec) -> BoxFuture<'a, ExecResult<()>> {
+        Box::pin(futures::future::ready(Err(ExecError::Runtime(
+            self.reason.clone(),
+        ))))
+    }
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ExecResult<u32>> {
+        Box::pin(futures::future::ready(Err(ExecError::NotFound(id.into()))))
+    }
+    fn wait<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ExecResult<Exit>> {
+        Box::pin(futures::future::ready(Err(ExecError::NotFound(id.into()))))
+    }
+    fn stop<'a>(
+        &'a self,
+        _id: &'a str,
+        _signal: Option<&'a str>,
+        _grace: Duration,
+    ) -> BoxFuture<'a, ExecResult<()>> {
+        Box::pin(futures::future::ready(Ok(())))
+    }
+    fn remove<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, ExecResult<()>> {
+        Box::pin(futures::future::ready(Ok(())))
+    }
+    fn list(&self) -> BoxFuture<'_, ExecResult<Vec<ContainerState>>> {
+        Box::pin(futures::future::ready(Ok(Vec::new())))
+    }
+    fn log_path(&self, _id: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
 /// What a container is made from: everything the executor needs, already
 /// resolved by the worker (no cluster types leak below this seam).
 #[derive(Clone, Debug, Default, PartialEq)]

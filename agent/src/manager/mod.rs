@@ -2,8 +2,12 @@
 //! forwards them to the leader), signs certificates, and — while it leads —
 //! runs the dispatcher and the role reconciler.
 
+mod assignments;
 mod dispatcher;
+pub mod orchestrator;
+mod reconciler;
 mod roles;
+pub mod scheduler;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -565,6 +569,29 @@ impl Manager {
                 .await
                 .map(Reply::Renewed),
             Request::Leave => self.handle_leave(caller).await.map(|_| Reply::Ok),
+            Request::Assignments { known } => {
+                let node = caller.node_id.clone().ok_or_else(|| {
+                    RpcError::PermissionDenied("asking for tasks needs a node certificate".into())
+                })?;
+                Ok(Reply::Assignments(
+                    assignments::wait_for(self, &node, known).await?,
+                ))
+            }
+            Request::ReportTasks { updates } => {
+                let node = caller.node_id.clone().ok_or_else(|| {
+                    RpcError::PermissionDenied("reporting tasks needs a node certificate".into())
+                })?;
+                self.propose(Command::SetTaskStatus {
+                    updates,
+                    reporter: Some(node),
+                })
+                .await
+                .map_err(control_to_rpc)?;
+                Ok(Reply::Ok)
+            }
+            Request::TaskLogs(_) => Err(RpcError::Other(
+                "task logs are served by the node that runs the task".into(),
+            )),
         }
     }
 
@@ -613,6 +640,11 @@ impl Manager {
                     state: NodeState::Ready,
                     message: String::new(),
                     addr: ip,
+                    port: j
+                        .advertise_addr
+                        .parse::<SocketAddr>()
+                        .map(|a| a.port())
+                        .unwrap_or(0),
                 },
                 role,
                 manager_status: None,
@@ -1159,6 +1191,7 @@ async fn leader_supervisor(m: Arc<Manager>) {
                 m.dispatcher.start_term();
                 m.tasks.spawn(dispatcher::run(m.clone(), token.clone()));
                 m.tasks.spawn(roles::run(m.clone(), token.clone()));
+                m.tasks.spawn(reconciler::run(m.clone(), token.clone()));
                 running = Some(token);
             }
             (false, true) => {

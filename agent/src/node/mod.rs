@@ -6,7 +6,12 @@ mod host;
 mod keys;
 pub mod persist;
 pub(crate) mod secrets;
+mod services;
+
+pub use services::validate as services_validate;
+mod logs;
 mod session;
+mod worker_link;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -35,11 +40,14 @@ pub use host::host_info;
 pub const DEFAULT_PORT: u16 = 2377;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Overrides the host name the node reports (several agents on one host).
     pub hostname: Option<String>,
+    /// Runs this node's tasks; None: the node takes no tasks (it reports
+    /// every task assigned to it as rejected, saying why).
+    pub executor: Option<Arc<dyn crate::executor::Executor>>,
 }
 
 /// The API's handle on the node.
@@ -59,6 +67,7 @@ struct Inner {
     /// A manager of an autolocked swarm that restarted: its membership,
     /// waiting for `swarm unlock`.
     locked: RwLock<Option<(NodeFile, Certs)>>,
+    executor: Arc<dyn crate::executor::Executor>,
 }
 
 /// A node that is in a swarm.
@@ -77,6 +86,7 @@ pub struct Running {
     sealed_with: Mutex<Option<pki::UnlockKey>>,
     /// Serialises writers of the key files (the key guard, `swarm update`).
     key_writer: Mutex<()>,
+    executor: Arc<dyn crate::executor::Executor>,
 }
 
 impl Running {
@@ -277,6 +287,18 @@ impl Handler for RpcHandler {
                 ip,
             }
         };
+        // Task logs are the node's own business (any node runs tasks), and
+        // only managers may ask for them.
+        if let Request::TaskLogs(lr) = req {
+            let reply = if caller.role == Some(Role::Manager) {
+                logs::serve(&running, &lr)
+            } else {
+                Reply::Error(RpcError::PermissionDenied(
+                    "only managers may read a node's task logs".into(),
+                ))
+            };
+            return Ok(rpc::encode(&reply));
+        }
         let reply = match running.manager() {
             Some(m) => m.handle(caller, req).await,
             None => Reply::Error(RpcError::NotManager),
@@ -299,6 +321,11 @@ impl NodeHandle {
             phase: tokio::sync::Mutex::new(None),
             current: RwLock::new(None),
             locked: RwLock::new(None),
+            executor: cfg.executor.clone().unwrap_or_else(|| {
+                Arc::new(crate::executor::NoRuntime::new(
+                    "this node has no container runtime: start its agent with --containerd <socket>",
+                ))
+            }),
         });
         let handle = NodeHandle { inner };
         if let Some((file, certs)) = dir.load().map_err(|e| e.to_string())? {
@@ -394,13 +421,21 @@ impl NodeHandle {
             dek: Mutex::new(None),
             sealed_with: Mutex::new(None),
             key_writer: Mutex::new(()),
+            executor: self.inner.executor.clone(),
         })
     }
 
-    /// Serve cluster RPCs and keep the session with the leader.
+    /// Serve cluster RPCs, keep the session with the leader, run tasks.
     fn start_loops(&self, running: &Arc<Running>) {
         self.start_serving(running);
         self.start_session(running);
+        let executor = self.inner.executor.clone();
+        let cluster: Arc<dyn crate::worker::Cluster> = Arc::new(worker_link::Link::new(running));
+        running.tasks.spawn(crate::worker::run(
+            cluster,
+            executor,
+            running.shutdown.clone(),
+        ));
     }
 
     fn start_serving(&self, running: &Arc<Running>) {
@@ -628,6 +663,7 @@ impl NodeHandle {
                 state: NodeState::Ready,
                 message: String::new(),
                 addr: advertise.ip().to_string(),
+                port: advertise.port(),
             },
             role: Role::Manager,
             manager_status: Some(ManagerStatus {
@@ -666,13 +702,17 @@ impl NodeHandle {
             })?;
             (cluster, state.nodes.values().cloned().collect::<Vec<_>>())
         };
-        // Secrets and configs go into the new log too.
-        let (secrets, configs, removed) = {
+        // Secrets, configs, services and tasks go into the new log too
+        // (tasks keep running where they are; the orchestrator of the new
+        // cluster replaces those on nodes that never come back).
+        let (secrets, configs, removed, services, tasks) = {
             let state = m.state.read();
             (
                 state.secrets.values().cloned().collect::<Vec<_>>(),
                 state.configs.values().cloned().collect::<Vec<_>>(),
                 state.removed.iter().cloned().collect::<Vec<_>>(),
+                state.services.values().cloned().collect::<Vec<_>>(),
+                state.tasks.values().cloned().collect::<Vec<_>>(),
             )
         };
         let file = running.file();
@@ -750,6 +790,8 @@ impl NodeHandle {
             secrets,
             configs,
             removed,
+            services,
+            tasks,
         })
         .await?;
         self.start_loops(&running);
@@ -1523,6 +1565,109 @@ impl Control for NodeHandle {
         let current = secrets::resolve_config(&m.state.read(), id)?;
         m.propose(Command::RemoveConfig { id: current.id }).await?;
         Ok(())
+    }
+
+    async fn service_create(
+        &self,
+        spec: crate::store::ServiceSpec,
+    ) -> ControlResult<crate::store::ServiceId> {
+        let m = self.manager_or_err()?;
+        let spec = services::validate(&m.state.read(), spec)?;
+        let now = crate::util::now_rfc3339();
+        let service = crate::store::Service {
+            id: crate::store::ServiceId(pki::new_node_id().0),
+            version: 0,
+            created_at: now.clone(),
+            updated_at: now,
+            spec,
+            previous_spec: None,
+            spec_version: 0,
+        };
+        let id = service.id.clone();
+        m.propose(Command::CreateService { service }).await?;
+        Ok(id)
+    }
+
+    async fn services(&self) -> ControlResult<Vec<crate::control::ServiceView>> {
+        let m = self.manager_or_err()?;
+        let state = m.state.read();
+        Ok(state
+            .services
+            .values()
+            .map(|s| services::view(&state, s))
+            .collect())
+    }
+
+    async fn service(&self, id: &str) -> ControlResult<crate::control::ServiceView> {
+        let m = self.manager_or_err()?;
+        let state = m.state.read();
+        let s = services::resolve_service(&state, id)?;
+        Ok(services::view(&state, s))
+    }
+
+    async fn service_update(
+        &self,
+        id: &str,
+        version: u64,
+        spec: crate::store::ServiceSpec,
+    ) -> ControlResult<()> {
+        let m = self.manager_or_err()?;
+        let (sid, spec) = {
+            let state = m.state.read();
+            let current = services::resolve_service(&state, id)?;
+            let spec = services::validate(&state, spec)?;
+            if current.is_global() != spec.mode.as_ref().is_some_and(|m| m.global.is_some()) {
+                return Err(ControlError::InvalidArgument(
+                    "a service's mode (replicated or global) cannot change: remove it and create it again".into(),
+                ));
+            }
+            (current.id.clone(), spec)
+        };
+        m.propose(Command::UpdateService {
+            id: sid,
+            version,
+            spec,
+            now: crate::util::now_rfc3339(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn service_remove(&self, id: &str) -> ControlResult<()> {
+        let m = self.manager_or_err()?;
+        let sid = services::resolve_service(&m.state.read(), id)?.id.clone();
+        m.propose(Command::RemoveService {
+            id: sid,
+            now: crate::util::now_rfc3339(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn tasks(
+        &self,
+        filter: crate::control::TaskFilter,
+    ) -> ControlResult<Vec<crate::control::TaskView>> {
+        let m = self.manager_or_err()?;
+        let state = m.state.read();
+        services::filter_tasks(&state, &filter)
+    }
+
+    async fn task(&self, id: &str) -> ControlResult<crate::control::TaskView> {
+        let m = self.manager_or_err()?;
+        let state = m.state.read();
+        let t = services::resolve_task(&state, id)?;
+        Ok(services::task_view(&state, t))
+    }
+
+    async fn logs(
+        &self,
+        target: crate::control::LogsTarget,
+        opts: crate::control::LogsOptions,
+    ) -> ControlResult<tokio::sync::mpsc::Receiver<crate::control::LogLine>> {
+        let m = self.manager_or_err()?;
+        let running = self.current().ok_or(ControlError::NotInSwarm)?;
+        logs::stream(running, m, target, opts)
     }
 }
 

@@ -83,7 +83,7 @@ pub fn without_data(mut s: Secret) -> Secret {
 }
 
 /// Docker's lookup: full ID, then exact name, then unique ID prefix.
-fn resolve<'a, T>(
+pub(super) fn resolve<'a, T>(
     kind: &str,
     key: &str,
     items: impl Iterator<Item = (&'a str, &'a str, &'a T)> + Clone,

@@ -26,6 +26,15 @@ const RAFT_JOIN_ATTEMPTS: usize = 10;
 /// Call the cluster from this node: through our own manager if we are one
 /// (it forwards to the leader), else to each known manager in turn.
 async fn call(running: &Running, req: Request) -> Result<Reply, ControlError> {
+    call_with_timeout(running, req, CALL_TIMEOUT).await
+}
+
+/// `call` with a timeout per manager tried (long polls need more).
+pub(super) async fn call_with_timeout(
+    running: &Running,
+    req: Request,
+    timeout: Duration,
+) -> Result<Reply, ControlError> {
     if let Some(m) = running.manager() {
         let reply = m.handle(running.self_caller(), req.clone()).await;
         // Our own raft may be cut off (being demoted, partitioned): then ask
@@ -52,7 +61,7 @@ async fn call(running: &Running, req: Request) -> Result<Reply, ControlError> {
         };
         match running
             .transport
-            .call(sa, MANAGER_SERVER_NAME, bytes.clone(), CALL_TIMEOUT)
+            .call(sa, MANAGER_SERVER_NAME, bytes.clone(), timeout)
             .await
         {
             Ok(b) => {

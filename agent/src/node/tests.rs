@@ -12,6 +12,7 @@ async fn node(dir: &std::path::Path, name: &str) -> NodeHandle {
     NodeHandle::start(NodeConfig {
         data_dir: dir.join(name),
         hostname: Some(name.into()),
+        executor: None,
     })
     .await
     .expect("node starts")

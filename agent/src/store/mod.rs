@@ -8,8 +8,13 @@
 //! An object's `version` is the raft log index of the command that last
 //! changed it, which gives Docker's optimistic concurrency (`?version=N`).
 
+mod services;
 mod state;
 mod types;
 
+pub use services::{
+    Service, ServiceId, ServiceSpec, Task, TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus,
+    TaskStatusUpdate,
+};
 pub use state::{Change, State, StoreError, StoreErrorKind};
 pub use types::*;

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::services::{TaskIndex, SERVICE_PREFIX, TASK_PREFIX};
 use super::types::*;
+use super::{Service, ServiceId, Task, TaskId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreErrorKind {
@@ -59,7 +61,7 @@ const SECRET_PREFIX: &str = "secret/";
 const CONFIG_PREFIX: &str = "config/";
 
 /// All cluster objects, as every manager holds them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<NodeId, Node>,
@@ -68,6 +70,10 @@ pub struct State {
     /// Nodes removed from the swarm: their certificates stay valid for TLS
     /// until they expire, so managers refuse them by ID (revocation).
     pub removed: std::collections::BTreeSet<NodeId>,
+    pub services: BTreeMap<ServiceId, Service>,
+    pub tasks: BTreeMap<TaskId, Task>,
+    /// Derived from `tasks`, never persisted.
+    pub task_index: TaskIndex,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -95,6 +101,12 @@ impl State {
         }
         for id in &self.removed {
             rows.push((format!("{REMOVED_PREFIX}{id}"), encode(&true)));
+        }
+        for (id, s) in &self.services {
+            rows.push((format!("{SERVICE_PREFIX}{id}"), encode(s)));
+        }
+        for (id, t) in &self.tasks {
+            rows.push((format!("{TASK_PREFIX}{id}"), encode(t)));
         }
         rows
     }
@@ -124,6 +136,12 @@ impl State {
             } else if let Some(id) = key.strip_prefix(CONFIG_PREFIX) {
                 let config: Config = serde_json::from_slice(&value).map_err(bad)?;
                 state.configs.insert(ConfigId(id.to_string()), config);
+            } else if let Some(id) = key.strip_prefix(SERVICE_PREFIX) {
+                let service: Service = serde_json::from_slice(&value).map_err(bad)?;
+                state.services.insert(ServiceId(id.to_string()), service);
+            } else if key.starts_with(TASK_PREFIX) {
+                let task: Task = serde_json::from_slice(&value).map_err(bad)?;
+                state.put_task(task);
             } else {
                 return Err(StoreError::invalid(format!("unknown stored object {key}")));
             }
@@ -152,18 +170,31 @@ impl State {
         }
     }
 
-    /// Names of the services that use a secret. There are no services in
-    /// the store yet, so nothing uses a secret today; once services exist
-    /// this lists those whose task template references `id`, and removal
-    /// of a secret in use is refused with their names.
-    pub fn services_using_secret(&self, _id: &SecretId) -> Vec<String> {
-        Vec::new()
+    /// Names of the services whose task template references a secret
+    /// (removal of a secret in use is refused with their names).
+    pub fn services_using_secret(&self, id: &SecretId) -> Vec<String> {
+        let name = self.secrets.get(id).map(|s| s.spec.name.as_str());
+        self.services
+            .values()
+            .filter(|s| {
+                s.secret_refs()
+                    .any(|(rid, rname)| rid == id.0 || Some(rname) == name)
+            })
+            .map(|s| s.name().to_string())
+            .collect()
     }
 
-    /// Names of the services that use a config. None today: there are no
-    /// services yet (see [`State::services_using_secret`]).
-    pub fn services_using_config(&self, _id: &ConfigId) -> Vec<String> {
-        Vec::new()
+    /// Names of the services whose task template references a config.
+    pub fn services_using_config(&self, id: &ConfigId) -> Vec<String> {
+        let name = self.configs.get(id).map(|c| c.spec.name.as_str());
+        self.services
+            .values()
+            .filter(|s| {
+                s.config_refs()
+                    .any(|(rid, rname)| rid == id.0 || Some(rname) == name)
+            })
+            .map(|s| s.name().to_string())
+            .collect()
     }
 
     fn cluster_change(&self) -> Change {
@@ -245,6 +276,8 @@ impl State {
                 secrets,
                 configs,
                 removed,
+                services,
+                tasks,
             } => {
                 // Old versions belong to the old log; restamping every object
                 // with this index keeps `?version=` checks meaningful.
@@ -277,8 +310,42 @@ impl State {
                         });
                     }
                 }
+                for s in services {
+                    let mut s = s.clone();
+                    s.version = index;
+                    let id = s.id.clone();
+                    self.services.insert(id.clone(), s);
+                    changes.push(self.service_change(&id));
+                }
+                for t in tasks {
+                    let mut t = t.clone();
+                    t.version = index;
+                    let id = t.id.clone();
+                    self.put_task(t);
+                    changes.push(self.task_change(&id));
+                }
                 Ok((Some(index), changes))
             }
+            Command::CreateService { service } => self.create_service(index, service),
+            Command::UpdateService {
+                id,
+                version,
+                spec,
+                now,
+            } => self.update_service(index, id, *version, spec, now),
+            Command::RemoveService { id, now } => self.remove_service(index, id, now),
+            Command::CreateTasks { tasks } => Ok((None, self.create_tasks(index, tasks))),
+            Command::AssignTasks { assignments, now } => {
+                Ok((None, self.assign_tasks(index, assignments, now)))
+            }
+            Command::SetTaskStatus { updates, reporter } => Ok((
+                None,
+                self.set_task_status(index, updates, reporter.as_ref()),
+            )),
+            Command::SetTasksDesired { ids, desired, now } => {
+                Ok((None, self.set_tasks_desired(index, ids, *desired, now)))
+            }
+            Command::DeleteTasks { ids } => Ok((None, self.delete_tasks(ids))),
             Command::AddNode { node } => {
                 if self.nodes.contains_key(&node.id) {
                     return Err(StoreError::conflict(format!(

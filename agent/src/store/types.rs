@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::services::*;
+
 /// A node's ID: 25 lowercase base-36 characters, like Docker's.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -160,6 +162,10 @@ pub struct NodeStatus {
     /// The address the node's traffic comes from (IP only, like Docker).
     #[serde(default)]
     pub addr: String,
+    /// The port the node serves cluster calls on (managers ask a worker
+    /// for its tasks' logs there).
+    #[serde(default)]
+    pub port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,7 +276,7 @@ pub struct Cluster {
 
 /// Everything a write to the cluster can be. Proposed by the leader (or
 /// forwarded to it), applied by every manager in log order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// The first entry of a new cluster (and of `--force-new-cluster`).
     InitCluster {
@@ -336,6 +342,10 @@ pub enum Command {
         /// Removed node IDs stay revoked in the new cluster.
         #[serde(default)]
         removed: Vec<NodeId>,
+        #[serde(default)]
+        services: Vec<Service>,
+        #[serde(default)]
+        tasks: Vec<Task>,
     },
     /// Several commands in one log entry, applied in order, each answered on
     /// its own (one failing does not stop the others). The leader batches
@@ -373,6 +383,50 @@ pub enum Command {
     },
     RemoveConfig {
         id: ConfigId,
+    },
+    /// `service create`: the record as the proposer built it.
+    CreateService {
+        service: Service,
+    },
+    /// `service update` / `scale`. `version` must match the service's.
+    UpdateService {
+        id: ServiceId,
+        version: u64,
+        spec: ServiceSpec,
+        now: String,
+    },
+    /// `service rm`: its tasks are asked to go (desired state remove).
+    RemoveService {
+        id: ServiceId,
+        now: String,
+    },
+    /// The orchestrator's new tasks (skipped where the slot is taken).
+    CreateTasks {
+        tasks: Vec<Task>,
+    },
+    /// The scheduler's placements.
+    AssignTasks {
+        assignments: Vec<(TaskId, NodeId)>,
+        now: String,
+    },
+    /// Task status reports; `reporter` is the worker that sent them (its
+    /// reports about tasks not assigned to it are dropped), None for the
+    /// managers' own (scheduler reasons, orphaning).
+    SetTaskStatus {
+        updates: Vec<TaskStatusUpdate>,
+        reporter: Option<NodeId>,
+    },
+    /// Raise tasks' desired state (shutdown for replaced tasks, remove for
+    /// scaled-down slots and removed services).
+    SetTasksDesired {
+        ids: Vec<TaskId>,
+        desired: TaskState,
+        now: String,
+    },
+    /// The task reaper: history beyond the retention limit, and tasks of
+    /// removed services or slots once they are down.
+    DeleteTasks {
+        ids: Vec<TaskId>,
     },
 }
 

@@ -33,6 +33,7 @@ pub fn sample_node(id: &str, host: &str, role: Role, leader: bool) -> NodeView {
                 state: NodeState::Ready,
                 message: String::new(),
                 addr: "10.0.0.1".into(),
+                port: 0,
             },
             role,
             manager_status: manager.then(|| ManagerStatus {

@@ -33,6 +33,7 @@ fn state_with(nodes: &[(&str, NodeState, bool)]) -> State {
                     state: *st,
                     message: String::new(),
                     addr: String::new(),
+                    port: 0,
                 },
                 role: if *manager {
                     Role::Manager

@@ -20,6 +20,7 @@ fn node(id: &str, role: Role) -> Node {
             state: NodeState::Ready,
             message: String::new(),
             addr: "127.0.0.1".into(),
+            port: 0,
         },
         role,
         manager_status: (role == Role::Manager).then(|| ManagerStatus {
@@ -223,6 +224,8 @@ fn restore_restamps_versions_and_replaces_everything() {
             secrets: vec![],
             configs: vec![],
             removed: vec![],
+            services: vec![],
+            tasks: vec![],
         },
     );
     assert_eq!(r.error, None);
@@ -509,6 +512,8 @@ fn secrets_and_configs_persist_as_rows_and_survive_restore() {
             secrets,
             configs,
             removed: vec![],
+            services: vec![],
+            tasks: vec![],
         },
     );
     assert_eq!(r.error, None);
@@ -526,6 +531,8 @@ fn secrets_and_configs_persist_as_rows_and_survive_restore() {
         secrets: vec![],
         configs: vec![],
         removed: vec![],
+        services: vec![],
+        tasks: vec![],
     })
     .expect("encode");
     let trimmed = json.replace(",\"secrets\":[],\"configs\":[]", "");

@@ -1,0 +1,463 @@
+//! The orchestrator: turns services into tasks. Pure: `reconcile(&State,
+//! now)` returns the commands that move the tasks toward the services'
+//! desired state; the leader's loop writes them and runs it again after every
+//! change (level-triggered: a lost write is simply decided again).
+//!
+//! - replicated services get one live task per slot 1..=replicas; extra
+//!   slots are removed (highest first), missing ones created;
+//! - global services get one live task per node that can take it;
+//! - a task that ended is replaced per its restart policy (condition,
+//!   delay, max attempts within a window), in the same slot;
+//! - tasks on nodes that are down, drained or gone are replaced elsewhere
+//!   (the old task is asked to shut down, which happens when its node
+//!   comes back: no duplicate then);
+//! - tasks made from an older spec are replaced `parallelism` at a time;
+//! - the reaper deletes finished tasks beyond the history limit and tasks of
+//!   removed services and slots once they are down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::store::{
+    Availability, Command, Node, NodeId, NodeState, Service, State, Task, TaskId, TaskState,
+    TaskStatus, TaskStatusUpdate,
+};
+
+use super::scheduler::Constraint;
+
+/// Swarm's default restart delay.
+const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// Tasks per `CreateTasks` command: keeps one raft entry near 1 MiB.
+const TASKS_PER_COMMAND: usize = 500;
+
+/// What one pass decided, and when it wants to be run again even if
+/// nothing changes (a restart delay running out).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub commands: Vec<Command>,
+    pub wake_in: Option<Duration>,
+}
+
+/// Where a node stands for the tasks on it.
+fn node_keeps_tasks(node: Option<&Node>) -> bool {
+    node.is_some_and(|n| {
+        n.status.state != NodeState::Down && n.spec.availability != Availability::Drain
+    })
+}
+
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).ok()
+}
+
+struct RestartPolicy {
+    condition: String,
+    delay: Duration,
+    max_attempts: u64,
+    window: Duration,
+}
+
+impl RestartPolicy {
+    fn of(task: &Task) -> RestartPolicy {
+        let p = task.spec.restart_policy.as_ref();
+        let ns = |v: Option<i64>| Duration::from_nanos(v.unwrap_or(0).max(0) as u64);
+        RestartPolicy {
+            condition: p
+                .and_then(|p| p.condition)
+                .map(|c| c.to_string())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "any".into()),
+            delay: p
+                .and_then(|p| p.delay)
+                .map(|d| ns(Some(d)))
+                .unwrap_or(DEFAULT_RESTART_DELAY),
+            max_attempts: p.and_then(|p| p.max_attempts).unwrap_or(0).max(0) as u64,
+            window: ns(p.and_then(|p| p.window)),
+        }
+    }
+
+    /// Whether a task that ended like this is restarted at all.
+    fn wants_restart(&self, task: &Task) -> bool {
+        match self.condition.as_str() {
+            "none" => false,
+            "on-failure" => {
+                task.status.state != TaskState::Complete || task.status.exit_code.unwrap_or(0) != 0
+            }
+            _ => true,
+        }
+    }
+}
+
+pub struct Orchestrator<'a> {
+    state: &'a State,
+    now: OffsetDateTime,
+    now_text: String,
+    new_id: &'a mut dyn FnMut() -> String,
+    plan: Plan,
+    create: Vec<Task>,
+    shutdown: Vec<TaskId>,
+    remove: Vec<TaskId>,
+    delete: Vec<TaskId>,
+}
+
+/// One reconciliation pass over every service.
+pub fn reconcile(state: &State, now: OffsetDateTime, new_id: &mut dyn FnMut() -> String) -> Plan {
+    let mut o = Orchestrator {
+        state,
+        now,
+        now_text: now.format(&Rfc3339).unwrap_or_default(),
+        new_id,
+        plan: Plan::default(),
+        create: Vec::new(),
+        shutdown: Vec::new(),
+        remove: Vec::new(),
+        delete: Vec::new(),
+    };
+    for service in state.services.values() {
+        if service.is_global() {
+            o.global(service);
+        } else {
+            o.replicated(service);
+        }
+    }
+    o.reap();
+    o.finish()
+}
+
+impl Orchestrator<'_> {
+    fn finish(mut self) -> Plan {
+        let now = self.now_text.clone();
+        if !self.shutdown.is_empty() {
+            self.plan.commands.push(Command::SetTasksDesired {
+                ids: std::mem::take(&mut self.shutdown),
+                desired: TaskState::Shutdown,
+                now: now.clone(),
+            });
+        }
+        if !self.remove.is_empty() {
+            self.plan.commands.push(Command::SetTasksDesired {
+                ids: std::mem::take(&mut self.remove),
+                desired: TaskState::Remove,
+                now: now.clone(),
+            });
+        }
+        let create = std::mem::take(&mut self.create);
+        for chunk in create.chunks(TASKS_PER_COMMAND) {
+            self.plan.commands.push(Command::CreateTasks {
+                tasks: chunk.to_vec(),
+            });
+        }
+        if !self.delete.is_empty() {
+            self.plan.commands.push(Command::DeleteTasks {
+                ids: std::mem::take(&mut self.delete),
+            });
+        }
+        self.plan
+    }
+
+    fn wake(&mut self, after: Duration) {
+        self.plan.wake_in = Some(self.plan.wake_in.map_or(after, |w| w.min(after)));
+    }
+
+    fn new_task(&mut self, service: &Service, slot: u64, node: Option<NodeId>, attempt: u64) {
+        let spec = service.spec.task_template.clone().unwrap_or_default();
+        let ports = service
+            .spec
+            .endpoint_spec
+            .as_ref()
+            .and_then(|e| e.ports.clone())
+            .unwrap_or_default();
+        self.create.push(Task {
+            id: TaskId((self.new_id)()),
+            version: 0,
+            created_at: self.now_text.clone(),
+            updated_at: self.now_text.clone(),
+            service_id: service.id.clone(),
+            slot,
+            node_id: node,
+            spec,
+            spec_version: service.spec_version,
+            ports,
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(
+                TaskState::Pending,
+                "pending task scheduling",
+                &self.now_text,
+            ),
+            attempt,
+        });
+    }
+
+    /// Decide about one live task (desired running). Returns whether the
+    /// slot stays occupied by it (false: it is being replaced or retired).
+    fn tend(
+        &mut self,
+        service: &Service,
+        task: &Task,
+        updating: &mut u64,
+        parallelism: u64,
+    ) -> bool {
+        let node = task.node_id.as_ref().and_then(|n| self.state.nodes.get(n));
+        // Lost node: replace. The old task shuts down when the node returns.
+        if task.node_id.is_some() && !node_keeps_tasks(node) {
+            self.shutdown.push(task.id.clone());
+            if !service.is_global() {
+                self.new_task(service, task.slot, None, 0);
+            }
+            return false;
+        }
+        if task.status.state.is_terminal() {
+            let policy = RestartPolicy::of(task);
+            if !policy.wants_restart(task) {
+                // Ended for good: the slot stays "filled" by the finished task.
+                return true;
+            }
+            let ended = parse_time(&task.status.timestamp).unwrap_or(self.now);
+            let attempt = if policy.window.is_zero()
+                || parse_time(&task.created_at).is_some_and(|c| self.now - c < policy.window)
+            {
+                task.attempt + 1
+            } else {
+                1
+            };
+            if policy.max_attempts > 0 && attempt > policy.max_attempts {
+                return true;
+            }
+            let due = ended + policy.delay;
+            if self.now < due {
+                self.wake(
+                    (due - self.now)
+                        .try_into()
+                        .unwrap_or(Duration::from_secs(1)),
+                );
+                return true;
+            }
+            self.shutdown.push(task.id.clone());
+            let node = if service.is_global() {
+                task.node_id.clone()
+            } else {
+                None
+            };
+            self.new_task(service, task.slot, node, attempt);
+            return false;
+        }
+        // Rolling update: replace tasks of an older spec, `parallelism` at
+        // a time (stop-first, Swarm's default order).
+        if task.spec_version < service.spec_version && (parallelism == 0 || *updating < parallelism)
+        {
+            *updating += 1;
+            self.shutdown.push(task.id.clone());
+            let node = if service.is_global() {
+                task.node_id.clone()
+            } else {
+                None
+            };
+            self.new_task(service, task.slot, node, 0);
+            return false;
+        }
+        true
+    }
+
+    fn parallelism(service: &Service) -> u64 {
+        service
+            .spec
+            .update_config
+            .as_ref()
+            .and_then(|u| u.parallelism)
+            .map(|p| p.max(0) as u64)
+            .unwrap_or(1)
+    }
+
+    /// Tasks of the current spec that are not running yet: the update
+    /// steps in flight.
+    fn in_flight(&self, service: &Service, tasks: &[&Task]) -> u64 {
+        let old_exists = tasks.iter().any(|t| t.spec_version < service.spec_version);
+        if !old_exists {
+            return 0;
+        }
+        tasks
+            .iter()
+            .filter(|t| {
+                t.spec_version == service.spec_version && t.status.state < TaskState::Running
+            })
+            .count() as u64
+    }
+
+    fn replicated(&mut self, service: &Service) {
+        let want = service.replicas().unwrap_or(0);
+        let live: Vec<&Task> = self
+            .state
+            .tasks_of_service(&service.id)
+            .filter(|t| t.desired_state <= TaskState::Running)
+            .collect();
+        let parallelism = Self::parallelism(service);
+        let mut updating = self.in_flight(service, &live);
+        // Slots above the wanted count go away, highest first.
+        let mut occupied: BTreeMap<u64, ()> = BTreeMap::new();
+        for t in &live {
+            if t.slot > want {
+                self.remove.push(t.id.clone());
+                continue;
+            }
+            if self.tend(service, t, &mut updating, parallelism) {
+                occupied.insert(t.slot, ());
+            } else {
+                // Replacement already created in this slot.
+                occupied.insert(t.slot, ());
+            }
+        }
+        for slot in 1..=want {
+            if !occupied.contains_key(&slot) {
+                self.new_task(service, slot, None, 0);
+            }
+        }
+    }
+
+    fn global(&mut self, service: &Service) {
+        let live: Vec<&Task> = self
+            .state
+            .tasks_of_service(&service.id)
+            .filter(|t| t.desired_state <= TaskState::Running)
+            .collect();
+        let constraints: Vec<Constraint> = service
+            .spec
+            .task_template
+            .as_ref()
+            .and_then(|t| t.placement.as_ref())
+            .and_then(|p| p.constraints.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Constraint::parse(c).ok())
+            .collect();
+        let eligible = |n: &Node| {
+            n.status.state == NodeState::Ready
+                && n.spec.availability == Availability::Active
+                && constraints.iter().all(|c| c.matches(n))
+        };
+        let parallelism = Self::parallelism(service);
+        let mut updating = self.in_flight(service, &live);
+        let mut covered: HashMap<&NodeId, ()> = HashMap::new();
+        for t in &live {
+            let Some(n) = &t.node_id else { continue };
+            let node = self.state.nodes.get(n);
+            let fits = node.is_some_and(|node| {
+                constraints.iter().all(|c| c.matches(node))
+                    && node.spec.availability != Availability::Drain
+            });
+            if !fits {
+                self.shutdown.push(t.id.clone());
+                continue;
+            }
+            // A down node keeps its global task (it is that node's task);
+            // it is restarted there when the node returns.
+            if node.is_some_and(|n| n.status.state == NodeState::Down) {
+                covered.insert(n, ());
+                continue;
+            }
+            self.tend(service, t, &mut updating, parallelism);
+            covered.insert(n, ());
+        }
+        for node in self.state.nodes.values() {
+            if !covered.contains_key(&node.id) && eligible(node) {
+                self.new_task(service, 0, Some(node.id.clone()), 0);
+            }
+        }
+    }
+
+    /// Delete what no longer needs keeping.
+    fn reap(&mut self) {
+        let limit = self
+            .state
+            .cluster
+            .as_ref()
+            .map(|c| c.spec.task_history_limit)
+            .unwrap_or(5)
+            .max(0) as usize;
+        // History per slot (replicated) or per node (global).
+        let mut history: HashMap<(&crate::store::ServiceId, u64, Option<&NodeId>), Vec<&Task>> =
+            HashMap::new();
+        for t in self.state.tasks.values() {
+            let node = t.node_id.as_ref().and_then(|n| self.state.nodes.get(n));
+            let node_gone =
+                t.node_id.is_none() || node.is_none_or(|n| n.status.state == NodeState::Down);
+            let down = t.status.state.is_terminal() || node_gone;
+            let service_gone = !self.state.services.contains_key(&t.service_id);
+            if (t.desired_state >= TaskState::Remove || service_gone) && down {
+                self.delete.push(t.id.clone());
+                continue;
+            }
+            // A task that was never placed and is no longer wanted.
+            if t.desired_state > TaskState::Running && t.status.state <= TaskState::Pending {
+                self.delete.push(t.id.clone());
+                continue;
+            }
+            let key_node = if t.slot == 0 {
+                t.node_id.as_ref()
+            } else {
+                None
+            };
+            history
+                .entry((&t.service_id, t.slot, key_node))
+                .or_default()
+                .push(t);
+        }
+        for tasks in history.values_mut() {
+            if tasks.len() <= limit.max(1) {
+                continue;
+            }
+            // Oldest first; only finished, unwanted tasks are history.
+            tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+            let mut excess = tasks.len() - limit.max(1);
+            for t in tasks.iter() {
+                if excess == 0 {
+                    break;
+                }
+                if t.desired_state > TaskState::Running && t.status.state.is_terminal() {
+                    self.delete.push(t.id.clone());
+                    excess -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// The scheduler's decisions as commands.
+pub fn placement_commands(d: super::scheduler::Decisions, now: &str) -> Vec<Command> {
+    let mut cmds = Vec::new();
+    if !d.assignments.is_empty() {
+        for chunk in d.assignments.chunks(TASKS_PER_COMMAND * 4) {
+            cmds.push(Command::AssignTasks {
+                assignments: chunk.to_vec(),
+                now: now.to_string(),
+            });
+        }
+    }
+    if !d.unplaced.is_empty() {
+        let updates = d
+            .unplaced
+            .into_iter()
+            .map(|(id, msg)| TaskStatusUpdate {
+                id,
+                status: TaskStatus {
+                    timestamp: now.to_string(),
+                    state: TaskState::Pending,
+                    message: "pending task scheduling".into(),
+                    err: Some(msg),
+                    container_id: None,
+                    pid: None,
+                    exit_code: None,
+                },
+            })
+            .collect();
+        cmds.push(Command::SetTaskStatus {
+            updates,
+            reporter: None,
+        });
+    }
+    cmds
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,334 @@
+//! Services on the manager's side of the API: validation of a spec before
+//! it is proposed, lookups, task filters and counts. Pure functions over a
+//! state snapshot.
+
+use bollard_stubs::models::{EndpointPortConfigPublishModeEnum, ServiceSpec};
+
+use crate::control::{ControlError, ControlResult, ServiceView, TaskFilter, TaskView};
+use crate::manager::scheduler::Constraint;
+use crate::store::{NodeState, Service, ServiceId, State, Task, TaskState};
+
+use super::secrets::resolve;
+
+/// Docker's service name rule (it becomes a DNS name and a container name
+/// prefix).
+fn check_name(name: &str) -> ControlResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::InvalidArgument(format!(
+            "invalid service name {name:?}: use up to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )))
+    }
+}
+
+fn invalid(msg: String) -> ControlError {
+    ControlError::InvalidArgument(msg)
+}
+
+/// Check a spec from a client and fill in what the store needs (secret and
+/// config IDs from names). Errors name the field and what to do.
+pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSpec> {
+    if spec.name.as_deref().unwrap_or("").is_empty() {
+        // Docker names unnamed services randomly too.
+        let id = crate::pki::new_node_id().0;
+        spec.name = Some(format!("service-{}", &id[..8]));
+    }
+    check_name(spec.name.as_deref().unwrap_or(""))?;
+    let mode = spec.mode.clone().unwrap_or_default();
+    if mode.replicated_job.is_some() || mode.global_job.is_some() {
+        return Err(invalid(
+            "job modes (replicated-job, global-job) are not supported yet: use --mode replicated or --mode global".into(),
+        ));
+    }
+    if let Some(r) = mode.replicated.as_ref().and_then(|r| r.replicas) {
+        if r < 0 {
+            return Err(invalid(format!(
+                "invalid replicas value {r}: the number of replicas must be 0 or more"
+            )));
+        }
+    }
+    let template = spec
+        .task_template
+        .as_mut()
+        .ok_or_else(|| invalid("the service has no task template: give an image".into()))?;
+    let container = template
+        .container_spec
+        .as_mut()
+        .ok_or_else(|| invalid("ContainerSpec: image reference must be provided".into()))?;
+    if container.image.as_deref().unwrap_or("").trim().is_empty() {
+        return Err(invalid(
+            "ContainerSpec: image reference must be provided".into(),
+        ));
+    }
+    for s in container.secrets.iter_mut().flatten() {
+        let key = s
+            .secret_id
+            .clone()
+            .filter(|k| !k.is_empty())
+            .or_else(|| s.secret_name.clone())
+            .unwrap_or_default();
+        let found = super::secrets::resolve_secret(state, &key).map_err(|_| {
+            ControlError::NotFound(format!(
+                "secret not found: {key}; create it first with \"apiary secret create {key} <file>\""
+            ))
+        })?;
+        s.secret_id = Some(found.id.0.clone());
+        s.secret_name = Some(found.spec.name.clone());
+    }
+    for c in container.configs.iter_mut().flatten() {
+        let key = c
+            .config_id
+            .clone()
+            .filter(|k| !k.is_empty())
+            .or_else(|| c.config_name.clone())
+            .unwrap_or_default();
+        let found = super::secrets::resolve_config(state, &key).map_err(|_| {
+            ControlError::NotFound(format!(
+                "config not found: {key}; create it first with \"apiary config create {key} <file>\""
+            ))
+        })?;
+        c.config_id = Some(found.id.0.clone());
+        c.config_name = Some(found.spec.name.clone());
+    }
+    if let Some(res) = &template.resources {
+        for (what, r) in [
+            (
+                "limit",
+                &res.limits.as_ref().map(|l| (l.nano_cpus, l.memory_bytes)),
+            ),
+            (
+                "reservation",
+                &res.reservations
+                    .as_ref()
+                    .map(|l| (l.nano_cpus, l.memory_bytes)),
+            ),
+        ] {
+            if let Some((cpu, mem)) = r {
+                if cpu.is_some_and(|c| c < 0) || mem.is_some_and(|m| m < 0) {
+                    return Err(invalid(format!(
+                        "invalid resource {what}: CPU and memory must be positive"
+                    )));
+                }
+            }
+        }
+    }
+    for c in template
+        .placement
+        .as_ref()
+        .and_then(|p| p.constraints.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        Constraint::parse(c).map_err(invalid)?;
+    }
+    if template.networks.as_ref().is_some_and(|n| !n.is_empty())
+        || spec.networks.as_ref().is_some_and(|n| !n.is_empty())
+    {
+        return Err(invalid(
+            "overlay networks are not supported yet: tasks get their own address on the node's bridge; drop --network".into(),
+        ));
+    }
+    let mut seen = Vec::new();
+    for p in spec
+        .endpoint_spec
+        .as_ref()
+        .and_then(|e| e.ports.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let mode = p
+            .publish_mode
+            .unwrap_or(EndpointPortConfigPublishModeEnum::INGRESS);
+        let target = p.target_port.unwrap_or(0);
+        if !(1..=65535).contains(&target) {
+            return Err(invalid(format!(
+                "invalid published port: target port {target} must be between 1 and 65535"
+            )));
+        }
+        match mode {
+            EndpointPortConfigPublishModeEnum::HOST => {}
+            _ => {
+                return Err(invalid(format!(
+                    "port {}:{target}: ingress-mode publishing (the routing mesh) is not supported yet; publish in host mode instead: -p published={},target={target},mode=host",
+                    p.published_port.unwrap_or(target),
+                    p.published_port.unwrap_or(target)
+                )))
+            }
+        }
+        let published = p.published_port.unwrap_or(0);
+        if !(1..=65535).contains(&published) {
+            return Err(invalid(format!(
+                "port {target}: host-mode publishing needs a published port between 1 and 65535"
+            )));
+        }
+        let proto = p
+            .protocol
+            .map(|x| x.to_string())
+            .unwrap_or_else(|| "tcp".into());
+        if seen.contains(&(proto.clone(), published)) {
+            return Err(invalid(format!(
+                "port {published}/{proto} is published twice"
+            )));
+        }
+        seen.push((proto, published));
+    }
+    Ok(spec)
+}
+
+pub fn resolve_service<'a>(state: &'a State, key: &str) -> ControlResult<&'a Service> {
+    let items = state
+        .services
+        .values()
+        .map(|s| (s.id.0.as_str(), s.name(), s));
+    resolve("service", key, items)
+}
+
+pub fn resolve_task<'a>(state: &'a State, key: &str) -> ControlResult<&'a Task> {
+    let items = state.tasks.values().map(|t| (t.id.0.as_str(), "", t));
+    resolve("task", key, items)
+}
+
+pub fn view(state: &State, s: &Service) -> ServiceView {
+    let mut running = 0;
+    let mut completed = 0;
+    let mut live = 0;
+    for t in state.tasks_of_service(&s.id) {
+        if t.desired_state <= TaskState::Running {
+            live += 1;
+            if t.status.state == TaskState::Running {
+                let node_up = t
+                    .node_id
+                    .as_ref()
+                    .and_then(|n| state.nodes.get(n))
+                    .is_some_and(|n| n.status.state != NodeState::Down);
+                if node_up {
+                    running += 1;
+                }
+            }
+        }
+        if t.status.state == TaskState::Complete {
+            completed += 1;
+        }
+    }
+    ServiceView {
+        service: s.clone(),
+        running,
+        desired: s.replicas().unwrap_or(live),
+        completed,
+    }
+}
+
+pub fn task_view(state: &State, t: &Task) -> TaskView {
+    TaskView {
+        task: t.clone(),
+        service_name: state
+            .services
+            .get(&t.service_id)
+            .map(|s| s.name().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn filter_tasks(state: &State, f: &TaskFilter) -> ControlResult<Vec<TaskView>> {
+    let services: Option<Vec<ServiceId>> = if f.service.is_empty() {
+        None
+    } else {
+        let mut ids = Vec::new();
+        for key in &f.service {
+            // Docker answers an unknown service filter with an empty list.
+            if let Ok(s) = resolve_service(state, key) {
+                ids.push(s.id.clone());
+            }
+        }
+        Some(ids)
+    };
+    let nodes: Option<Vec<crate::store::NodeId>> = if f.node.is_empty() {
+        None
+    } else {
+        Some(
+            f.node
+                .iter()
+                .filter_map(|key| {
+                    state
+                        .nodes
+                        .values()
+                        .find(|n| {
+                            n.id.0 == *key || n.description.hostname == *key || n.spec.name == *key
+                        })
+                        .or_else(|| {
+                            let mut m = state
+                                .nodes
+                                .values()
+                                .filter(|n| n.id.0.starts_with(key.as_str()));
+                            let first = m.next();
+                            if m.next().is_some() {
+                                None
+                            } else {
+                                first
+                            }
+                        })
+                        .map(|n| n.id.clone())
+                })
+                .collect(),
+        )
+    };
+    let tasks: Box<dyn Iterator<Item = &Task>> = match &services {
+        Some(ids) => Box::new(ids.iter().flat_map(|id| state.tasks_of_service(id))),
+        None => Box::new(state.tasks.values()),
+    };
+    let mut out = Vec::new();
+    for t in tasks {
+        if let Some(ns) = &nodes {
+            if !t.node_id.as_ref().is_some_and(|n| ns.contains(n)) {
+                continue;
+            }
+        }
+        if !f.desired_state.is_empty() {
+            let want = f.desired_state.iter().any(|d| {
+                let d = d.to_ascii_lowercase();
+                // Docker's "running" filter means desired running or
+                // accepted (not yet running).
+                match d.as_str() {
+                    "running" => t.desired_state <= TaskState::Running,
+                    "shutdown" => t.desired_state == TaskState::Shutdown,
+                    "accepted" => t.desired_state == TaskState::Accepted,
+                    other => TaskState::parse(other) == Some(t.desired_state),
+                }
+            });
+            if !want {
+                continue;
+            }
+        }
+        if !f.id.is_empty() && !f.id.iter().any(|i| t.id.0.starts_with(i.as_str())) {
+            continue;
+        }
+        let v = task_view(state, t);
+        if !f.name.is_empty() {
+            let name = t.name(&v.service_name);
+            if !f.name.iter().any(|n| name.starts_with(n.as_str())) {
+                continue;
+            }
+        }
+        if f.up_to_date {
+            let current = state
+                .services
+                .get(&t.service_id)
+                .is_some_and(|s| s.spec_version == t.spec_version);
+            if !current {
+                continue;
+            }
+        }
+        out.push(v);
+    }
+    Ok(out)
+}

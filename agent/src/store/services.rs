@@ -1,0 +1,577 @@
+//! Services and tasks: the desired state the user writes (`Service`) and the
+//! units the orchestrator makes of it (`Task`), with their pure apply logic.
+//!
+//! A service's spec is kept as the Engine API's `ServiceSpec`, exactly as the
+//! client sent it: `service inspect` gives it back unchanged, including
+//! fields apiary does not act on yet, as Docker does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{Change, State, StoreError};
+use super::types::NodeId;
+
+pub type ServiceSpec = bollard_stubs::models::ServiceSpec;
+pub type TaskSpec = bollard_stubs::models::TaskSpec;
+
+/// A service's ID: 25 lowercase base-36 characters, like Docker's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServiceId(pub String);
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A task's ID: 25 lowercase base-36 characters, like Docker's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub String);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: ServiceId,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: ServiceSpec,
+    #[serde(default)]
+    pub previous_spec: Option<ServiceSpec>,
+    /// Bumped whenever the task template or the published ports change:
+    /// tasks made from an older one are replaced (rolling update).
+    pub spec_version: u64,
+}
+
+impl Service {
+    pub fn name(&self) -> &str {
+        self.spec.name.as_deref().unwrap_or("")
+    }
+    /// Replicas wanted, or None for a global service.
+    pub fn replicas(&self) -> Option<u64> {
+        let mode = self.spec.mode.as_ref();
+        if mode.and_then(|m| m.global.as_ref()).is_some() {
+            return None;
+        }
+        Some(
+            mode.and_then(|m| m.replicated.as_ref())
+                .and_then(|r| r.replicas)
+                .unwrap_or(1)
+                .max(0) as u64,
+        )
+    }
+    pub fn is_global(&self) -> bool {
+        self.replicas().is_none()
+    }
+    /// Names and IDs of the secrets the task template references.
+    pub fn secret_refs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.container_spec()
+            .and_then(|c| c.secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s.secret_id.as_deref().unwrap_or(""),
+                    s.secret_name.as_deref().unwrap_or(""),
+                )
+            })
+    }
+    /// Names and IDs of the configs the task template references.
+    pub fn config_refs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.container_spec()
+            .and_then(|c| c.configs.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s.config_id.as_deref().unwrap_or(""),
+                    s.config_name.as_deref().unwrap_or(""),
+                )
+            })
+    }
+    pub fn container_spec(&self) -> Option<&bollard_stubs::models::TaskSpecContainerSpec> {
+        self.spec
+            .task_template
+            .as_ref()
+            .and_then(|t| t.container_spec.as_ref())
+    }
+}
+
+/// Swarm's task states, in the order a task moves through them. A task
+/// only ever moves forward (`Ord` is that order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    New,
+    Pending,
+    Assigned,
+    Accepted,
+    Preparing,
+    Ready,
+    Starting,
+    Running,
+    Complete,
+    Shutdown,
+    Failed,
+    Rejected,
+    Remove,
+    Orphaned,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::New => "new",
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Accepted => "accepted",
+            TaskState::Preparing => "preparing",
+            TaskState::Ready => "ready",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Failed => "failed",
+            TaskState::Rejected => "rejected",
+            TaskState::Remove => "remove",
+            TaskState::Orphaned => "orphaned",
+        }
+    }
+    /// The task will never run (again): its container is gone or going.
+    pub fn is_terminal(self) -> bool {
+        self > TaskState::Running
+    }
+    pub fn parse(s: &str) -> Option<TaskState> {
+        use TaskState::*;
+        [
+            New, Pending, Assigned, Accepted, Preparing, Ready, Starting, Running, Complete,
+            Shutdown, Failed, Rejected, Remove, Orphaned,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub timestamp: String,
+    pub state: TaskState,
+    /// Short, like Docker's ("started", "pending task scheduling").
+    #[serde(default)]
+    pub message: String,
+    /// Why the task failed or cannot be placed (the ERROR column).
+    #[serde(default)]
+    pub err: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub pid: Option<i64>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+}
+
+impl TaskStatus {
+    pub fn new(state: TaskState, message: &str, now: &str) -> TaskStatus {
+        TaskStatus {
+            timestamp: now.to_string(),
+            state,
+            message: message.to_string(),
+            err: None,
+            container_id: None,
+            pid: None,
+            exit_code: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub service_id: ServiceId,
+    /// Replicated services: 1..=replicas. Global services: 0 (the node is
+    /// the slot).
+    pub slot: u64,
+    /// The node the task runs on (preset for global tasks, chosen by the
+    /// scheduler for replicated ones).
+    pub node_id: Option<NodeId>,
+    pub spec: TaskSpec,
+    /// The service's `spec_version` this task was made from.
+    pub spec_version: u64,
+    /// Published ports of the service at the time (host mode only for now).
+    #[serde(default)]
+    pub ports: Vec<bollard_stubs::models::EndpointPortConfig>,
+    pub desired_state: TaskState,
+    pub status: TaskStatus,
+    /// How many tasks of this slot failed in a row before this one, within
+    /// the restart policy's window (for `--restart-max-attempts`).
+    #[serde(default)]
+    pub attempt: u64,
+}
+
+impl Task {
+    /// Docker's task name: `service.slot` (replicated) or `service.node`.
+    pub fn name(&self, service_name: &str) -> String {
+        match (&self.node_id, self.slot) {
+            (Some(n), 0) => format!("{service_name}.{n}"),
+            _ => format!("{service_name}.{}", self.slot),
+        }
+    }
+    /// Meant to run, or running: counts against replicas.
+    pub fn is_live(&self) -> bool {
+        self.desired_state <= TaskState::Running && !self.status.state.is_terminal()
+    }
+}
+
+/// A worker's (or the scheduler's) report about one task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatusUpdate {
+    pub id: TaskId,
+    pub status: TaskStatus,
+}
+
+pub(super) const SERVICE_PREFIX: &str = "service/";
+pub(super) const TASK_PREFIX: &str = "task/";
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Indexes over tasks, rebuilt on load and kept in step by every task write
+/// (never persisted): the dispatcher and scheduler ask "tasks of node N" and
+/// "tasks of service S" on every change, which a scan of 100k tasks would
+/// make too slow.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskIndex {
+    pub by_node: BTreeMap<NodeId, BTreeSet<TaskId>>,
+    pub by_service: BTreeMap<ServiceId, BTreeSet<TaskId>>,
+}
+
+impl State {
+    pub(super) fn service_change(&self, id: &ServiceId) -> Change {
+        Change {
+            key: format!("{SERVICE_PREFIX}{id}"),
+            value: self.services.get(id).map(encode),
+        }
+    }
+
+    pub(super) fn task_change(&self, id: &TaskId) -> Change {
+        Change {
+            key: format!("{TASK_PREFIX}{id}"),
+            value: self.tasks.get(id).map(encode),
+        }
+    }
+
+    /// Insert or replace a task, keeping the indexes in step.
+    pub(super) fn put_task(&mut self, task: Task) {
+        if let Some(old) = self.tasks.get(&task.id) {
+            if old.node_id != task.node_id {
+                if let Some(n) = &old.node_id {
+                    if let Some(set) = self.task_index.by_node.get_mut(n) {
+                        set.remove(&task.id);
+                    }
+                }
+            }
+        }
+        if let Some(n) = &task.node_id {
+            self.task_index
+                .by_node
+                .entry(n.clone())
+                .or_default()
+                .insert(task.id.clone());
+        }
+        self.task_index
+            .by_service
+            .entry(task.service_id.clone())
+            .or_default()
+            .insert(task.id.clone());
+        self.tasks.insert(task.id.clone(), task);
+    }
+
+    pub(super) fn delete_task(&mut self, id: &TaskId) -> Option<Task> {
+        let task = self.tasks.remove(id)?;
+        if let Some(n) = &task.node_id {
+            if let Some(set) = self.task_index.by_node.get_mut(n) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.task_index.by_node.remove(n);
+                }
+            }
+        }
+        if let Some(set) = self.task_index.by_service.get_mut(&task.service_id) {
+            set.remove(id);
+            if set.is_empty() {
+                self.task_index.by_service.remove(&task.service_id);
+            }
+        }
+        Some(task)
+    }
+
+    pub fn tasks_of_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.task_index
+            .by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    pub fn tasks_of_service<'a>(
+        &'a self,
+        service: &ServiceId,
+    ) -> impl Iterator<Item = &'a Task> + 'a {
+        self.task_index
+            .by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.services.values().find(|s| s.name() == name)
+    }
+
+    pub(super) fn create_service(
+        &mut self,
+        index: u64,
+        service: &Service,
+    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+        if self.services.contains_key(&service.id) {
+            return Err(StoreError::conflict(format!(
+                "service {} already exists",
+                service.id
+            )));
+        }
+        if self.service_by_name(service.name()).is_some() {
+            return Err(StoreError::conflict(format!(
+                "service {} already exists: choose another name, or remove it with \"apiary service rm {}\"",
+                service.name(),
+                service.name()
+            )));
+        }
+        let mut s = service.clone();
+        s.version = index;
+        s.spec_version = index;
+        self.services.insert(s.id.clone(), s);
+        Ok((Some(index), vec![self.service_change(&service.id)]))
+    }
+
+    pub(super) fn update_service(
+        &mut self,
+        index: u64,
+        id: &ServiceId,
+        version: u64,
+        spec: &ServiceSpec,
+        now: &str,
+    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+        let current = self
+            .services
+            .get(id)
+            .ok_or_else(|| StoreError::not_found(format!("service {id} not found")))?;
+        if current.version != version {
+            return Err(StoreError::conflict(format!(
+                "update out of sequence: service {} is at version {}, the update was for version {version}; inspect the service again and retry",
+                current.name(),
+                current.version
+            )));
+        }
+        let new_name = spec.name.as_deref().unwrap_or("");
+        if new_name != current.name() {
+            if let Some(other) = self.service_by_name(new_name) {
+                return Err(StoreError::conflict(format!(
+                    "service name {new_name} is already used by service {}",
+                    other.id
+                )));
+            }
+        }
+        let Some(s) = self.services.get_mut(id) else {
+            return Err(StoreError::not_found(format!("service {id} not found")));
+        };
+        let tasks_change = s.spec.task_template != spec.task_template
+            || s.spec.endpoint_spec != spec.endpoint_spec;
+        s.previous_spec = Some(std::mem::replace(&mut s.spec, spec.clone()));
+        if tasks_change {
+            s.spec_version = index;
+        }
+        s.version = index;
+        s.updated_at = now.to_string();
+        Ok((Some(index), vec![self.service_change(id)]))
+    }
+
+    /// Removing a service asks all its tasks to go; the orchestrator deletes
+    /// them once their nodes have shut them down.
+    pub(super) fn remove_service(
+        &mut self,
+        index: u64,
+        id: &ServiceId,
+        now: &str,
+    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+        if self.services.remove(id).is_none() {
+            return Err(StoreError::not_found(format!("service {id} not found")));
+        }
+        let mut changes = vec![self.service_change(id)];
+        let ids: Vec<TaskId> = self
+            .task_index
+            .by_service
+            .get(id)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for tid in ids {
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                if t.desired_state < TaskState::Remove {
+                    t.desired_state = TaskState::Remove;
+                    t.version = index;
+                    t.updated_at = now.to_string();
+                    changes.push(self.task_change(&tid));
+                }
+            }
+        }
+        Ok((Some(index), changes))
+    }
+
+    /// New tasks from the orchestrator. A task whose slot (or, for global
+    /// services, node) already has a live task is skipped: a second leader
+    /// replaying the same decision must not double a replica.
+    pub(super) fn create_tasks(&mut self, index: u64, tasks: &[Task]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for t in tasks {
+            let Some(service) = self.services.get(&t.service_id) else {
+                continue;
+            };
+            if self.tasks.contains_key(&t.id) {
+                continue;
+            }
+            let global = service.is_global();
+            let taken = self.tasks_of_service(&t.service_id).any(|o| {
+                o.desired_state <= TaskState::Running
+                    && if global {
+                        o.node_id == t.node_id
+                    } else {
+                        o.slot == t.slot
+                    }
+            });
+            if taken {
+                continue;
+            }
+            let mut t = t.clone();
+            t.version = index;
+            let id = t.id.clone();
+            self.put_task(t);
+            changes.push(self.task_change(&id));
+        }
+        changes
+    }
+
+    /// The scheduler's placements: only tasks still pending and wanted.
+    pub(super) fn assign_tasks(
+        &mut self,
+        index: u64,
+        assignments: &[(TaskId, NodeId)],
+        now: &str,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (id, node) in assignments {
+            let Some(t) = self.tasks.get(id) else {
+                continue;
+            };
+            if t.status.state > TaskState::Pending || t.desired_state > TaskState::Running {
+                continue;
+            }
+            if !self.nodes.contains_key(node) {
+                continue;
+            }
+            let mut t = t.clone();
+            t.node_id = Some(node.clone());
+            t.status = TaskStatus::new(TaskState::Assigned, "scheduler assigned task to node", now);
+            t.version = index;
+            t.updated_at = now.to_string();
+            self.put_task(t);
+            changes.push(self.task_change(id));
+        }
+        changes
+    }
+
+    /// Status reports. A task only moves forward (a late "running" after
+    /// "failed" is dropped); a report from a node about a task that is not
+    /// assigned to it is dropped (`reporter` is set for workers' reports).
+    pub(super) fn set_task_status(
+        &mut self,
+        index: u64,
+        updates: &[TaskStatusUpdate],
+        reporter: Option<&NodeId>,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for u in updates {
+            let Some(t) = self.tasks.get_mut(&u.id) else {
+                continue;
+            };
+            if let Some(r) = reporter {
+                if t.node_id.as_ref() != Some(r) {
+                    continue;
+                }
+            }
+            if u.status.state < t.status.state {
+                continue;
+            }
+            if u.status == t.status {
+                continue;
+            }
+            t.status = u.status.clone();
+            t.version = index;
+            t.updated_at = u.status.timestamp.clone();
+            changes.push(self.task_change(&u.id));
+        }
+        changes
+    }
+
+    /// Desired state only rises (running → shutdown → remove).
+    pub(super) fn set_tasks_desired(
+        &mut self,
+        index: u64,
+        ids: &[TaskId],
+        desired: TaskState,
+        now: &str,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for id in ids {
+            let Some(t) = self.tasks.get_mut(id) else {
+                continue;
+            };
+            if t.desired_state >= desired {
+                continue;
+            }
+            t.desired_state = desired;
+            t.version = index;
+            t.updated_at = now.to_string();
+            changes.push(self.task_change(id));
+        }
+        changes
+    }
+
+    pub(super) fn delete_tasks(&mut self, ids: &[TaskId]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for id in ids {
+            if self.delete_task(id).is_some() {
+                changes.push(Change {
+                    key: format!("{TASK_PREFIX}{id}"),
+                    value: None,
+                });
+            }
+        }
+        changes
+    }
+}

@@ -1,0 +1,368 @@
+//! The worker: runs the tasks the managers assign to this node.
+//!
+//! One loop owns the map of task runners. It long-polls its assignments
+//! (through the `Cluster` seam), starts a runner for each new task, tells
+//! runners when a task's desired state rises, and removes containers of
+//! tasks the cluster no longer has. Each runner drives one container through
+//! prepare → start → wait with the `Executor` and reports every step; a
+//! reporter task batches the reports back to the managers and keeps them
+//! while no manager answers.
+//!
+//! Containers are not tied to the agent process: when the agent restarts it
+//! finds its containers again by their task label and adopts them.
+
+pub mod spec;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::executor::{ContainerSpec, ContainerState, ContainerStatus, Executor};
+use crate::rpc::Assignments;
+use crate::store::{TaskId, TaskState, TaskStatus, TaskStatusUpdate};
+
+/// How the worker talks to the managers.
+pub trait Cluster: Send + Sync + 'static {
+    /// Long poll: this node's assignments once they differ from `known`.
+    fn assignments(&self, known: u64) -> BoxFuture<'_, Result<Assignments, String>>;
+    fn report(&self, updates: Vec<TaskStatusUpdate>) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Reports are sent at most this often: a burst of task starts becomes one
+/// write.
+const REPORT_EVERY: Duration = Duration::from_millis(50);
+const RETRY: Duration = Duration::from_secs(1);
+
+struct Runner {
+    desired: watch::Sender<TaskState>,
+    handle: JoinHandle<()>,
+}
+
+pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: CancellationToken) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let reporter = tokio::spawn(report_loop(cluster.clone(), rx, stop.clone()));
+    // Containers from before a restart, by task ID.
+    let mut adoptable: HashMap<String, ContainerState> = match executor.list().await {
+        Ok(list) => list
+            .into_iter()
+            .filter_map(|c| {
+                let id = c.labels.get(spec::LABEL_TASK)?.clone();
+                Some((id, c))
+            })
+            .collect(),
+        Err(e) => {
+            warn!("cannot list this node's containers: {e}");
+            HashMap::new()
+        }
+    };
+    if !adoptable.is_empty() {
+        info!(
+            containers = adoptable.len(),
+            "found containers from before the restart"
+        );
+    }
+    let mut runners: HashMap<TaskId, Runner> = HashMap::new();
+    let mut known = 0u64;
+    loop {
+        let a = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = cluster.assignments(known) => a,
+        };
+        let a = match a {
+            Ok(a) => a,
+            Err(e) => {
+                debug!("no assignments: {e}");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+                continue;
+            }
+        };
+        known = a.fingerprint;
+        let listed: HashSet<&TaskId> = a.tasks.iter().map(|t| &t.id).collect();
+        for t in &a.tasks {
+            if let Some(r) = runners.get(&t.id) {
+                r.desired.send_if_modified(|d| {
+                    let rise = t.desired_state > *d;
+                    if rise {
+                        *d = t.desired_state;
+                    }
+                    rise
+                });
+                continue;
+            }
+            let adopted = adoptable.remove(&t.id.0).map(|c| c.status);
+            let wanted = t.desired_state <= TaskState::Running;
+            let unfinished = !t.status.state.is_terminal();
+            if !unfinished {
+                // Finished: make sure nothing is left of its container.
+                if adopted.is_some() {
+                    let ex = executor.clone();
+                    let id = t.id.0.clone();
+                    tokio::spawn(async move { remove_quietly(&*ex, &id).await });
+                }
+                continue;
+            }
+            if !wanted && adopted.is_none() && t.status.state < TaskState::Starting {
+                // Stopped before it ever started here.
+                let _ = tx.send(update(
+                    &t.id,
+                    TaskState::Shutdown,
+                    "shutdown before start",
+                    None,
+                ));
+                continue;
+            }
+            let spec = spec::container_spec(t, &a);
+            let (dtx, drx) = watch::channel(t.desired_state);
+            let handle = tokio::spawn(run_task(
+                executor.clone(),
+                t.id.clone(),
+                spec,
+                adopted,
+                drx,
+                tx.clone(),
+            ));
+            runners.insert(
+                t.id.clone(),
+                Runner {
+                    desired: dtx,
+                    handle,
+                },
+            );
+        }
+        // Tasks the cluster deleted (or moved away): stop and remove.
+        let gone: Vec<TaskId> = runners
+            .keys()
+            .filter(|id| !listed.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(r) = runners.remove(&id) {
+                r.desired.send_replace(TaskState::Remove);
+                let ex = executor.clone();
+                tokio::spawn(async move {
+                    let _ = r.handle.await;
+                    forget_logs(&*ex, &id.0);
+                });
+            }
+        }
+        // Finished runners whose end the cluster has recorded.
+        runners.retain(|id, r| {
+            !(r.handle.is_finished()
+                && a.tasks
+                    .iter()
+                    .any(|t| &t.id == id && t.status.state.is_terminal()))
+        });
+        // Containers of tasks the cluster does not know at all.
+        for (id, _) in adoptable.drain() {
+            info!(task.id = %id, "removing a container of a task the swarm no longer has");
+            let ex = executor.clone();
+            tokio::spawn(async move {
+                remove_quietly(&*ex, &id).await;
+                forget_logs(&*ex, &id);
+            });
+        }
+    }
+    // Leave the containers running: a restarted agent adopts them.
+    for (_, r) in runners {
+        r.handle.abort();
+    }
+    reporter.abort();
+}
+
+fn update(id: &TaskId, state: TaskState, message: &str, err: Option<String>) -> TaskStatusUpdate {
+    let mut status = TaskStatus::new(state, message, &crate::util::now_rfc3339());
+    status.err = err;
+    TaskStatusUpdate {
+        id: id.clone(),
+        status,
+    }
+}
+
+async fn remove_quietly(ex: &dyn Executor, id: &str) {
+    let _ = ex.stop(id, None, Duration::from_secs(10)).await;
+    if let Err(e) = ex.remove(id).await {
+        warn!(task.id = %id, "could not remove the container: {e}");
+    }
+}
+
+/// A task's logs live as long as the task does (`service logs` of finished
+/// tasks); once the cluster deleted it, so do we.
+fn forget_logs(ex: &dyn Executor, id: &str) {
+    if let Some(path) = ex.log_path(id) {
+        let _ = std::fs::remove_file(&path);
+        for n in 1..10 {
+            let mut p = path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+type Reports = mpsc::UnboundedSender<TaskStatusUpdate>;
+
+/// Drive one task's container to its end, reporting each step.
+async fn run_task(
+    ex: Arc<dyn Executor>,
+    id: TaskId,
+    spec: Result<ContainerSpec, String>,
+    adopted: Option<ContainerStatus>,
+    mut desired: watch::Receiver<TaskState>,
+    reports: Reports,
+) {
+    let send = |state: TaskState, message: &str, err: Option<String>| {
+        let _ = reports.send(update(&id, state, message, err));
+    };
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => {
+            send(TaskState::Rejected, "rejected", Some(e));
+            return;
+        }
+    };
+    let grace = spec.stop_grace.unwrap_or(Duration::from_secs(10));
+    match adopted {
+        Some(ContainerStatus::Running { pid }) => {
+            debug!(task.id = %id, "adopted a running container");
+            let mut u = update(&id, TaskState::Running, "started", None);
+            u.status.pid = Some(i64::from(pid));
+            u.status.container_id = Some(id.0.clone());
+            let _ = reports.send(u);
+        }
+        Some(ContainerStatus::Exited { code }) => {
+            finish(&*ex, &id, code, &reports).await;
+            return;
+        }
+        Some(ContainerStatus::Created) | None => {
+            send(TaskState::Preparing, "preparing", None);
+            if let Err(e) = ex.prepare(&spec).await {
+                send(TaskState::Rejected, "rejected", Some(e.to_string()));
+                let _ = ex.remove(&id.0).await;
+                return;
+            }
+            if *desired.borrow() > TaskState::Running {
+                let _ = ex.remove(&id.0).await;
+                send(TaskState::Shutdown, "shutdown", None);
+                return;
+            }
+            send(TaskState::Starting, "starting", None);
+            match ex.start(&id.0).await {
+                Ok(pid) => {
+                    let mut u = update(&id, TaskState::Running, "started", None);
+                    u.status.pid = Some(i64::from(pid));
+                    u.status.container_id = Some(id.0.clone());
+                    let _ = reports.send(u);
+                }
+                Err(e) => {
+                    send(TaskState::Failed, "starting", Some(e.to_string()));
+                    let _ = ex.remove(&id.0).await;
+                    return;
+                }
+            }
+        }
+    }
+    loop {
+        if *desired.borrow_and_update() > TaskState::Running {
+            if let Err(e) = ex.stop(&id.0, spec.stop_signal.as_deref(), grace).await {
+                warn!(task.id = %id, "stopping the container failed: {e}");
+            }
+            let code = ex.wait(&id.0).await.map(|e| e.code).ok();
+            let _ = ex.remove(&id.0).await;
+            let mut u = update(&id, TaskState::Shutdown, "shutdown", None);
+            u.status.exit_code = code;
+            u.status.container_id = Some(id.0.clone());
+            let _ = reports.send(u);
+            return;
+        }
+        tokio::select! {
+            exit = ex.wait(&id.0) => {
+                match exit {
+                    Ok(e) => finish(&*ex, &id, e.code, &reports).await,
+                    Err(e) => {
+                        send(TaskState::Failed, "failed", Some(format!("lost the container: {e}")));
+                        let _ = ex.remove(&id.0).await;
+                    }
+                }
+                return;
+            }
+            r = desired.changed() => {
+                if r.is_err() {
+                    // The worker is stopping: leave the container running.
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn finish(ex: &dyn Executor, id: &TaskId, code: i64, reports: &Reports) {
+    let mut u = if code == 0 {
+        update(id, TaskState::Complete, "finished", None)
+    } else {
+        update(
+            id,
+            TaskState::Failed,
+            "failed",
+            Some(format!("task: non-zero exit ({code})")),
+        )
+    };
+    u.status.exit_code = Some(code);
+    u.status.container_id = Some(id.0.clone());
+    let _ = reports.send(u);
+    if let Err(e) = ex.remove(&id.0).await {
+        warn!(task.id = %id, "could not remove the finished container: {e}");
+    }
+}
+
+/// Batch reports; keep them (latest per task) while no manager answers.
+async fn report_loop(
+    cluster: Arc<dyn Cluster>,
+    mut rx: mpsc::UnboundedReceiver<TaskStatusUpdate>,
+    stop: CancellationToken,
+) {
+    let mut pending: Vec<TaskStatusUpdate> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                u = rx.recv() => match u { Some(u) => pending.push(u), None => return },
+            }
+        }
+        tokio::time::sleep(REPORT_EVERY).await;
+        while let Ok(u) = rx.try_recv() {
+            pending.push(u);
+        }
+        // Only each task's latest report matters... but a task that went
+        // Running then Failed must not lose the exit: later states win,
+        // and they carry everything.
+        let mut latest: HashMap<TaskId, TaskStatusUpdate> = HashMap::new();
+        for u in pending.drain(..) {
+            match latest.get(&u.id) {
+                Some(old) if old.status.state > u.status.state => {}
+                _ => {
+                    latest.insert(u.id.clone(), u);
+                }
+            }
+        }
+        let batch: Vec<TaskStatusUpdate> = latest.into_values().collect();
+        if let Err(e) = cluster.report(batch.clone()).await {
+            debug!("could not report task states, will retry: {e}");
+            pending = batch;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! From a task (cluster types) to a container spec (executor types). Pure.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard_stubs::models::MountTypeEnum;
+
+use crate::executor::{ContainerSpec, FileMount, Mount, MountKind};
+use crate::rpc::Assignments;
+use crate::store::Task;
+
+/// Labels that tie a container to its task: the worker finds its
+/// containers again after a restart by these.
+pub const LABEL_TASK: &str = "com.docker.swarm.task.id";
+pub const LABEL_SERVICE: &str = "com.docker.swarm.service.id";
+pub const LABEL_SERVICE_NAME: &str = "com.docker.swarm.service.name";
+pub const LABEL_NODE: &str = "com.docker.swarm.node.id";
+pub const LABEL_TASK_NAME: &str = "com.docker.swarm.task.name";
+
+/// Swarm's default stop grace period.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// Build the container spec of `task`, resolving its secrets and configs
+/// from the assignments. A referenced secret that did not arrive is an
+/// error (the task is rejected rather than started without it).
+pub fn container_spec(task: &Task, a: &Assignments) -> Result<ContainerSpec, String> {
+    let c = task
+        .spec
+        .container_spec
+        .as_ref()
+        .ok_or_else(|| "the task has no container spec".to_string())?;
+    let image = c
+        .image
+        .clone()
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| "the task has no image".to_string())?;
+    let service_name = a
+        .service_names
+        .get(&task.service_id)
+        .cloned()
+        .unwrap_or_else(|| task.service_id.0.clone());
+    let name = format!("{}.{}", task.name(&service_name), task.id);
+    let mut labels: HashMap<String, String> = c.labels.clone().unwrap_or_default();
+    labels.insert(LABEL_TASK.into(), task.id.0.clone());
+    labels.insert(LABEL_SERVICE.into(), task.service_id.0.clone());
+    labels.insert(LABEL_SERVICE_NAME.into(), service_name.clone());
+    labels.insert(LABEL_TASK_NAME.into(), name.clone());
+    if let Some(n) = &task.node_id {
+        labels.insert(LABEL_NODE.into(), n.0.clone());
+    }
+    let mut mounts = Vec::new();
+    for m in c.mounts.iter().flatten() {
+        let target = m
+            .target
+            .clone()
+            .ok_or_else(|| "a mount has no target".to_string())?;
+        let kind = match m.typ {
+            Some(MountTypeEnum::BIND) => MountKind::Bind,
+            Some(MountTypeEnum::VOLUME) | None | Some(MountTypeEnum::EMPTY) => MountKind::Volume,
+            Some(MountTypeEnum::TMPFS) => MountKind::Tmpfs,
+            Some(other) => return Err(format!("mount type {other} is not supported")),
+        };
+        mounts.push(Mount {
+            kind,
+            source: m.source.clone().unwrap_or_default(),
+            target,
+            read_only: m.read_only.unwrap_or(false),
+            tmpfs_size: m.tmpfs_options.as_ref().and_then(|t| t.size_bytes),
+        });
+    }
+    let mut files = Vec::new();
+    for r in c.secrets.iter().flatten() {
+        let id = r.secret_id.clone().unwrap_or_default();
+        let secret = a.secrets.iter().find(|s| s.id.0 == id).ok_or_else(|| {
+            format!(
+                "secret {} was not delivered to this node",
+                r.secret_name.as_deref().unwrap_or(&id)
+            )
+        })?;
+        let f = r.file.as_ref();
+        let fname = f
+            .and_then(|f| f.name.clone())
+            .unwrap_or_else(|| secret.spec.name.clone());
+        let target = if fname.starts_with('/') {
+            fname
+        } else {
+            format!("/run/secrets/{fname}")
+        };
+        files.push(FileMount {
+            target,
+            data: secret.spec.data.clone(),
+            mode: f.and_then(|f| f.mode).unwrap_or(0o444),
+        });
+    }
+    for r in c.configs.iter().flatten() {
+        let id = r.config_id.clone().unwrap_or_default();
+        let config = a.configs.iter().find(|s| s.id.0 == id).ok_or_else(|| {
+            format!(
+                "config {} was not delivered to this node",
+                r.config_name.as_deref().unwrap_or(&id)
+            )
+        })?;
+        let f = r.file.as_ref();
+        let fname = f
+            .and_then(|f| f.name.clone())
+            .unwrap_or_else(|| config.spec.name.clone());
+        let target = if fname.starts_with('/') {
+            fname
+        } else {
+            format!("/{fname}")
+        };
+        files.push(FileMount {
+            target,
+            data: config.spec.data.clone(),
+            mode: f.and_then(|f| f.mode).unwrap_or(0o444),
+        });
+    }
+    let limits = task.spec.resources.as_ref().and_then(|r| r.limits.as_ref());
+    Ok(ContainerSpec {
+        id: task.id.0.clone(),
+        name,
+        image,
+        command: c.command.clone().unwrap_or_default(),
+        args: c.args.clone().unwrap_or_default(),
+        env: c.env.clone().unwrap_or_default(),
+        workdir: c.dir.clone().filter(|d| !d.is_empty()),
+        user: c.user.clone().filter(|u| !u.is_empty()),
+        hostname: c.hostname.clone().filter(|h| !h.is_empty()),
+        mounts,
+        files,
+        memory_limit: limits.and_then(|l| l.memory_bytes).filter(|m| *m > 0),
+        nano_cpus: limits.and_then(|l| l.nano_cpus).filter(|n| *n > 0),
+        stop_signal: c.stop_signal.clone().filter(|s| !s.is_empty()),
+        stop_grace: Some(
+            c.stop_grace_period
+                .filter(|g| *g >= 0)
+                .map(|g| Duration::from_nanos(g as u64))
+                .unwrap_or(DEFAULT_GRACE),
+        ),
+        netns: None,
+        labels,
+    })
+}
