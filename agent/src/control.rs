@@ -126,6 +126,8 @@ pub struct SwarmView {
 pub struct NodeView {
     pub node: Node,
     pub leader: bool,
+    /// Its certificate's issuer and trust bundle, once recorded.
+    pub tls: Option<crate::store::NodeTls>,
 }
 
 #[derive(Clone, Debug)]

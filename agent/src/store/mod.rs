@@ -8,8 +8,10 @@
 //! An object's `version` is the raft log index of the command that last
 //! changed it, which gives Docker's optimistic concurrency (`?version=N`).
 
+mod ca;
 mod state;
 mod types;
 
+pub use ca::{CaRotation, NodeTls};
 pub use state::{Change, State, StoreError, StoreErrorKind};
 pub use types::*;

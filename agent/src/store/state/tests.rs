@@ -48,6 +48,7 @@ fn cluster() -> Cluster {
             manager: "m".into(),
         },
         unlock_key: None,
+        rotation: None,
     }
 }
 
