@@ -120,7 +120,9 @@ pub fn pretty_tls(n: &m::Node, cert_expiry: Option<&str>) -> String {
         ));
     }
     if let Some(e) = cert_expiry.filter(|e| !e.is_empty()) {
-        s.push_str(&format!("\n Certificate Expiry:\t{e}"));
+        // Under "TLS Info" when there is one, else on its own.
+        let indent = if s.is_empty() { "" } else { " " };
+        s.push_str(&format!("\n{indent}Certificate Expiry:\t{e}"));
     }
     s
 }
