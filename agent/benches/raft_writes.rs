@@ -1,7 +1,10 @@
 //! Raft write latency and throughput on 3 in-process managers talking QUIC
 //! over loopback, with redb fsyncing every commit.
 //!
-//!   cargo bench --bench raft_writes [-- --writes N --concurrency C]
+//!   cargo bench --bench raft_writes [-- --writes N --concurrency C] [--no-seal]
+//!
+//! `--no-seal` replaces encryption at rest by a pass-through (a bench-only
+//! knob), to measure what sealing costs.
 //!
 //! Prints the single-writer p50/p99 latency and the throughput of C
 //! concurrent writers (default 64). Each write is a real committed raft
@@ -32,6 +35,16 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let writes = arg("--writes", 2000);
     let concurrency = arg("--concurrency", 64);
+    let no_seal = std::env::args().any(|a| a == "--no-seal");
+    apiary::seal::bench_passthrough(no_seal);
+    println!(
+        "sealing: {}",
+        if no_seal {
+            "pass-through (--no-seal)"
+        } else {
+            "ChaCha20-Poly1305"
+        }
+    );
     let root = tempfile::tempdir()?;
     let mut nodes = Vec::new();
     for i in 1..=3u8 {

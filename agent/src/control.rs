@@ -186,6 +186,8 @@ pub struct SwarmView {
 pub struct NodeView {
     pub node: Node,
     pub leader: bool,
+    /// Its certificate's issuer and trust bundle, once recorded.
+    pub tls: Option<crate::store::NodeTls>,
 }
 
 #[derive(Clone, Debug)]

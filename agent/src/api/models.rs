@@ -99,7 +99,11 @@ pub fn node_to_api(view: &NodeView) -> m::Node {
                 labels: None,
                 plugins: None,
             }),
-            tls_info: None,
+            tls_info: view.tls.as_ref().map(|t| m::TlsInfo {
+                trust_root: Some(t.trust_root.clone()),
+                cert_issuer_subject: Some(t.issuer_subject.clone()),
+                cert_issuer_public_key: Some(t.issuer_public_key.clone()),
+            }),
         }),
         status: Some(m::NodeStatus {
             state: Some(state_to_api(n.status.state)),
@@ -111,6 +115,24 @@ pub fn node_to_api(view: &NodeView) -> m::Node {
             reachability: Some(reachability_to_api(ms.reachability)),
             addr: Some(ms.addr.clone()),
         }),
+    }
+}
+
+/// A node as the Engine API answers it: Docker's model plus the expiry of
+/// the node's certificate, which Docker does not show (clients that do not
+/// know the field ignore it).
+#[derive(Debug, Serialize)]
+pub struct NodeOut {
+    #[serde(flatten)]
+    pub node: m::Node,
+    #[serde(rename = "CertExpiry", skip_serializing_if = "Option::is_none")]
+    pub cert_expiry: Option<String>,
+}
+
+pub fn node_out(view: &NodeView) -> NodeOut {
+    NodeOut {
+        node: node_to_api(view),
+        cert_expiry: non_empty(&view.node.cert_expiry),
     }
 }
 
@@ -131,6 +153,7 @@ pub fn spec_to_api(s: &ClusterSpec) -> m::SwarmSpec {
         }),
         ca_config: Some(m::SwarmSpecCaConfig {
             node_cert_expiry: Some(s.cert_expiry_ns),
+            force_rotate: Some(s.ca_force_rotate),
             ..Default::default()
         }),
         encryption_config: Some(m::SwarmSpecEncryptionConfig {
@@ -141,10 +164,14 @@ pub fn spec_to_api(s: &ClusterSpec) -> m::SwarmSpec {
 }
 
 fn trust_root(c: &Cluster) -> Option<m::TlsInfo> {
-    // Only the CA certificate: the key never leaves the store.
+    // Only certificates: the keys never leave the store. The trust root is
+    // the bundle nodes are given (both roots during a rotation), so that
+    // the docker CLI's `swarm ca --rotate` sees nodes converge on it.
+    let tls = crate::manager::ca::node_tls(c).ok();
     Some(m::TlsInfo {
-        trust_root: Some(c.root_ca.cert_pem.clone()),
-        ..Default::default()
+        trust_root: Some(crate::manager::ca::trust_bundle(c)),
+        cert_issuer_subject: tls.as_ref().map(|t| t.issuer_subject.clone()),
+        cert_issuer_public_key: tls.map(|t| t.issuer_public_key),
     })
 }
 
@@ -159,7 +186,7 @@ pub fn cluster_info_to_api(c: &Cluster) -> m::ClusterInfo {
         updated_at: non_empty(&c.updated_at),
         spec: Some(spec_to_api(&c.spec)),
         tls_info: trust_root(c),
-        root_rotation_in_progress: Some(false),
+        root_rotation_in_progress: Some(c.rotation.is_some()),
         ..Default::default()
     }
 }
@@ -176,7 +203,7 @@ pub fn swarm_to_api(v: &SwarmView) -> m::Swarm {
         updated_at: non_empty(&c.updated_at),
         spec: Some(spec_to_api(&c.spec)),
         tls_info: trust_root(c),
-        root_rotation_in_progress: Some(false),
+        root_rotation_in_progress: Some(c.rotation.is_some()),
         join_tokens: Some(m::JoinTokens {
             worker: Some(v.worker_token.clone()),
             manager: Some(v.manager_token.clone()),
@@ -236,6 +263,18 @@ pub fn merge_spec(base: &ClusterSpec, api: &m::SwarmSpec) -> ApiResult<ClusterSp
             ));
         }
         s.cert_expiry_ns = exp;
+    }
+    if let Some(fr) = api.ca_config.as_ref().and_then(|c| c.force_rotate) {
+        s.ca_force_rotate = fr;
+    }
+    if api.ca_config.as_ref().is_some_and(|c| {
+        c.signing_ca_cert.as_deref().is_some_and(|v| !v.is_empty())
+            || c.signing_ca_key.as_deref().is_some_and(|v| !v.is_empty())
+            || c.external_cas.as_ref().is_some_and(|v| !v.is_empty())
+    }) {
+        return Err(ApiError::bad_request(
+            "apiary generates its root CAs itself: rotate with `swarm ca --rotate` and no --ca-cert, --ca-key or --external-ca",
+        ));
     }
     if let Some(al) = api
         .encryption_config

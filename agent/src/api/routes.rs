@@ -388,7 +388,10 @@ async fn swarm_unlock<C: Control>(State(c): Ctl<C>, body: Bytes) -> ApiResult<St
     Ok(StatusCode::OK)
 }
 
-async fn nodes_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Json<Vec<m::Node>>> {
+async fn nodes_list<C: Control>(
+    State(c): Ctl<C>,
+    uri: Uri,
+) -> ApiResult<Json<Vec<models::NodeOut>>> {
     let q = query(&uri)?;
     let filters = Filters::parse(q.get("filters").map(String::as_str))?;
     filters.validate_node_filters()?;
@@ -397,7 +400,7 @@ async fn nodes_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Json<Ve
         nodes
             .iter()
             .filter(|n| filters.matches_node(n))
-            .map(models::node_to_api)
+            .map(models::node_out)
             .collect(),
     ))
 }
@@ -405,9 +408,9 @@ async fn nodes_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Json<Ve
 async fn node_inspect<C: Control>(
     State(c): Ctl<C>,
     Path(id): Path<String>,
-) -> ApiResult<Json<m::Node>> {
+) -> ApiResult<Json<models::NodeOut>> {
     let v = c.node(&id).await?;
-    Ok(Json(models::node_to_api(&v)))
+    Ok(Json(models::node_out(&v)))
 }
 
 async fn node_update<C: Control>(

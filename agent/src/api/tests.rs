@@ -82,6 +82,7 @@ fn node(id: &str, host: &str, role: Role, leader: bool, state: NodeState) -> Nod
             key_fingerprint: String::new(),
         },
         leader,
+        tls: None,
     }
 }
 
@@ -106,6 +107,7 @@ impl Fake {
                         manager: "m".into(),
                     },
                     unlock_key: None,
+                    rotation: None,
                 },
                 nodes: vec![
                     node(WORKER_ID, "node2", Role::Worker, false, NodeState::Ready),

@@ -2,6 +2,7 @@
 //! API, with the docker CLI's commands, flags and output (with `apiary` in
 //! place of `docker`). One file per command group.
 
+mod ca;
 pub mod client;
 mod config;
 mod info;

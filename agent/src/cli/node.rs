@@ -296,7 +296,13 @@ async fn inspect(c: &mut Client, a: InspectArgs, out: &mut Output) -> Result<(),
         "pretty" => {
             for raw in &raws {
                 let node: m::Node = decode(raw, "/nodes")?;
-                out.println(pretty_node(&node));
+                let extra: serde_json::Value = decode(raw, "/nodes")?;
+                let expiry = extra.get("CertExpiry").and_then(|v| v.as_str());
+                out.println(format!(
+                    "{}{}",
+                    pretty_node(&node),
+                    super::ca::pretty_tls(&node, expiry)
+                ));
             }
         }
         "json" => {

@@ -24,6 +24,8 @@ pub enum SwarmCommand {
     Unlock,
     /// Manage the unlock key
     UnlockKey(UnlockKeyArgs),
+    /// Display and rotate the root CA
+    Ca(super::ca::CaArgs),
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +161,7 @@ pub async fn run(c: &mut Client, cmd: SwarmCommand, out: &mut Output) -> Result<
         SwarmCommand::Update(a) => update(c, a, out).await,
         SwarmCommand::Unlock => unlock(c).await,
         SwarmCommand::UnlockKey(a) => unlock_key(c, a, out).await,
+        SwarmCommand::Ca(a) => super::ca::run(c, a, out).await,
     }
 }
 

@@ -3,6 +3,7 @@
 //! runs the dispatcher and the role reconciler.
 
 mod assignments;
+pub mod ca;
 mod dispatcher;
 pub mod orchestrator;
 mod reconciler;
@@ -435,7 +436,9 @@ impl Manager {
             validity,
         )
         .map_err(|e| RpcError::Other(format!("cannot sign the certificate request: {e}")))?;
-        Ok((cert, cluster.root_ca.cert_pem.clone()))
+        // During a root rotation the certificate travels with the new root
+        // cross-signed by the old, and the node trusts both roots.
+        Ok((ca::issued_chain(cluster, &cert), ca::trust_bundle(cluster)))
     }
 
     /// Serve one cluster RPC. `caller` is established by the transport layer
@@ -498,8 +501,10 @@ impl Manager {
                     .cluster
                     .as_ref()
                     .ok_or_else(|| RpcError::Other("the swarm is not initialised yet".into()))?;
+                // The trust bundle: the current root first (the join
+                // token's digest), then any a rotation is replacing.
                 Ok(Reply::Ca {
-                    cert_pem: cluster.root_ca.cert_pem.clone(),
+                    cert_pem: ca::trust_bundle(cluster),
                 })
             }
             Request::AppendEntries(r) => {
@@ -658,6 +663,7 @@ impl Manager {
         self.propose(Command::AddNode { node })
             .await
             .map_err(control_to_rpc)?;
+        self.record_tls(&node_id, &ca_pem).await;
         self.dispatcher.seen(&node_id);
         info!(node.id = %node_id, role = role.as_str(), "node joined");
         Ok(Joined {
@@ -696,7 +702,8 @@ impl Manager {
                 desired_role: node.spec.role,
                 raft_member: node.manager_status.is_some(),
                 managers: manager_addrs(&state),
-                renew: outlives_policy(&node.cert_expiry, cluster.spec.cert_expiry_ns),
+                renew: outlives_policy(&node.cert_expiry, cluster.spec.cert_expiry_ns)
+                    || ca::needs_new_cert(state.node_tls.get(&node.id), cluster),
             };
             (reply, node.description != hb.description)
         };
@@ -755,12 +762,33 @@ impl Manager {
             now: crate::util::now_rfc3339(),
         };
         self.propose(cmd).await.map_err(control_to_rpc)?;
+        self.record_tls(&node_id, &ca_pem).await;
         info!(node.id = %node_id, role = role.as_str(), "issued a node certificate");
         Ok(Renewed {
             cert_pem,
             ca_pem,
             role,
         })
+    }
+
+    /// Record what the certificate just issued to `node_id` under the trust
+    /// `bundle` it came with made of the node's TLS facts (issuer, trust).
+    /// A failure only costs one more renewal at the node's next heartbeat.
+    pub async fn record_tls(&self, node_id: &NodeId, bundle: &str) {
+        let tls = match ca::node_tls_from_bundle(bundle) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("cannot read the root CA to record a node's TLS facts: {e}");
+                return;
+            }
+        };
+        let cmd = Command::SetNodeTls {
+            id: node_id.clone(),
+            tls,
+        };
+        if let Err(e) = self.propose(cmd).await {
+            debug!(node.id = %node_id, "could not record the node's TLS facts: {e}");
+        }
     }
 
     /// The role a join token's secret grants.
@@ -847,6 +875,7 @@ impl Manager {
             now: crate::util::now_rfc3339(),
         };
         self.propose(cmd).await.map_err(control_to_rpc)?;
+        self.record_tls(node_id, &ca_pem).await;
         self.dispatcher.seen(node_id);
         info!(node.id = %node_id, "a node whose certificate had expired came back with its join token");
         Ok(Joined {
@@ -1192,6 +1221,7 @@ async fn leader_supervisor(m: Arc<Manager>) {
                 m.tasks.spawn(dispatcher::run(m.clone(), token.clone()));
                 m.tasks.spawn(roles::run(m.clone(), token.clone()));
                 m.tasks.spawn(reconciler::run(m.clone(), token.clone()));
+                m.tasks.spawn(ca::run(m.clone(), token.clone()));
                 running = Some(token);
             }
             (false, true) => {

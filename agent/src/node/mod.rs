@@ -2,6 +2,7 @@
 //! transport it talks on, the manager it runs when it is one, and the session
 //! that keeps it known to the leader. Implements [`Control`] for the API.
 
+mod ca_rotation;
 mod host;
 mod keys;
 pub mod persist;
@@ -207,6 +208,8 @@ impl Running {
         .await?;
         self.set_manager(Some(m.clone()));
         self.tasks.spawn(keys::guard(self.clone(), m.clone()));
+        self.tasks
+            .spawn(ca_rotation::follow(self.clone(), m.clone()));
         Ok(m)
     }
 
@@ -229,10 +232,20 @@ impl Running {
 
 fn identity_from(certs: &Certs) -> Result<Identity, ControlError> {
     let bad = |e: pki::PkiError| ControlError::Internal(format!("unusable node certificate: {e}"));
+    // The CA file is a bundle during a root rotation (the current root
+    // first), and the certificate file carries the cross-signed new root.
+    let mut roots = pki::certs_from_pem(&certs.ca_pem).map_err(bad)?.into_iter();
+    let mut chain = pki::certs_from_pem(&certs.cert_pem)
+        .map_err(bad)?
+        .into_iter();
+    let missing =
+        |what: &str| ControlError::Internal(format!("unusable node certificate: no {what}"));
     Ok(Identity {
-        ca_cert: pki::cert_der_from_pem(&certs.ca_pem).map_err(bad)?,
-        cert: pki::cert_der_from_pem(&certs.cert_pem).map_err(bad)?,
+        ca_cert: roots.next().ok_or_else(|| missing("CA certificate"))?,
+        cert: chain.next().ok_or_else(|| missing("node certificate"))?,
         key: Arc::new(pki::key_der_from_pem(&certs.key_pem).map_err(bad)?),
+        intermediates: chain.collect(),
+        extra_roots: roots.collect(),
     })
 }
 
@@ -563,9 +576,11 @@ impl NodeHandle {
             .manager_status
             .as_ref()
             .is_some_and(|ms| Some(ms.raft_id) == leader);
+        let tls = m.state.read().node_tls.get(&node.id).cloned();
         NodeView {
             node,
             leader: is_leader,
+            tls,
         }
     }
 
@@ -646,6 +661,7 @@ impl NodeHandle {
                 .spec
                 .autolock
                 .then(|| pki::UnlockKey::generate().to_string()),
+            rotation: None,
         };
         let node = Node {
             id: node_id.clone(),
@@ -676,6 +692,7 @@ impl NodeHandle {
                 .unwrap_or_default(),
         };
         m.propose(Command::InitCluster { cluster, node }).await?;
+        m.record_tls(&node_id, &running.certs().ca_pem).await;
         // With --autolock the keys are sealed before init answers.
         running.sync_keys(&m)?;
         self.start_loops(&running);
@@ -938,18 +955,18 @@ async fn join_through(
                         )))
                     }
                 };
-                let digest = pki::ca_digest(&ca_pem).map_err(|e| {
+                // During a root rotation the answer is a bundle: pin the
+                // root the token names, and trust only that one.
+                let pinned = ca_rotation::pinned_root(&ca_pem, &token.ca_digest).map_err(|e| {
                     ControlError::Unavailable(format!(
                         "the manager at {addr} sent an unusable CA certificate: {e}"
                     ))
                 })?;
-                if digest != token.ca_digest {
+                let Some(ca_der) = pinned else {
                     return Err(ControlError::InvalidArgument(format!(
-                        "The manager at {addr} belongs to a different swarm: its CA certificate does not match the join token (or something is impersonating it). Check the address, and get the token from a manager of the swarm you want to join with `apiary swarm join-token worker`."
+                        "The manager at {addr} belongs to a different swarm: its CA certificate does not match the join token (or something is impersonating it, or the swarm's root CA was rotated since the token was issued). Check the address, and get the current token from a manager of the swarm you want to join with `apiary swarm join-token worker`."
                     )));
-                }
-                let ca_der = pki::cert_der_from_pem(&ca_pem)
-                    .map_err(|e| ControlError::Internal(e.to_string()))?;
+                };
                 let join = Request::Join(RpcJoin {
                     secret: token.secret.clone(),
                     csr_pem: kc.csr_pem.clone(),
@@ -1215,7 +1232,11 @@ impl Control for NodeHandle {
         if let Some(running) = phase.clone() {
             // A node whose certificate expired while it was off comes back
             // as itself with a valid token, instead of leave + join.
-            if running.cert_expired() {
+            // So does one whose swarm rotated its root CA while it was
+            // away: the token names a root it does not know.
+            if running.cert_expired()
+                || !ca_rotation::trusts_token_root(&running.certs().ca_pem, &req.token)
+            {
                 running.rejoin(&req.token).await?;
                 if running.file().role == Role::Worker {
                     let token = req.token.trim().to_string();
@@ -1329,6 +1350,12 @@ impl Control for NodeHandle {
                 "certificate expiry must be at least 1h".into(),
             ));
         }
+        let rotate_ca = m
+            .state
+            .read()
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.spec.ca_force_rotate != req.spec.ca_force_rotate);
         let now = crate::util::now_rfc3339();
         m.propose(Command::UpdateCluster {
             version: req.version,
@@ -1357,6 +1384,9 @@ impl Control for NodeHandle {
                 now: crate::util::now_rfc3339(),
             })
             .await?;
+        }
+        if rotate_ca {
+            ca_rotation::rotate_root_ca(&m).await?;
         }
         // Reseal this manager's files before answering, so that a restart
         // right after `swarm update --autolock=true` already finds it locked.

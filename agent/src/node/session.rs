@@ -228,7 +228,7 @@ fn still_voter(running: &Running) -> bool {
 }
 
 /// Get a fresh certificate for whatever role the cluster gives us now.
-async fn renew(running: &Arc<Running>) -> Result<Role, ControlError> {
+pub(super) async fn renew(running: &Arc<Running>) -> Result<Role, ControlError> {
     let kc = pki::new_key_and_csr().map_err(|e| ControlError::Internal(e.to_string()))?;
     let renewed = match call(
         running,

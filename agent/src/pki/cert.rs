@@ -19,7 +19,7 @@ use crate::store::{NodeId, Role, RootCa};
 pub const CA_COMMON_NAME: &str = "swarm-ca";
 
 /// Swarm's root CA lifetime: long enough that no one has to rotate it.
-const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 60 * 60);
+pub(super) const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 60 * 60);
 /// Certificates start an hour in the past so a node whose clock runs a
 /// little behind the signer's still accepts them.
 const BACKDATE: Duration = Duration::from_secs(60 * 60);
@@ -172,7 +172,7 @@ fn fmt_time(t: SystemTime) -> String {
         .unwrap_or_else(|| format!("{t:?}"))
 }
 
-fn random_serial() -> SerialNumber {
+pub(super) fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; SERIAL_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     // Positive (top bit clear) and full length (second bit set), so the
@@ -182,7 +182,9 @@ fn random_serial() -> SerialNumber {
 }
 
 /// Validity window starting an hour ago and lasting `validity` from now.
-fn validity_window(validity: Duration) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
+pub(super) fn validity_window(
+    validity: Duration,
+) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
     let now = OffsetDateTime::now_utc();
     let bad = || PkiError::BadValidity { validity };
     let not_after = time::Duration::try_from(validity)

@@ -6,6 +6,7 @@
 mod base36;
 mod cert;
 mod renew;
+mod rotate;
 mod token;
 
 #[cfg(test)]
@@ -17,4 +18,5 @@ pub use cert::{
     sign_csr, verify_node_cert, CertInfo, KeyAndCsr, PkiError, CA_COMMON_NAME,
 };
 pub use renew::renewal_delay;
+pub use rotate::{ca_subject_and_key, certs_from_pem, cross_sign};
 pub use token::{new_join_secret, new_node_id, secrets_equal, JoinToken, TokenError, UnlockKey};

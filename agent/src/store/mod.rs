@@ -8,10 +8,12 @@
 //! An object's `version` is the raft log index of the command that last
 //! changed it, which gives Docker's optimistic concurrency (`?version=N`).
 
+mod ca;
 mod services;
 mod state;
 mod types;
 
+pub use ca::{CaRotation, NodeTls};
 pub use services::{
     Service, ServiceId, ServiceSpec, Task, TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus,
     TaskStatusUpdate,

@@ -74,6 +74,9 @@ pub struct State {
     pub tasks: BTreeMap<TaskId, Task>,
     /// Derived from `tasks`, never persisted.
     pub task_index: TaskIndex,
+    /// Each node's TLS facts (issuer, trust bundle), kept beside the node
+    /// record so that the node type stays as it was.
+    pub node_tls: BTreeMap<NodeId, super::NodeTls>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -108,6 +111,9 @@ impl State {
         for (id, t) in &self.tasks {
             rows.push((format!("{TASK_PREFIX}{id}"), encode(t)));
         }
+        for (id, t) in &self.node_tls {
+            rows.push((format!("{}{id}", super::ca::NODE_TLS_PREFIX), encode(t)));
+        }
         rows
     }
 
@@ -133,6 +139,9 @@ impl State {
                 state.secrets.insert(SecretId(id.to_string()), secret);
             } else if let Some(id) = key.strip_prefix(REMOVED_PREFIX) {
                 state.removed.insert(NodeId(id.to_string()));
+            } else if let Some(id) = key.strip_prefix(super::ca::NODE_TLS_PREFIX) {
+                let tls: super::NodeTls = serde_json::from_slice(&value).map_err(bad)?;
+                state.node_tls.insert(NodeId(id.to_string()), tls);
             } else if let Some(id) = key.strip_prefix(CONFIG_PREFIX) {
                 let config: Config = serde_json::from_slice(&value).map_err(bad)?;
                 state.configs.insert(ConfigId(id.to_string()), config);
@@ -195,6 +204,10 @@ impl State {
             })
             .map(|s| s.name().to_string())
             .collect()
+    }
+
+    pub(super) fn cluster_change_pub(&self) -> Change {
+        self.cluster_change()
     }
 
     fn cluster_change(&self) -> Change {
@@ -464,7 +477,11 @@ impl State {
                     key: format!("{REMOVED_PREFIX}{id}"),
                     value: Some(encode(&true)),
                 };
-                Ok((None, vec![self.node_change(id), tombstone]))
+                let mut changes = vec![self.node_change(id), tombstone];
+                if self.node_tls.remove(id).is_some() {
+                    changes.push(self.node_tls_change(id));
+                }
+                Ok((None, changes))
             }
             Command::UpdateCluster { version, spec, now } => {
                 let cluster = self
@@ -633,6 +650,16 @@ impl State {
                 self.configs.remove(id);
                 Ok((None, vec![self.config_change(id)]))
             }
+            Command::RotateRootCa {
+                root_ca,
+                from_root_cert,
+                cross_signed,
+                now,
+            } => self.apply_rotate_root_ca(index, root_ca, from_root_cert, cross_signed, now),
+            Command::CompleteCaRotation { root_cert, now } => {
+                self.apply_complete_ca_rotation(index, root_cert, now)
+            }
+            Command::SetNodeTls { id, tls } => self.apply_set_node_tls(id, tls),
         }
     }
 

@@ -210,6 +210,10 @@ pub struct ClusterSpec {
     pub cert_expiry_ns: i64,
     pub snapshot_interval: u64,
     pub autolock: bool,
+    /// Docker's `CAConfig.ForceRotate`: a client that changes it asks for a
+    /// new root CA (`swarm ca --rotate`).
+    #[serde(default)]
+    pub ca_force_rotate: u64,
 }
 
 pub const NANOS_PER_SEC: i64 = 1_000_000_000;
@@ -224,6 +228,7 @@ impl Default for ClusterSpec {
             cert_expiry_ns: 90 * 24 * 3600 * NANOS_PER_SEC,
             snapshot_interval: 10_000,
             autolock: false,
+            ca_force_rotate: 0,
         }
     }
 }
@@ -272,6 +277,9 @@ pub struct Cluster {
     /// manager.
     #[serde(default)]
     pub unlock_key: Option<String>,
+    /// Set while a root CA rotation is in progress.
+    #[serde(default)]
+    pub rotation: Option<super::CaRotation>,
 }
 
 /// Everything a write to the cluster can be. Proposed by the leader (or
@@ -427,6 +435,26 @@ pub enum Command {
     /// removed services or slots once they are down.
     DeleteTasks {
         ids: Vec<TaskId>,
+    },
+    /// `swarm ca --rotate`: `root_ca` replaces the root whose certificate is
+    /// `from_root_cert` (refused if that is no longer the root).
+    RotateRootCa {
+        root_ca: RootCa,
+        from_root_cert: String,
+        /// `root_ca` cross-signed by each root it replaces.
+        cross_signed: Vec<String>,
+        now: String,
+    },
+    /// Every live node holds a certificate from `root_cert`: stop trusting
+    /// the roots it replaced.
+    CompleteCaRotation {
+        root_cert: String,
+        now: String,
+    },
+    /// What a node's new certificate made of its TLS facts.
+    SetNodeTls {
+        id: NodeId,
+        tls: super::NodeTls,
     },
 }
 

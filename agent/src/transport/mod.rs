@@ -108,6 +108,13 @@ pub struct Identity {
     pub ca_cert: CertificateDer<'static>,
     pub cert: CertificateDer<'static>,
     pub key: Arc<PrivateKeyDer<'static>>,
+    /// Certificates presented between our leaf and the CA: during a root CA
+    /// rotation, the new root cross-signed by the old one, so that peers
+    /// that still trust only the old root accept a certificate from the new.
+    pub intermediates: Vec<CertificateDer<'static>>,
+    /// Roots trusted besides `ca_cert`: the previous root while a rotation
+    /// is in progress. Empty otherwise, so a dropped root is refused.
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl fmt::Debug for Identity {
@@ -116,6 +123,8 @@ impl fmt::Debug for Identity {
         f.debug_struct("Identity")
             .field("ca_cert", &format_args!("{} bytes", self.ca_cert.len()))
             .field("cert", &format_args!("{} bytes", self.cert.len()))
+            .field("intermediates", &self.intermediates.len())
+            .field("extra_roots", &self.extra_roots.len())
             .finish_non_exhaustive()
     }
 }

@@ -60,6 +60,8 @@ impl TestCa {
             key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
                 key.serialize_der(),
             ))),
+            intermediates: Vec::new(),
+            extra_roots: Vec::new(),
         }
     }
 
@@ -599,4 +601,108 @@ async fn serve_stops_on_shutdown_and_refuses_afterwards() {
         .expect_err("server gone");
     assert!(err.is_retriable(), "{err:?}");
     client.close().await;
+}
+
+/// Root CA rotation with the real pki: a certificate from the new root,
+/// sent with the new root cross-signed by the old, is accepted by a peer
+/// that trusts only the old root; once the old root is dropped, a
+/// certificate from it is refused.
+mod rotation {
+    use super::*;
+    use crate::pki;
+    use crate::store::{NodeId, Role, RootCa};
+
+    fn identity(
+        signer: &RootCa,
+        trusted: &[&RootCa],
+        cross: &[String],
+        id: &str,
+        role: Role,
+    ) -> Identity {
+        let kc = pki::new_key_and_csr().expect("key");
+        let cert = pki::sign_csr(
+            signer,
+            &kc.csr_pem,
+            &NodeId(id.into()),
+            role,
+            "cluster",
+            Duration::from_secs(3600),
+        )
+        .expect("sign");
+        let root = |r: &RootCa| pki::cert_der_from_pem(&r.cert_pem).expect("root");
+        Identity {
+            ca_cert: root(trusted[0]),
+            cert: pki::cert_der_from_pem(&cert).expect("cert"),
+            key: Arc::new(pki::key_der_from_pem(&kc.key_pem).expect("key")),
+            intermediates: cross
+                .iter()
+                .map(|c| pki::cert_der_from_pem(c).expect("cross"))
+                .collect(),
+            extra_roots: trusted[1..].iter().map(|r| root(r)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn cross_signed_new_certs_work_with_old_trust_and_old_certs_fail_after() {
+        let old = pki::new_root_ca().expect("old root");
+        let new = pki::new_root_ca().expect("new root");
+        let cross = vec![pki::cross_sign(&new, &old).expect("cross-sign")];
+
+        // A manager that has not moved yet: old certificate, old trust.
+        let unmoved = Server::start(identity(&old, &[&old], &[], "m1", Role::Manager));
+        // A node that moved: new certificate with the cross-signed root,
+        // trusting both roots.
+        let moved = identity(&new, &[&new, &old], &cross, "w1", Role::Worker);
+        let client = Transport::bind(loopback(), Some(moved)).expect("bind");
+        let r = client
+            .call(unmoved.addr(), "swarm-manager", b"hi".to_vec(), PATIENCE)
+            .await;
+        assert_eq!(
+            r.expect("old-trust server accepts a cross-signed new cert"),
+            b"apiary/1|cert|hi"
+        );
+
+        // And a moved manager serves nodes that still trust only the old root.
+        let moved_mgr = Server::start(identity(&new, &[&new, &old], &cross, "m2", Role::Manager));
+        let unmoved_client = Transport::bind(
+            loopback(),
+            Some(identity(&old, &[&old], &[], "w2", Role::Worker)),
+        )
+        .expect("bind");
+        let r = unmoved_client
+            .call(moved_mgr.addr(), "swarm-manager", b"hi".to_vec(), PATIENCE)
+            .await;
+        assert!(
+            r.is_ok(),
+            "old-trust client must accept a moved manager: {r:?}"
+        );
+
+        // After completion: the manager trusts only the new root.
+        let done = Server::start(identity(&new, &[&new], &[], "m3", Role::Manager));
+        let r = unmoved_client
+            .call(done.addr(), "swarm-manager", b"hi".to_vec(), PATIENCE)
+            .await;
+        assert!(
+            r.is_err(),
+            "a certificate from the dropped root must be refused: {r:?}"
+        );
+        assert!(
+            done.echo.peers().is_empty(),
+            "no call may reach the handler"
+        );
+        let r = client
+            .call(done.addr(), "swarm-manager", b"hi".to_vec(), PATIENCE)
+            .await;
+        assert!(
+            r.is_ok(),
+            "a new certificate is accepted after completion: {r:?}"
+        );
+
+        for t in [client, unmoved_client] {
+            t.close().await;
+        }
+        for s in [unmoved, moved_mgr, done] {
+            s.stop().await;
+        }
+    }
 }

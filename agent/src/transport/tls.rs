@@ -41,21 +41,32 @@ fn transport_config() -> Arc<TransportConfig> {
     Arc::new(config)
 }
 
-fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TransportError> {
+fn roots<'a>(
+    cas: impl IntoIterator<Item = &'a CertificateDer<'static>>,
+) -> Result<Arc<RootCertStore>, TransportError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).map_err(|e| {
-        TransportError::Identity(format!("the cluster CA certificate is unusable: {e}"))
-    })?;
+    for ca in cas {
+        roots.add(ca.clone()).map_err(|e| {
+            TransportError::Identity(format!("the cluster CA certificate is unusable: {e}"))
+        })?;
+    }
     Ok(Arc::new(roots))
 }
 
-/// The chain we present: our leaf, then the CA (so a joining node sees the CA it is pinning).
+/// Every root the identity trusts: the CA, plus the previous one during a rotation.
+fn identity_roots(identity: &Identity) -> Result<Arc<RootCertStore>, TransportError> {
+    roots(std::iter::once(&identity.ca_cert).chain(identity.extra_roots.iter()))
+}
+
+/// The chain we present: our leaf, any cross-signed intermediates, then the CA (so a
+/// joining node sees the CA it is pinning).
 fn our_chain(identity: &Identity) -> Vec<CertificateDer<'static>> {
-    if identity.cert == identity.ca_cert {
-        vec![identity.cert.clone()]
-    } else {
-        vec![identity.cert.clone(), identity.ca_cert.clone()]
+    let mut chain = vec![identity.cert.clone()];
+    chain.extend(identity.intermediates.iter().cloned());
+    if identity.cert != identity.ca_cert {
+        chain.push(identity.ca_cert.clone());
     }
+    chain
 }
 
 /// Server side: client certificates are optional at the TLS layer (join clients have none)
@@ -64,7 +75,7 @@ fn our_chain(identity: &Identity) -> Vec<CertificateDer<'static>> {
 pub(super) fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TransportError> {
     let provider = provider();
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(&identity.ca_cert)?, provider.clone())
+        WebPkiClientVerifier::builder_with_provider(identity_roots(identity)?, provider.clone())
             .allow_unauthenticated()
             .build()
             .map_err(|e| {
@@ -90,6 +101,8 @@ pub(super) fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, 
 pub(super) enum ServerTrust<'a> {
     /// Must chain to this CA (and carry the requested DNS name).
     Ca(&'a CertificateDer<'static>),
+    /// Must chain to one of the identity's roots (cluster calls).
+    Identity(&'a Identity),
     /// Anything goes, but the handshake signature is still checked (CA fetch during join).
     Unverified,
 }
@@ -106,7 +119,10 @@ pub(super) fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Identity(e.to_string()))?;
     let builder = match trust {
-        ServerTrust::Ca(ca) => builder.with_root_certificates(roots(ca)?),
+        ServerTrust::Ca(ca) => builder.with_root_certificates(roots([ca])?),
+        ServerTrust::Identity(identity) => {
+            builder.with_root_certificates(identity_roots(identity)?)
+        }
         ServerTrust::Unverified => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert { provider })),
@@ -132,7 +148,7 @@ pub(super) fn cluster_client_config(
     identity: &Identity,
 ) -> Result<quinn::ClientConfig, TransportError> {
     client_config(
-        ServerTrust::Ca(&identity.ca_cert),
+        ServerTrust::Identity(identity),
         Some(identity),
         ALPN_CLUSTER,
     )

@@ -45,6 +45,7 @@ pub fn sample_node(id: &str, host: &str, role: Role, leader: bool) -> NodeView {
             key_fingerprint: String::new(),
         },
         leader,
+        tls: None,
     }
 }
 
@@ -102,6 +103,7 @@ fn cluster() -> Cluster {
             manager: "m".into(),
         },
         unlock_key: None,
+        rotation: None,
     }
 }
 

@@ -18,6 +18,7 @@ fn state_with(nodes: &[(&str, NodeState, bool)]) -> State {
             manager: String::new(),
         },
         unlock_key: None,
+        rotation: None,
     });
     for (id, st, manager) in nodes {
         s.nodes.insert(

@@ -82,6 +82,7 @@ pub(crate) fn state_with(nodes: &[Node], services: &[Service]) -> State {
             manager: String::new(),
         },
         unlock_key: None,
+        rotation: None,
     });
     for n in nodes {
         s.nodes.insert(n.id.clone(), n.clone());

@@ -103,6 +103,7 @@ fn init_cluster() -> Command {
                 manager: "m".into(),
             },
             unlock_key: None,
+            rotation: None,
         },
         node: node("node1"),
     }

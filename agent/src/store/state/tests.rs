@@ -49,6 +49,7 @@ fn cluster() -> Cluster {
             manager: "m".into(),
         },
         unlock_key: None,
+        rotation: None,
     }
 }
 
