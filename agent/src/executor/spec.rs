@@ -390,7 +390,8 @@ pub fn build(spec: &ContainerSpec, image: &Value, r: &Resolved) -> ExecResult<Va
                 "effective": DEFAULT_CAPS,
                 "permitted": DEFAULT_CAPS,
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
+            // No rlimits: inherited from containerd, like Docker's default
+            // (raising them above the daemon's hard limit fails).
             "noNewPrivileges": true,
         },
         "root": {"path": "rootfs", "readonly": false},
