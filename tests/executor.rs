@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use apiary::executor::logs::{self, LogOptions, Stream};
 use apiary::executor::{
-    Containerd, ContainerSpec, ContainerStatus, ExecError, Executor, FileMount,
+    ContainerSpec, ContainerStatus, Containerd, ExecError, Executor, FileMount,
 };
 use harness::eventually;
 
@@ -117,8 +117,8 @@ impl Drop for Daemon {
                 };
                 if let Ok(list) = exec.list().await {
                     for c in list {
-                        let _ = tokio::time::timeout(Duration::from_secs(15), exec.remove(&c.id))
-                            .await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(15), exec.remove(&c.id)).await;
                     }
                 }
             });
@@ -151,7 +151,10 @@ impl Drop for Daemon {
         let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_else(|_| Vec::new());
-        for h in hierarchies.iter().chain([PathBuf::from("/sys/fs/cgroup")].iter()) {
+        for h in hierarchies
+            .iter()
+            .chain([PathBuf::from("/sys/fs/cgroup")].iter())
+        {
             let _ = std::fs::remove_dir(h.join("apiary").join(&self.namespace));
             let _ = std::fs::remove_dir(h.join("apiary"));
         }
@@ -277,8 +280,14 @@ async fn scenario(daemon: &Daemon) {
         .into_iter()
         .map(|i| i.name)
         .collect();
-    assert!(listed.contains(&"docker.io/library/busybox:latest".to_string()), "{listed:?}");
-    assert!(listed.contains(&"docker.io/library/savedbox:1".to_string()), "{listed:?}");
+    assert!(
+        listed.contains(&"docker.io/library/busybox:latest".to_string()),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&"docker.io/library/savedbox:1".to_string()),
+        "{listed:?}"
+    );
 
     // ---- exit code and logs on both streams (short image name)
     let spec = sh("exit3", "busybox", "echo out; echo err >&2; exit 3");
@@ -335,7 +344,10 @@ async fn scenario(daemon: &Daemon) {
         mode: 0o440,
     }];
     assert_eq!(run_to_exit(&exec, &spec).await, 0);
-    assert_eq!(lines(&exec, "secret", Stream::Stdout, 2), vec!["s3cret", "440"]);
+    assert_eq!(
+        lines(&exec, "secret", Stream::Stdout, 2),
+        vec!["s3cret", "440"]
+    );
     let secrets_dir = daemon.state_dir().join("secrets").join("secret");
     assert_eq!(mount_type(&secrets_dir).as_deref(), Some("tmpfs"));
 
@@ -370,8 +382,12 @@ async fn scenario(daemon: &Daemon) {
         )
     } else {
         (
-            PathBuf::from("/sys/fs/cgroup/memory").join(&cg).join("memory.limit_in_bytes"),
-            PathBuf::from("/sys/fs/cgroup/cpu").join(&cg).join("cpu.cfs_quota_us"),
+            PathBuf::from("/sys/fs/cgroup/memory")
+                .join(&cg)
+                .join("memory.limit_in_bytes"),
+            PathBuf::from("/sys/fs/cgroup/cpu")
+                .join(&cg)
+                .join("cpu.cfs_quota_us"),
         )
     };
     let mem = std::fs::read_to_string(&mem_file)
@@ -379,7 +395,11 @@ async fn scenario(daemon: &Daemon) {
     assert_eq!(mem.trim(), "67108864", "{}", mem_file.display());
     let cpu = std::fs::read_to_string(&cpu_file)
         .unwrap_or_else(|e| panic!("read {}: {e}", cpu_file.display()));
-    assert!(cpu.trim().starts_with("50000"), "{}: {cpu}", cpu_file.display());
+    assert!(
+        cpu.trim().starts_with("50000"),
+        "{}: {cpu}",
+        cpu_file.display()
+    );
 
     // ---- re-adoption: a new client sees it; dropping the old one kills nothing
     drop(exec);
@@ -391,8 +411,14 @@ async fn scenario(daemon: &Daemon) {
         .find(|c| c.id == "sleeper")
         .unwrap_or_else(|| panic!("sleeper not listed: {listed:?}"));
     assert_eq!(sleeper.status, ContainerStatus::Running { pid });
-    assert_eq!(sleeper.labels.get("com.apiary.test").map(String::as_str), Some("sleeper"));
-    let exited = listed.iter().find(|c| c.id == "exit3").expect("exit3 listed");
+    assert_eq!(
+        sleeper.labels.get("com.apiary.test").map(String::as_str),
+        Some("sleeper")
+    );
+    let exited = listed
+        .iter()
+        .find(|c| c.id == "exit3")
+        .expect("exit3 listed");
     assert_eq!(exited.status, ContainerStatus::Exited { code: 3 });
     // Starting a running container returns its PID.
     assert_eq!(exec.start("sleeper").await.expect("start again"), pid);
@@ -401,12 +427,20 @@ async fn scenario(daemon: &Daemon) {
     exec.stop("sleeper", Some("SIGTERM"), Duration::from_secs(10))
         .await
         .expect("stop sleeper");
-    assert!(t.elapsed() < Duration::from_secs(5), "SIGTERM took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "SIGTERM took {:?}",
+        t.elapsed()
+    );
     assert_eq!(exec.wait("sleeper").await.expect("wait sleeper").code, 0);
     assert!(lines(&exec, "sleeper", Stream::Stdout, 2).contains(&"bye".to_string()));
 
     // ---- SIGKILL after the grace period
-    let spec = sh("stubborn", "busybox", "trap '' TERM; echo up; while true; do sleep 0.2; done");
+    let spec = sh(
+        "stubborn",
+        "busybox",
+        "trap '' TERM; echo up; while true; do sleep 0.2; done",
+    );
     exec.prepare(&spec).await.expect("prepare stubborn");
     exec.start("stubborn").await.expect("start stubborn");
     lines(&exec, "stubborn", Stream::Stdout, 1);
@@ -415,7 +449,10 @@ async fn scenario(daemon: &Daemon) {
         .await
         .expect("stop stubborn");
     assert!(t.elapsed() >= Duration::from_secs(1));
-    assert_eq!(exec.wait("stubborn").await.expect("wait stubborn").code, 137);
+    assert_eq!(
+        exec.wait("stubborn").await.expect("wait stubborn").code,
+        137
+    );
 
     // ---- remove cleans everything
     let ids: Vec<String> = exec
@@ -426,12 +463,20 @@ async fn scenario(daemon: &Daemon) {
         .map(|c| c.id)
         .collect();
     for id in &ids {
-        exec.remove(id).await.unwrap_or_else(|e| panic!("remove {id}: {e}"));
+        exec.remove(id)
+            .await
+            .unwrap_or_else(|e| panic!("remove {id}: {e}"));
         // Again: already gone is fine.
-        exec.remove(id).await.unwrap_or_else(|e| panic!("remove {id} again: {e}"));
+        exec.remove(id)
+            .await
+            .unwrap_or_else(|e| panic!("remove {id} again: {e}"));
     }
     assert!(exec.list().await.expect("list").is_empty());
-    assert_eq!(mount_type(&secrets_dir), None, "secrets tmpfs still mounted");
+    assert_eq!(
+        mount_type(&secrets_dir),
+        None,
+        "secrets tmpfs still mounted"
+    );
     assert!(!secrets_dir.exists(), "secrets dir left behind");
     assert!(!exec.log_path("exit3").expect("log path").exists());
     assert!(

@@ -33,7 +33,10 @@ fn main() -> ExitCode {
     let mut argv = std::env::args_os().skip(1);
     if argv.next().as_deref() == Some(std::ffi::OsStr::new(apiary::executor::logdriver::ARG)) {
         let Some(path) = argv.next() else {
-            eprintln!("usage: apiary {} <log file>", apiary::executor::logdriver::ARG);
+            eprintln!(
+                "usage: apiary {} <log file>",
+                apiary::executor::logdriver::ARG
+            );
             return ExitCode::FAILURE;
         };
         let code = apiary::executor::logdriver::run(std::path::Path::new(&path));

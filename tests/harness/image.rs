@@ -50,15 +50,19 @@ fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
 
 fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) {
     let mut h = header(tar::EntryType::Directory, mode, 0);
-    b.append_data(&mut h, path, std::io::empty()).expect("tar dir");
+    b.append_data(&mut h, path, std::io::empty())
+        .expect("tar dir");
 }
 
 /// The one layer: busybox, its applet links, /etc/passwd, /etc/group,
 /// /tmp. Deterministic bytes (mtime 0), so its digest is stable.
 pub fn busybox_layer() -> Vec<u8> {
-    let busybox = std::fs::read(BUSYBOX).expect("read /bin/busybox (apt-get install busybox-static)");
+    let busybox =
+        std::fs::read(BUSYBOX).expect("read /bin/busybox (apt-get install busybox-static)");
     let mut b = tar::Builder::new(Vec::new());
-    for d in ["bin", "etc", "root", "home", "home/app", "run", "var", "proc", "sys", "dev"] {
+    for d in [
+        "bin", "etc", "root", "home", "home/app", "run", "var", "proc", "sys", "dev",
+    ] {
         add_dir(&mut b, d, 0o755);
     }
     add_dir(&mut b, "tmp", 0o1777);
@@ -128,7 +132,12 @@ pub fn busybox_oci_tar(dest: &Path, name: &str) {
     }))
     .expect("index JSON");
     let mut b = tar::Builder::new(Vec::new());
-    add_file(&mut b, "oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add_file(
+        &mut b,
+        "oci-layout",
+        0o644,
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    );
     add_file(&mut b, "index.json", 0o644, &index);
     add_dir(&mut b, "blobs", 0o755);
     add_dir(&mut b, "blobs/sha256", 0o755);

@@ -21,16 +21,15 @@ use std::time::Duration;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest};
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest,
-    WaitRequest,
-};
-use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
     images_client::ImagesClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
     version_client::VersionClient,
+};
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
+    GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
 };
 use containerd_client::tonic::metadata::{Ascii, MetadataValue};
 use containerd_client::tonic::transport::Channel;
@@ -42,7 +41,9 @@ use futures::FutureExt;
 
 use super::image::{self, SNAPSHOTTER};
 use super::spec;
-use super::{ContainerSpec, ContainerState, ContainerStatus, ExecError, ExecResult, Executor, Exit};
+use super::{
+    ContainerSpec, ContainerState, ContainerStatus, ExecError, ExecResult, Executor, Exit,
+};
 
 pub const RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -174,7 +175,11 @@ impl Containerd {
     /// Connect to containerd's socket and check it answers. `namespace` is
     /// this agent's containerd namespace; `state_dir` holds logs, secrets
     /// tmpfs mounts and volumes.
-    pub async fn connect(socket: &Path, namespace: &str, state_dir: &Path) -> ExecResult<Containerd> {
+    pub async fn connect(
+        socket: &Path,
+        namespace: &str,
+        state_dir: &Path,
+    ) -> ExecResult<Containerd> {
         let channel = containerd_client::connect(socket).await.map_err(|e| {
             ExecError::Runtime(format!(
                 "cannot connect to containerd at {}: {e} (is containerd running?)",
@@ -556,7 +561,10 @@ impl Containerd {
         if tokio::time::timeout(grace, &mut waiter).await.is_ok() {
             return Ok(());
         }
-        tracing::debug!(container = id, "no exit {grace:?} after signal {sig}: SIGKILL");
+        tracing::debug!(
+            container = id,
+            "no exit {grace:?} after signal {sig}: SIGKILL"
+        );
         self.kill(id, 9, true).await?;
         match tokio::time::timeout(KILL_PATIENCE, waiter).await {
             Ok(_) => Ok(()),

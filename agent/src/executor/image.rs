@@ -313,9 +313,8 @@ impl BlobWriter {
         // A unique ref: containerd locks a ref while it is being written.
         let reference = format!("apiary-load-{:016x}", rand::random::<u64>());
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut client = api.content();
         let req = api.req(stream);
         let task = tokio::spawn(async move {
@@ -549,7 +548,10 @@ pub(crate) async fn resolve(api: &Api, name: &str, target: &Desc) -> ExecResult<
         config.digest.clone(),
     );
     for (i, l) in layers.iter().enumerate() {
-        labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
+        labels.insert(
+            format!("containerd.io/gc.ref.content.l.{i}"),
+            l.digest.clone(),
+        );
     }
     label_blob(api, &manifest_desc.digest, labels).await?;
     let cfg = read_json(api, &config.digest).await?;
@@ -709,14 +711,14 @@ enum Item {
 }
 
 fn clean(p: &str) -> String {
-    p.trim_start_matches("./").trim_start_matches('/').to_string()
+    p.trim_start_matches("./")
+        .trim_start_matches('/')
+        .to_string()
 }
 
 /// Read the tarball on a plain thread (the `tar` crate is blocking) and
 /// send its files in chunks; bounded so a layer is never held whole.
-fn spawn_reader(
-    reader: impl Read + Send + 'static,
-) -> tokio::sync::mpsc::Receiver<Item> {
+fn spawn_reader(reader: impl Read + Send + 'static) -> tokio::sync::mpsc::Receiver<Item> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
     std::thread::spawn(move || {
         let fail = |tx: &tokio::sync::mpsc::Sender<Item>, e: String| {
@@ -759,7 +761,13 @@ fn spawn_reader(
                 continue;
             }
             let size = entry.header().size().unwrap_or(0);
-            if tx.blocking_send(Item::Start { path: path.clone(), size }).is_err() {
+            if tx
+                .blocking_send(Item::Start {
+                    path: path.clone(),
+                    size,
+                })
+                .is_err()
+            {
                 return;
             }
             loop {
@@ -771,7 +779,9 @@ fn spawn_reader(
                         Ok(0) => break,
                         Ok(n) => filled += n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return fail(&tx, format!("reading {path} from the archive: {e}")),
+                        Err(e) => {
+                            return fail(&tx, format!("reading {path} from the archive: {e}"))
+                        }
                     }
                 }
                 if filled == 0 {
@@ -814,7 +824,10 @@ fn resolve_rel(dir: &Path, target: &str) -> String {
 
 /// Files of the tarball that describe it rather than being content.
 fn is_meta(path: &str) -> bool {
-    matches!(path, "index.json" | "oci-layout" | "manifest.json" | "repositories")
+    matches!(
+        path,
+        "index.json" | "oci-layout" | "manifest.json" | "repositories"
+    )
 }
 
 /// Import an image tarball (OCI image layout or `docker save`) into
@@ -1055,7 +1068,11 @@ pub async fn list(channel: &Channel, namespace: &str) -> ExecResult<Vec<ImageInf
 /// Import every `*.tar` in `dir` (air-gapped nodes: images shipped beside
 /// the agent). A bad tarball is logged and skipped; a missing directory is
 /// nothing to load.
-pub async fn preload_dir(channel: &Channel, namespace: &str, dir: &Path) -> ExecResult<Vec<String>> {
+pub async fn preload_dir(
+    channel: &Channel,
+    namespace: &str,
+    dir: &Path,
+) -> ExecResult<Vec<String>> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),

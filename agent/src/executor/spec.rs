@@ -130,15 +130,12 @@ pub fn merge_env(image: &Value, task: &[String]) -> Vec<String> {
 /// The user the container runs as: the task's, else the image's, else
 /// root. `None` = root.
 pub fn effective_user(spec: &ContainerSpec, image: &Value) -> Option<String> {
-    spec.user
-        .clone()
-        .filter(|u| !u.is_empty())
-        .or_else(|| {
-            image["config"]["User"]
-                .as_str()
-                .filter(|u| !u.is_empty())
-                .map(String::from)
-        })
+    spec.user.clone().filter(|u| !u.is_empty()).or_else(|| {
+        image["config"]["User"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+    })
 }
 
 /// `uid[:gid]` or `name[:group]` → numeric IDs, names looked up in the
