@@ -131,7 +131,7 @@ impl Api {
     }
 
     pub(crate) async fn create_lease(&self) -> ExecResult<String> {
-        let id = format!("apiary-load-{:016x}", rand::random::<u64>());
+        let id = format!("apiary-{:016x}", rand::random::<u64>());
         let expire = time::OffsetDateTime::now_utc() + LEASE_TTL;
         let expire = expire
             .format(&time::format_description::well_known::Rfc3339)
@@ -313,22 +313,30 @@ impl Containerd {
         if self.container_exists(&spec.id).await? {
             return Ok(());
         }
-        let (name, target) = image::lookup(&self.api, &spec.image)
-            .await?
-            .ok_or_else(|| {
-                ExecError::Image(format!(
-                    "image {} is not on this node: load it with `apiary image load -i <image.tar>` \
+        // A lease keeps new snapshots (and unpacked layers) from GC until
+        // the container record holds them.
+        let lease = self.api.create_lease().await?;
+        let api = self.api.with_lease(&lease);
+        let r = self.prepare_with(&api, spec).await;
+        self.api.delete_lease(&lease).await;
+        r
+    }
+
+    async fn prepare_with(&self, api: &Api, spec: &ContainerSpec) -> ExecResult<()> {
+        let (name, target) = image::lookup(&api, &spec.image).await?.ok_or_else(|| {
+            ExecError::Image(format!(
+                "image {} is not on this node: load it with `apiary image load -i <image.tar>` \
                      (an OCI or docker-save tarball); registry pulls are not supported",
-                    spec.image
-                ))
-            })?;
-        let img = image::resolve(&self.api, &name, &target).await?;
+                spec.image
+            ))
+        })?;
+        let img = image::resolve(&api, &name, &target, false).await?;
         // Images written by other tools may not be unpacked yet.
-        image::unpack(&self.api, &img).await?;
+        image::unpack(&api, &img, false).await?;
         let mounts = match self
             .api
             .snapshots()
-            .prepare(self.api.req(PrepareSnapshotRequest {
+            .prepare(api.req(PrepareSnapshotRequest {
                 snapshotter: SNAPSHOTTER.into(),
                 key: spec.id.clone(),
                 parent: img.top_chain().unwrap_or("").to_string(),
@@ -341,10 +349,10 @@ impl Containerd {
             Err(s) if s.code() == Code::AlreadyExists => self.snapshot_mounts(&spec.id).await?,
             Err(s) => return Err(status_err("prepare snapshot", &spec.id, s)),
         };
-        let created = self.create_container(spec, &img, &mounts).await;
+        let created = self.create_container(api, spec, &img, &mounts).await;
         if created.is_err() {
             // Leave nothing half-made behind; the worker may retry.
-            let _ = image::remove_snapshot(&self.api, &spec.id).await;
+            let _ = image::remove_snapshot(&api, &spec.id).await;
             let _ = unmount_tmpfs(&self.secrets_dir(&spec.id));
         }
         created
@@ -352,6 +360,7 @@ impl Containerd {
 
     async fn create_container(
         &self,
+        api: &Api,
         spec: &ContainerSpec,
         img: &image::Resolved,
         mounts: &[CdMount],
@@ -402,7 +411,7 @@ impl Containerd {
         match self
             .api
             .containers()
-            .create(self.api.req(CreateContainerRequest {
+            .create(api.req(CreateContainerRequest {
                 container: Some(container),
             }))
             .await

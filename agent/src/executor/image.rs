@@ -457,6 +457,7 @@ pub struct Resolved {
     pub manifest: Desc,
     pub layers: Vec<Desc>,
     pub config_digest: String,
+    pub config_size: i64,
     pub config: Value,
     pub chain_ids: Vec<String>,
 }
@@ -495,9 +496,16 @@ pub(crate) async fn lookup(api: &Api, reference: &str) -> ExecResult<Option<(Str
     Ok(None)
 }
 
-/// Follow an image's target to the host platform's manifest and config,
-/// labelling index and manifest for containerd's GC on the way.
-pub(crate) async fn resolve(api: &Api, name: &str, target: &Desc) -> ExecResult<Resolved> {
+/// Follow an image's target to the host platform's manifest and config.
+/// With `label`, also label index and manifest for containerd's GC (done
+/// at import; `prepare` only reads, so it writes nothing to containerd's
+/// database).
+pub(crate) async fn resolve(
+    api: &Api,
+    name: &str,
+    target: &Desc,
+    label: bool,
+) -> ExecResult<Resolved> {
     let host = Platform::host();
     let mut manifest_desc = target.clone();
     let mut doc = read_json(api, &target.digest).await?;
@@ -520,7 +528,9 @@ pub(crate) async fn resolve(api: &Api, name: &str, target: &Desc) -> ExecResult<
                     .collect()
             })
             .unwrap_or_default();
-        label_blob(api, &target.digest, labels).await?;
+        if label {
+            label_blob(api, &target.digest, labels).await?;
+        }
         let entry = host.select(&doc).ok_or_else(|| {
             ExecError::Image(format!(
                 "image {name} has no variant for this node's platform ({}/{}{})",
@@ -553,7 +563,9 @@ pub(crate) async fn resolve(api: &Api, name: &str, target: &Desc) -> ExecResult<
             l.digest.clone(),
         );
     }
-    label_blob(api, &manifest_desc.digest, labels).await?;
+    if label {
+        label_blob(api, &manifest_desc.digest, labels).await?;
+    }
     let cfg = read_json(api, &config.digest).await?;
     if let Some(arch) = cfg["architecture"].as_str() {
         if host.score(Some(&cfg)).is_none() {
@@ -586,6 +598,7 @@ pub(crate) async fn resolve(api: &Api, name: &str, target: &Desc) -> ExecResult<
         manifest: manifest_desc,
         layers,
         config_digest: config.digest,
+        config_size: config.size,
         config: cfg,
         chain_ids: chain_ids(&diff_ids),
     })
@@ -608,9 +621,11 @@ async fn snapshot_exists(api: &Api, key: &str) -> ExecResult<bool> {
 
 /// Unpack every layer not unpacked yet: Prepare (parent = previous chain
 /// ID) → Diff.Apply → Commit under the layer's chain ID. Then label the
-/// config with the top snapshot so GC keeps it while the image exists.
-pub(crate) async fn unpack(api: &Api, img: &Resolved) -> ExecResult<()> {
+/// config with the top snapshot so GC keeps it while the image exists
+/// (if anything was unpacked, or `label` asks for it anyway).
+pub(crate) async fn unpack(api: &Api, img: &Resolved, label: bool) -> ExecResult<()> {
     let mut parent = String::new();
+    let mut unpacked = false;
     for (layer, chain) in img.layers.iter().zip(&img.chain_ids) {
         if !snapshot_exists(api, chain).await? {
             let key = format!("apiary-extract-{:016x}-{chain}", rand::random::<u64>());
@@ -626,6 +641,7 @@ pub(crate) async fn unpack(api: &Api, img: &Resolved) -> ExecResult<()> {
                 .map_err(|e| status_err("prepare snapshot", chain, e))?
                 .into_inner()
                 .mounts;
+            unpacked = true;
             let applied = apply_and_commit(api, layer, chain, &key, mounts).await;
             if let Err(e) = applied {
                 let _ = remove_snapshot(api, &key).await;
@@ -637,7 +653,7 @@ pub(crate) async fn unpack(api: &Api, img: &Resolved) -> ExecResult<()> {
         }
         parent = chain.clone();
     }
-    if let Some(top) = img.top_chain() {
+    if let Some(top) = img.top_chain().filter(|_| label || unpacked) {
         let mut labels = HashMap::new();
         labels.insert(
             format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
@@ -916,8 +932,8 @@ async fn load_with(api: &Api, reader: impl Read + Send + 'static) -> ExecResult<
     let mut names = Vec::new();
     for (name, target) in images {
         put_image(api, &name, &target).await?;
-        match resolve(api, &name, &target).await {
-            Ok(img) => unpack(api, &img).await?,
+        match resolve(api, &name, &target, true).await {
+            Ok(img) => unpack(api, &img, true).await?,
             // Another platform's image is kept (it may be re-exported) but
             // cannot be unpacked here.
             Err(ExecError::Image(e)) if e.contains("platform") || e.contains("this node is") => {
@@ -1047,12 +1063,8 @@ pub async fn list(channel: &Channel, namespace: &str) -> ExecResult<Vec<ImageInf
             digest: t.digest,
             size: t.size,
         };
-        let size = match resolve(&api, &i.name, &target).await {
-            Ok(r) => {
-                r.manifest.size
-                    + r.config.to_string().len() as i64
-                    + r.layers.iter().map(|l| l.size).sum::<i64>()
-            }
+        let size = match resolve(&api, &i.name, &target, false).await {
+            Ok(r) => r.manifest.size + r.config_size + r.layers.iter().map(|l| l.size).sum::<i64>(),
             Err(_) => target.size,
         };
         out.push(ImageInfo {
