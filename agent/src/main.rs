@@ -28,6 +28,20 @@ enum Top {
 }
 
 fn main() -> ExitCode {
+    // containerd's runc shim starts `apiary __log-driver <file>` for each
+    // task (see executor::logdriver): no clap, no runtime, no tracing.
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().as_deref() == Some(std::ffi::OsStr::new(apiary::executor::logdriver::ARG)) {
+        let Some(path) = argv.next() else {
+            eprintln!(
+                "usage: apiary {} <log file>",
+                apiary::executor::logdriver::ARG
+            );
+            return ExitCode::FAILURE;
+        };
+        let code = apiary::executor::logdriver::run(std::path::Path::new(&path));
+        return ExitCode::from(code as u8);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

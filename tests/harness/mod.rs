@@ -3,6 +3,8 @@
 //! chapter (`Cluster::new("walk").managers(3).workers(3).start()`).
 #![allow(dead_code)]
 
+pub mod image;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};

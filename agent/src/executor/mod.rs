@@ -19,8 +19,14 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+pub mod containerd;
+pub mod image;
+pub mod logdriver;
+pub mod logs;
 pub mod simulated;
+pub mod spec;
 
+pub use containerd::Containerd;
 pub use simulated::SimulatedExecutor;
 
 /// The executor of a node without a container runtime: every task assigned
