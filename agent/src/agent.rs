@@ -31,6 +31,10 @@ pub struct AgentArgs {
     /// containerd need one each).
     #[arg(long, env = "APIARY_CONTAINERD_NAMESPACE", default_value = "apiary")]
     pub containerd_namespace: String,
+    /// Image tarballs (OCI layout or `docker save`) imported at start, for
+    /// nodes without a registry. Default: <data-dir>/images.
+    #[arg(long, env = "APIARY_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
     /// Benchmarks only: run tasks in a simulated executor that starts them
     /// at once and runs nothing.
     #[arg(long, hide = true)]
@@ -47,10 +51,24 @@ async fn executor(args: &AgentArgs) -> anyhow::Result<Option<Arc<dyn crate::exec
         );
         return Ok(Some(Arc::new(crate::executor::SimulatedExecutor::new())));
     }
-    let Some(_socket) = &args.containerd else {
+    let Some(socket) = &args.containerd else {
+        tracing::warn!("no --containerd socket: this node will reject the tasks given to it");
         return Ok(None);
     };
-    Ok(None)
+    let state = args.data_dir.join("containers");
+    let c = crate::executor::containerd::Containerd::connect(socket, &args.containerd_namespace, &state)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let images = args
+        .images_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("images"));
+    match c.preload(&images).await {
+        Ok(names) if !names.is_empty() => info!(dir = %images.display(), "preloaded images: {}", names.join(", ")),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("preloading images from {}: {e}", images.display()),
+    }
+    Ok(Some(Arc::new(c)))
 }
 
 /// Bind the API socket, refusing to steal it from a running agent.

@@ -313,4 +313,11 @@ pub trait Control: Send + Sync + 'static {
         target: LogsTarget,
         opts: LogsOptions,
     ) -> impl Future<Output = ControlResult<tokio::sync::mpsc::Receiver<LogLine>>> + Send;
+    /// Import an image tarball into this node's runtime (not the swarm's:
+    /// like `docker load`, it is per node). Returns the names loaded.
+    fn image_load(&self, tar: Vec<u8>) -> impl Future<Output = ControlResult<Vec<String>>> + Send;
+    /// This node's images.
+    fn images(
+        &self,
+    ) -> impl Future<Output = ControlResult<Vec<crate::executor::image::ImageInfo>>> + Send;
 }

@@ -25,6 +25,9 @@ type Ctl<C> = State<Arc<C>>;
 /// 1000 KiB limit is ~1.4 MB of base64, and a little over that must still
 /// reach the node to be refused with Swarm's size message, not a bare 413.
 const OBJECT_BODY_LIMIT: usize = 4 << 20;
+/// Image tarballs for `image load` (held in memory while imported: edge
+/// images are small; bigger ones belong in the images directory).
+const IMAGE_BODY_LIMIT: usize = 1 << 30;
 
 pub fn router<C: Control>(control: Arc<C>) -> Router {
     Router::new()
@@ -84,6 +87,11 @@ pub fn router<C: Control>(control: Arc<C>) -> Router {
             "/services/{id}/logs",
             get(super::services::service_logs::<C>),
         )
+        .route(
+            "/images/load",
+            post(super::services::images_load::<C>).layer(DefaultBodyLimit::max(IMAGE_BODY_LIMIT)),
+        )
+        .route("/images/json", get(super::services::images_list::<C>))
         .route("/tasks", get(super::services::tasks_list::<C>))
         .route("/tasks/{id}", get(super::services::task_inspect::<C>))
         .route("/tasks/{id}/logs", get(super::services::task_logs::<C>))

@@ -316,3 +316,51 @@ pub fn frame(l: &LogLine, timestamps: bool, details: bool) -> Vec<u8> {
     out.extend_from_slice(payload.as_bytes());
     out
 }
+
+/// `POST /images/load` (`docker load`): the body is the tarball; the answer
+/// is Docker's JSON message stream.
+pub async fn images_load<C: Control>(State(c): Ctl<C>, body: Bytes) -> ApiResult<Response> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty: send an image tarball (apiary image load -i FILE)",
+        ));
+    }
+    let names = c.image_load(body.to_vec()).await?;
+    let mut out = String::new();
+    for n in names {
+        out.push_str(&serde_json::json!({ "stream": format!("Loaded image: {n}\n") }).to_string());
+        out.push('\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+/// `GET /images/json` (`docker image ls`).
+pub async fn images_list<C: Control>(State(c): Ctl<C>) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let images = c.images().await?;
+    Ok(Json(
+        images
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "Id": i.digest,
+                    "ParentId": "",
+                    "RepoTags": [docker_name(&i.name)],
+                    "RepoDigests": [],
+                    "Created": 0,
+                    "Size": i.size,
+                    "SharedSize": -1,
+                    "Labels": {},
+                    "Containers": -1,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// `docker.io/library/busybox:latest` → `busybox:latest`, as Docker shows it.
+fn docker_name(n: &str) -> String {
+    n.strip_prefix("docker.io/library/")
+        .or_else(|| n.strip_prefix("docker.io/"))
+        .unwrap_or(n)
+        .to_string()
+}

@@ -502,6 +502,14 @@ impl Control for Fake {
     ) -> ControlResult<tokio::sync::mpsc::Receiver<crate::control::LogLine>> {
         Err(ControlError::NotFound(format!("no logs for {target:?}")))
     }
+
+    async fn image_load(&self, _tar: Vec<u8>) -> ControlResult<Vec<String>> {
+        Err(ControlError::Unavailable("no runtime in the fake".into()))
+    }
+
+    async fn images(&self) -> ControlResult<Vec<crate::executor::image::ImageInfo>> {
+        Ok(Vec::new())
+    }
 }
 
 /// A served API on a socket in a temp dir; stops when dropped.

@@ -677,6 +677,14 @@ impl Executor for Containerd {
     fn log_path(&self, id: &str) -> Option<PathBuf> {
         Some(self.log_file(id))
     }
+
+    fn load_image(&self, tar: Vec<u8>) -> BoxFuture<'_, ExecResult<Vec<String>>> {
+        Box::pin(self.load_image(std::io::Cursor::new(tar)))
+    }
+
+    fn images(&self) -> BoxFuture<'_, ExecResult<Vec<image::ImageInfo>>> {
+        Box::pin(Containerd::images(self))
+    }
 }
 
 /// `binary:///path/to/apiary?__log-driver=/path/to/<id>.log`: exactly one

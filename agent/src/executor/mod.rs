@@ -211,6 +211,17 @@ pub trait Executor: Send + Sync + 'static {
     fn list(&self) -> BoxFuture<'_, ExecResult<Vec<ContainerState>>>;
     /// Where the container's log (JSON lines, see `logs`) is written.
     fn log_path(&self, id: &str) -> Option<PathBuf>;
+    /// Import an image tarball (OCI layout or `docker save`); returns the
+    /// names loaded. Only a real runtime holds images.
+    fn load_image(&self, _tar: Vec<u8>) -> BoxFuture<'_, ExecResult<Vec<String>>> {
+        Box::pin(futures::future::ready(Err(ExecError::Runtime(
+            "this node has no container runtime to load images into: start its agent with --containerd <socket>".into(),
+        ))))
+    }
+    /// The images this node holds.
+    fn images(&self) -> BoxFuture<'_, ExecResult<Vec<image::ImageInfo>>> {
+        Box::pin(futures::future::ready(Ok(Vec::new())))
+    }
 }
 
 /// Shared by the simulated executor: a container table behind a std mutex

@@ -1699,6 +1699,23 @@ impl Control for NodeHandle {
         let running = self.current().ok_or(ControlError::NotInSwarm)?;
         logs::stream(running, m, target, opts)
     }
+
+    async fn image_load(&self, tar: Vec<u8>) -> ControlResult<Vec<String>> {
+        self.inner.executor.load_image(tar).await.map_err(|e| match e {
+            crate::executor::ExecError::Image(m) | crate::executor::ExecError::InvalidSpec(m) => {
+                ControlError::InvalidArgument(m)
+            }
+            other => ControlError::Unavailable(other.to_string()),
+        })
+    }
+
+    async fn images(&self) -> ControlResult<Vec<crate::executor::image::ImageInfo>> {
+        self.inner
+            .executor
+            .images()
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))
+    }
 }
 
 #[cfg(test)]
