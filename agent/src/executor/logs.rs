@@ -228,15 +228,38 @@ pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
 pub fn follow(path: PathBuf, opts: LogOptions) -> tokio::sync::mpsc::Receiver<LogLine> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     std::thread::spawn(move || {
-        for l in read(&path, &opts) {
+        // The rotated files whole, then the current file up to exactly the
+        // byte where polling resumes: nothing written meanwhile is lost or
+        // sent twice.
+        let mut ino = inode(&path);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut backlog: std::collections::VecDeque<LogLine> = Default::default();
+        let keep = |l: LogLine, backlog: &mut std::collections::VecDeque<LogLine>| {
+            if opts.wants(&l) {
+                backlog.push_back(l);
+                if let Some(t) = opts.tail {
+                    while backlog.len() > t {
+                        backlog.pop_front();
+                    }
+                }
+            }
+        };
+        for f in files(&path).into_iter().filter(|f| f != &path) {
+            let mut torn = Vec::new();
+            if let Some((lines, _)) = read_from(&f, 0, &mut torn) {
+                lines.into_iter().for_each(|l| keep(l, &mut backlog));
+            }
+        }
+        let mut pos = 0;
+        if let Some((lines, n)) = read_from(&path, 0, &mut pending) {
+            pos = n;
+            lines.into_iter().for_each(|l| keep(l, &mut backlog));
+        }
+        for l in backlog {
             if tx.blocking_send(l).is_err() {
                 return;
             }
         }
-        // Start after what was already read: the current file's end.
-        let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let mut ino = inode(&path);
-        let mut pending: Vec<u8> = Vec::new();
         loop {
             if tx.is_closed() {
                 return;
