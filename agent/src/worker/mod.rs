@@ -68,6 +68,9 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
         );
     }
     let mut runners: HashMap<TaskId, Runner> = HashMap::new();
+    // Containers of finished tasks: kept (with their logs, for `service
+    // logs`) until the cluster deletes the task, like Docker's.
+    let mut finished: HashSet<TaskId> = HashSet::new();
     let mut known = 0u64;
     loop {
         let a = tokio::select! {
@@ -102,11 +105,8 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
             let wanted = t.desired_state <= TaskState::Running;
             let unfinished = !t.status.state.is_terminal();
             if !unfinished {
-                // Finished: make sure nothing is left of its container.
                 if adopted.is_some() {
-                    let ex = executor.clone();
-                    let id = t.id.0.clone();
-                    tokio::spawn(async move { remove_quietly(&*ex, &id).await });
+                    finished.insert(t.id.clone());
                 }
                 continue;
             }
@@ -150,25 +150,37 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
                 let ex = executor.clone();
                 tokio::spawn(async move {
                     let _ = r.handle.await;
-                    forget_logs(&*ex, &id.0);
+                    remove_quietly(&*ex, &id.0).await;
                 });
             }
         }
-        // Finished runners whose end the cluster has recorded.
+        let deleted: Vec<TaskId> = finished
+            .iter()
+            .filter(|id| !listed.contains(id))
+            .cloned()
+            .collect();
+        for id in deleted {
+            finished.remove(&id);
+            let ex = executor.clone();
+            tokio::spawn(async move { remove_quietly(&*ex, &id.0).await });
+        }
+        // Finished runners whose end the cluster has recorded: their
+        // containers wait in `finished` for the task's deletion.
         runners.retain(|id, r| {
-            !(r.handle.is_finished()
+            let done = r.handle.is_finished()
                 && a.tasks
                     .iter()
-                    .any(|t| &t.id == id && t.status.state.is_terminal()))
+                    .any(|t| &t.id == id && t.status.state.is_terminal());
+            if done {
+                finished.insert(id.clone());
+            }
+            !done
         });
         // Containers of tasks the cluster does not know at all.
         for (id, _) in adoptable.drain() {
             info!(task.id = %id, "removing a container of a task the swarm no longer has");
             let ex = executor.clone();
-            tokio::spawn(async move {
-                remove_quietly(&*ex, &id).await;
-                forget_logs(&*ex, &id);
-            });
+            tokio::spawn(async move { remove_quietly(&*ex, &id).await });
         }
     }
     // Leave the containers running: a restarted agent adopts them.
@@ -191,19 +203,6 @@ async fn remove_quietly(ex: &dyn Executor, id: &str) {
     let _ = ex.stop(id, None, Duration::from_secs(10)).await;
     if let Err(e) = ex.remove(id).await {
         warn!(task.id = %id, "could not remove the container: {e}");
-    }
-}
-
-/// A task's logs live as long as the task does (`service logs` of finished
-/// tasks); once the cluster deleted it, so do we.
-fn forget_logs(ex: &dyn Executor, id: &str) {
-    if let Some(path) = ex.log_path(id) {
-        let _ = std::fs::remove_file(&path);
-        for n in 1..10 {
-            let mut p = path.clone().into_os_string();
-            p.push(format!(".{n}"));
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 
@@ -238,7 +237,7 @@ async fn run_task(
             let _ = reports.send(u);
         }
         Some(ContainerStatus::Exited { code }) => {
-            finish(&*ex, &id, code, &reports).await;
+            finish(&id, code, &reports).await;
             return;
         }
         Some(ContainerStatus::Created) | None => {
@@ -275,7 +274,6 @@ async fn run_task(
                 warn!(task.id = %id, "stopping the container failed: {e}");
             }
             let code = ex.wait(&id.0).await.map(|e| e.code).ok();
-            let _ = ex.remove(&id.0).await;
             let mut u = update(&id, TaskState::Shutdown, "shutdown", None);
             u.status.exit_code = code;
             u.status.container_id = Some(id.0.clone());
@@ -285,7 +283,7 @@ async fn run_task(
         tokio::select! {
             exit = ex.wait(&id.0) => {
                 match exit {
-                    Ok(e) => finish(&*ex, &id, e.code, &reports).await,
+                    Ok(e) => finish(&id, e.code, &reports).await,
                     Err(e) => {
                         send(TaskState::Failed, "failed", Some(format!("lost the container: {e}")));
                         let _ = ex.remove(&id.0).await;
@@ -303,7 +301,7 @@ async fn run_task(
     }
 }
 
-async fn finish(ex: &dyn Executor, id: &TaskId, code: i64, reports: &Reports) {
+async fn finish(id: &TaskId, code: i64, reports: &Reports) {
     let mut u = if code == 0 {
         update(id, TaskState::Complete, "finished", None)
     } else {
@@ -317,9 +315,6 @@ async fn finish(ex: &dyn Executor, id: &TaskId, code: i64, reports: &Reports) {
     u.status.exit_code = Some(code);
     u.status.container_id = Some(id.0.clone());
     let _ = reports.send(u);
-    if let Err(e) = ex.remove(&id.0).await {
-        warn!(task.id = %id, "could not remove the finished container: {e}");
-    }
 }
 
 /// Batch reports; keep them (latest per task) while no manager answers.
