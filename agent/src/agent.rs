@@ -56,15 +56,21 @@ async fn executor(args: &AgentArgs) -> anyhow::Result<Option<Arc<dyn crate::exec
         return Ok(None);
     };
     let state = args.data_dir.join("containers");
-    let c = crate::executor::containerd::Containerd::connect(socket, &args.containerd_namespace, &state)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let c = crate::executor::containerd::Containerd::connect(
+        socket,
+        &args.containerd_namespace,
+        &state,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let images = args
         .images_dir
         .clone()
         .unwrap_or_else(|| args.data_dir.join("images"));
     match c.preload(&images).await {
-        Ok(names) if !names.is_empty() => info!(dir = %images.display(), "preloaded images: {}", names.join(", ")),
+        Ok(names) if !names.is_empty() => {
+            info!(dir = %images.display(), "preloaded images: {}", names.join(", "))
+        }
         Ok(_) => {}
         Err(e) => tracing::warn!("preloading images from {}: {e}", images.display()),
     }

@@ -3,6 +3,7 @@
 //! chapter (`Cluster::new("walk").managers(3).workers(3).start()`).
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod image;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,8 @@ pub struct Agent {
     /// the binary under test, e.g. `["qemu-aarch64-static", "<arm apiary>"]`
     /// for another architecture's binary.
     pub prefix: Vec<String>,
+    /// More `apiary agent` flags (containerd socket and namespace).
+    pub extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -80,6 +83,7 @@ impl Agent {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--hostname", &self.name, "--log-level", "info,apiary=debug"])
+            .args(&self.extra)
             .stdout(Stdio::from(log.try_clone().expect("log fd")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -281,6 +285,10 @@ pub struct Cluster {
     pub workers: Vec<Agent>,
     want_managers: usize,
     want_workers: usize,
+    /// Agents run their tasks here (each in its own namespace), with the
+    /// busybox image preloaded. Dropped after the agents (field order).
+    pub containerd: Option<std::sync::Arc<containerd::Daemon>>,
+    image: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -298,6 +306,8 @@ impl Cluster {
             workers: vec![],
             want_managers: 1,
             want_workers: 0,
+            containerd: None,
+            image: None,
         }
     }
 
@@ -308,6 +318,17 @@ impl Cluster {
 
     pub fn workers(mut self, n: usize) -> Self {
         self.want_workers = n;
+        self
+    }
+
+    /// Run tasks as real containers in `daemon`, with a busybox image
+    /// (`busybox:latest`, built from Debian's busybox-static) preloaded on
+    /// every node.
+    pub fn containerd(mut self, daemon: std::sync::Arc<containerd::Daemon>) -> Self {
+        let tar = self.root.path().join("busybox.tar");
+        image::busybox_oci_tar(&tar, "busybox:latest");
+        self.image = Some(tar);
+        self.containerd = Some(daemon);
         self
     }
 
@@ -328,8 +349,20 @@ impl Cluster {
             socket: dir.join("apiary.sock"),
             dir,
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
+            extra: Vec::new(),
             child: None,
         };
+        if let (Some(d), Some(tar)) = (&self.containerd, &self.image) {
+            let images = a.data_dir().join("images");
+            std::fs::create_dir_all(&images).expect("images dir");
+            std::fs::copy(tar, images.join("busybox.tar")).expect("copy the busybox image");
+            a.extra = vec![
+                "--containerd".into(),
+                d.socket().display().to_string(),
+                "--containerd-namespace".into(),
+                d.namespace_for(&format!("{}-{name}", self.name)),
+            ];
+        }
         a.start();
         a
     }

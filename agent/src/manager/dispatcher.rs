@@ -30,6 +30,13 @@ struct Seen {
     /// When this manager's current term as leader began: nodes it has not
     /// heard from yet get a full grace period from then.
     term_start: Option<Instant>,
+    /// The heartbeat period the last plan used, and until when nodes are
+    /// given the old period's grace after it was shortened: nodes learn
+    /// the new period only at their next heartbeat (old period), so without
+    /// this a `swarm update --dispatcher-heartbeat 1s` marked every node
+    /// Down for a moment.
+    period: Option<Duration>,
+    old_grace_until: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -55,7 +62,14 @@ impl Dispatcher {
         };
         let period = Duration::from_nanos(cluster.spec.dispatcher_heartbeat_ns.max(1) as u64);
         let grace = period * MISSED_HEARTBEATS;
-        let seen = self.lock();
+        let mut seen = self.lock();
+        if let Some(old) = seen.period {
+            if period < old {
+                seen.old_grace_until = Some(now + old * MISSED_HEARTBEATS);
+            }
+        }
+        seen.period = Some(period);
+        let grace_until = seen.old_grace_until;
         let mut updates = Vec::new();
         for node in state.nodes.values() {
             // A node that left stays Down until it is removed or rejoins.
@@ -64,7 +78,9 @@ impl Dispatcher {
                 continue;
             }
             let last = seen.last.get(&node.id).copied().or(seen.term_start);
-            let alive = &node.id == me || last.is_some_and(|t| now.duration_since(t) < grace);
+            let alive = &node.id == me
+                || last.is_some_and(|t| now.duration_since(t) < grace)
+                || grace_until.is_some_and(|g| now < g && last.is_some());
             let heard = &node.id == me || seen.last.contains_key(&node.id);
             let (want_state, message) = if alive {
                 if heard {

@@ -442,13 +442,6 @@ impl NodeHandle {
     fn start_loops(&self, running: &Arc<Running>) {
         self.start_serving(running);
         self.start_session(running);
-        let executor = self.inner.executor.clone();
-        let cluster: Arc<dyn crate::worker::Cluster> = Arc::new(worker_link::Link::new(running));
-        running.tasks.spawn(crate::worker::run(
-            cluster,
-            executor,
-            running.shutdown.clone(),
-        ));
     }
 
     fn start_serving(&self, running: &Arc<Running>) {
@@ -486,8 +479,17 @@ impl NodeHandle {
             .spawn(async move { t.serve(handler, token).await });
     }
 
+    /// The session with the leader, and the worker that runs this node's
+    /// tasks (every node, managers too, like Swarm).
     fn start_session(&self, running: &Arc<Running>) {
         running.tasks.spawn(session::run(running.clone()));
+        let executor = self.inner.executor.clone();
+        let cluster: Arc<dyn crate::worker::Cluster> = Arc::new(worker_link::Link::new(running));
+        running.tasks.spawn(crate::worker::run(
+            cluster,
+            executor,
+            running.shutdown.clone(),
+        ));
     }
 
     async fn resume(&self, file: NodeFile, certs: Certs) -> ControlResult<Arc<Running>> {
@@ -1701,12 +1703,15 @@ impl Control for NodeHandle {
     }
 
     async fn image_load(&self, tar: Vec<u8>) -> ControlResult<Vec<String>> {
-        self.inner.executor.load_image(tar).await.map_err(|e| match e {
-            crate::executor::ExecError::Image(m) | crate::executor::ExecError::InvalidSpec(m) => {
-                ControlError::InvalidArgument(m)
-            }
-            other => ControlError::Unavailable(other.to_string()),
-        })
+        self.inner
+            .executor
+            .load_image(tar)
+            .await
+            .map_err(|e| match e {
+                crate::executor::ExecError::Image(m)
+                | crate::executor::ExecError::InvalidSpec(m) => ControlError::InvalidArgument(m),
+                other => ControlError::Unavailable(other.to_string()),
+            })
     }
 
     async fn images(&self) -> ControlResult<Vec<crate::executor::image::ImageInfo>> {

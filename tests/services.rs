@@ -1,0 +1,244 @@
+//! Services on real containers: a swarm of real agents running their tasks
+//! in a real containerd + runc (started by the test), driven with the
+//! docker CLI: replicated and global services, scaling, logs, self-healing
+//! after a worker's `kill -9`, drain, and a period without any manager.
+//!
+//! Needs root, containerd, runc, busybox-static and the docker CLI.
+
+mod harness;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::containerd::Daemon;
+use harness::{eventually, Agent, Cluster, PATIENCE};
+
+/// `(node hostname, current state)` of a service's tasks that should run.
+fn wanted(m: &Agent, service: &str) -> Vec<(String, String)> {
+    let out = m.docker(&[
+        "service",
+        "ps",
+        service,
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Node}}|{{.CurrentState}}",
+    ]);
+    if out.status != 0 {
+        return Vec::new();
+    }
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect()
+}
+
+/// Hostnames of the nodes running the service's tasks, once exactly `n`
+/// tasks are wanted and all of them run.
+fn running_on(c: &Cluster, m: &Agent, service: &str, n: usize) -> Vec<String> {
+    let what = format!("{n} running tasks of {service}");
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(&what, PATIENCE, || {
+            let w = wanted(m, service);
+            (w.len() == n && w.iter().all(|(_, s)| s.starts_with("Running")))
+                .then(|| w.into_iter().map(|(n, _)| n).collect::<Vec<_>>())
+        })
+    }));
+    match found {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "{}\n{}",
+                c.managers[0]
+                    .docker(&["service", "ps", "--no-trunc", service])
+                    .stdout,
+                c.logs()
+            );
+            std::panic::resume_unwind(e)
+        }
+    }
+}
+
+/// Containers running in an agent's namespace, as containerd sees them.
+fn containers_running(d: &Daemon, c: &Cluster, agent: &str) -> usize {
+    let ns = format!("apiary-test-{}-{}-{agent}", std::process::id(), c.name);
+    let out = Command::new("ctr")
+        .arg("-a")
+        .arg(d.socket())
+        .args(["-n", &ns, "tasks", "ls"])
+        .output()
+        .expect("ctr (part of Debian's containerd)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("RUNNING"))
+        .count()
+}
+
+#[test]
+fn services_on_real_containers_with_the_docker_cli() {
+    let daemon = Arc::new(Daemon::start());
+    let mut c = Cluster::new("svc")
+        .managers(1)
+        .workers(2)
+        .containerd(daemon.clone())
+        .start();
+    // Faster failure detection for the kill -9 part (the default is 5 s).
+    c.managers[0]
+        .apiary(&["swarm", "update", "--dispatcher-heartbeat", "1s"])
+        .ok();
+
+    // Replicated: spread one per node, real containers, logs.
+    c.managers[0]
+        .docker(&[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--no-resolve-image",
+            "-d",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hello from $(hostname); exec sleep 3600",
+        ])
+        .ok();
+    let mut nodes = running_on(&c, &c.managers[0], "web", 3);
+    nodes.sort();
+    if nodes != vec!["mgr1", "wrk1", "wrk2"] {
+        eprintln!(
+            "{}\n{}",
+            c.managers[0]
+                .docker(&["service", "ps", "--no-trunc", "web"])
+                .stdout,
+            c.logs()
+        );
+        panic!("one task per node: {nodes:?}");
+    }
+    assert_eq!(containers_running(&daemon, &c, "wrk1"), 1);
+    let logs = eventually("the tasks' output in service logs", PATIENCE, || {
+        let out = c.managers[0].docker(&["service", "logs", "web"]);
+        (out.stdout.matches("hello from").count() == 3).then_some(out.stdout)
+    });
+    assert!(logs.contains("web.1."), "docker's task prefix: {logs}");
+
+    // Scale up and down.
+    c.managers[0]
+        .docker(&["service", "scale", "-d", "web=6"])
+        .ok();
+    running_on(&c, &c.managers[0], "web", 6);
+    c.managers[0]
+        .docker(&["service", "scale", "-d", "web=2"])
+        .ok();
+    running_on(&c, &c.managers[0], "web", 2);
+    eventually("scaled-down containers removed", PATIENCE, || {
+        let total: usize = ["mgr1", "wrk1", "wrk2"]
+            .iter()
+            .map(|a| containers_running(&daemon, &c, a))
+            .sum();
+        (total == 2).then_some(())
+    });
+
+    // Global: one per node.
+    c.managers[0]
+        .docker(&[
+            "service",
+            "create",
+            "--name",
+            "agent",
+            "--mode",
+            "global",
+            "--no-resolve-image",
+            "-d",
+            "busybox",
+            "sleep",
+            "3600",
+        ])
+        .ok();
+    running_on(&c, &c.managers[0], "agent", 3);
+
+    // Bad input is a clear error or a visible task error, never a hang.
+    let err = c.managers[0]
+        .docker(&[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--no-resolve-image",
+            "busybox",
+        ])
+        .fails()
+        .to_string();
+    assert!(err.contains("already exists"), "{err}");
+    c.managers[0]
+        .docker(&[
+            "service",
+            "create",
+            "--name",
+            "ghost",
+            "--no-resolve-image",
+            "-d",
+            "no-such-image:1",
+        ])
+        .ok();
+    eventually("the missing image in the ERROR column", PATIENCE, || {
+        let out = c.managers[0]
+            .docker(&["service", "ps", "--no-trunc", "ghost"])
+            .stdout;
+        (out.contains("Rejected") && out.contains("no-such-image")).then_some(())
+    });
+    c.managers[0].docker(&["service", "rm", "ghost"]).ok();
+
+    // No manager for a while: workers keep their containers running.
+    let wrk1_before = containers_running(&daemon, &c, "wrk1");
+    c.managers[0].kill();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        containers_running(&daemon, &c, "wrk1"),
+        wrk1_before,
+        "tasks kept running without managers"
+    );
+    c.managers[0].start();
+    // Back: the same tasks, no duplicates, none lost.
+    running_on(&c, &c.managers[0], "web", 2);
+    running_on(&c, &c.managers[0], "agent", 3);
+
+    // kill -9 of a worker: its replicated tasks run elsewhere.
+    c.managers[0]
+        .docker(&["service", "scale", "-d", "web=4"])
+        .ok();
+    running_on(&c, &c.managers[0], "web", 4);
+    c.workers[0].kill();
+    eventually("wrk1's tasks running elsewhere", PATIENCE, || {
+        let w = wanted(&c.managers[0], "web");
+        (w.len() == 4
+            && w.iter()
+                .all(|(n, s)| n != "wrk1" && s.starts_with("Running")))
+        .then_some(())
+    });
+
+    // Drain: tasks leave wrk2.
+    c.managers[0]
+        .docker(&["node", "update", "--availability", "drain", "wrk2"])
+        .ok();
+    eventually("the drained node's tasks on mgr1", PATIENCE, || {
+        let w = wanted(&c.managers[0], "web");
+        (w.len() == 4
+            && w.iter()
+                .all(|(n, s)| n == "mgr1" && s.starts_with("Running")))
+        .then_some(())
+    });
+    eventually("the drained node's containers stopped", PATIENCE, || {
+        (containers_running(&daemon, &c, "wrk2") == 0).then_some(())
+    });
+
+    c.managers[0]
+        .docker(&["service", "rm", "web", "agent"])
+        .ok();
+    eventually("every container removed", PATIENCE, || {
+        (containers_running(&daemon, &c, "mgr1") == 0).then_some(())
+    });
+}
