@@ -346,6 +346,17 @@ async fn resolve_ref(c: &mut Client, kind: &str, r: &FileRef) -> Result<String, 
     }
 }
 
+/// `busybox` → `busybox:latest`, as the docker CLI normalises images before
+/// sending them (digests and explicit tags are kept).
+pub fn with_default_tag(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
 /// The spec `service create` sends, before secrets and configs are resolved.
 pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
     let mode = match a.mode.as_str() {
@@ -373,7 +384,7 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
         }
     };
     let container = m::TaskSpecContainerSpec {
-        image: Some(a.image.clone()),
+        image: Some(with_default_tag(&a.image)),
         args: (!a.args.is_empty()).then(|| a.args.clone()),
         env: (!a.env.is_empty()).then(|| a.env.clone()),
         labels: spec::labels(&a.container_label),
@@ -529,12 +540,10 @@ async fn inspect(c: &mut Client, a: InspectArgs, out: &mut Output) -> Result<(),
             out.println(indent_json(format!("[{}]", items.join(",")).as_bytes()));
         }
         "pretty" => {
-            for (i, raw) in raws.iter().enumerate() {
+            for raw in &raws {
                 let svc: m::Service = decode(raw, "/services")?;
-                if i > 0 {
-                    out.println("");
-                }
-                out.print(pretty_service(&svc));
+                // Docker's template starts and ends with a blank line.
+                out.println(pretty_service(&svc));
             }
         }
         "json" => {
@@ -656,6 +665,9 @@ pub fn pretty_service(s: &m::Service) -> String {
         }
         o.push('\n');
     }
+    if let Some(init) = cs.init {
+        o.push_str(&format!(" Init:\t\t{init}\n"));
+    }
     if let Some(d) = cs.dir.as_deref().filter(|d| !d.is_empty()) {
         o.push_str(&format!(" Dir:\t\t{d}\n"));
     }
@@ -700,10 +712,8 @@ pub fn pretty_service(s: &m::Service) -> String {
     let ep = spec.endpoint_spec.clone().unwrap_or_default();
     o.push_str(&format!(
         "Endpoint Mode:\t{}\n",
-        ep.mode
-            .map(|x| x.to_string())
-            .filter(|x| !x.is_empty())
-            .unwrap_or_else(|| "vip".into())
+        // As docker: the value in the spec, empty when none was set.
+        ep.mode.map(|x| x.to_string()).unwrap_or_default()
     ));
     if let Some(ports) = ep.ports.filter(|p| !p.is_empty()) {
         o.push_str("Ports:\n");
@@ -1093,7 +1103,7 @@ pub fn apply_update(a: &UpdateArgs, spec: &mut m::ServiceSpec) -> Result<(), Cli
     let task = spec.task_template.get_or_insert_with(Default::default);
     let cs = task.container_spec.get_or_insert_with(Default::default);
     if let Some(img) = &a.image {
-        cs.image = Some(img.clone());
+        cs.image = Some(with_default_tag(img));
     }
     if !a.env_add.is_empty() || !a.env_rm.is_empty() {
         let mut env = cs.env.clone().unwrap_or_default();

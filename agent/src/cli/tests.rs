@@ -872,9 +872,13 @@ mod services {
         let snap = snapshot(&svc, &tasks);
         assert_eq!((snap.running, snap.wanted), (1, 2));
         assert!(
-            snap.lines[1].starts_with("2/2: new       [>"),
+            snap.lines[1].starts_with("2/2: new       [=====>      "),
             "{:?}",
             snap.lines
+        );
+        assert_eq!(
+            task_line("1/1", "pending", "no suitable node (x)\nmore"),
+            "1/1: no suitable node (x) "
         );
     }
 }

@@ -47,20 +47,22 @@ pub fn flush(out: &mut Output) {
     out.out.clear();
 }
 
-/// `1/3: running   [=====…>] ` — the state padded to the longest one.
+/// `1/3: running   [=====…>] ` — the state padded to the longest one, the
+/// bar at the state's rank (docker's `numberedStates`, new = 1 … running = 9).
+/// A task with an error shows its error's first line instead, as docker does.
 pub fn task_line(id: &str, state: &str, err: &str) -> String {
-    let n = STATES.iter().position(|s| *s == state);
-    match n {
+    if let Some(first) = err.lines().next().filter(|l| !l.is_empty()) {
+        return format!("{id}: {first} ");
+    }
+    match STATES.iter().position(|s| *s == state) {
         Some(i) => {
-            let bars = i * BAR_WIDTH / (STATES.len() - 1);
+            let bars = (i + 1) * BAR_WIDTH / STATES.len();
             format!(
                 "{id}: {state:<9} [{}>{}] ",
                 "=".repeat(bars),
                 " ".repeat(BAR_WIDTH - bars)
             )
         }
-        // Failed, rejected…: docker shows the error in place of the bar.
-        None if !err.is_empty() => format!("{id}: {err} "),
         None => format!("{id}: {state} "),
     }
 }

@@ -124,9 +124,11 @@ pub fn parse_publish(s: &str) -> Result<m::EndpointPortConfig, String> {
                     p.publish_mode = Some(match v.to_ascii_lowercase().as_str() {
                         "ingress" => m::EndpointPortConfigPublishModeEnum::INGRESS,
                         "host" => m::EndpointPortConfigPublishModeEnum::HOST,
-                        _ => return Err(format!(
+                        _ => {
+                            return Err(format!(
                             "invalid publish mode value ({v}): must be either 'ingress' or 'host'"
-                        )),
+                        ))
+                        }
                     })
                 }
                 other => return Err(format!("invalid field key '{other}'")),
