@@ -312,7 +312,5 @@ pub fn labels(list: &[String]) -> Option<HashMap<String, String>> {
 
 /// Go's `%g` of a CPU count for `inspect --pretty` ("0.5", "2").
 pub fn cpus_string(nano: i64) -> String {
-    let v = nano as f64 / 1e9;
-    let s = format!("{v}");
-    s
+    format!("{}", nano as f64 / 1e9)
 }
