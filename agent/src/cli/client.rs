@@ -62,13 +62,20 @@ impl Client {
         ))
     }
 
-    /// One request on a fresh connection.
-    pub(crate) async fn raw(
+    /// Sends one request on a fresh connection; the connection task runs
+    /// until the body has been read.
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<Answer, CliError> {
+    ) -> Result<
+        (
+            hyper::Response<hyper::body::Incoming>,
+            tokio::task::JoinHandle<Result<(), hyper::Error>>,
+        ),
+        CliError,
+    > {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|_| self.connect_error())?;
@@ -90,6 +97,17 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|e| CliError::Client(format!("request to the apiary agent failed: {e}")))?;
+        Ok((resp, conn))
+    }
+
+    /// One request on a fresh connection.
+    pub(crate) async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, CliError> {
+        let (resp, conn) = self.send(method, path, body).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
@@ -98,12 +116,38 @@ impl Client {
             .await
             .map_err(|e| CliError::Client(format!("reading the agent's answer: {e}")))?
             .to_bytes();
-        drop(sender);
         let _ = conn.await;
         Ok(Answer {
             status,
             headers,
             body,
+        })
+    }
+
+    /// A GET whose body is read as it arrives (`logs -f` prints lines as
+    /// they come instead of waiting for the end of the stream).
+    pub async fn get_stream(&mut self, path: &str) -> Result<Streaming, CliError> {
+        self.negotiate().await?;
+        let full = format!("{}{}", self.prefix.as_deref().unwrap_or(""), path);
+        let (resp, conn) = self.send(Method::GET, &full, None).await?;
+        let status = resp.status();
+        if status.is_client_error() || status.is_server_error() {
+            let headers = resp.headers().clone();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CliError::Client(format!("reading the agent's answer: {e}")))?
+                .to_bytes();
+            return Err(CliError::Daemon(error_message(&Answer {
+                status,
+                headers,
+                body,
+            })));
+        }
+        Ok(Streaming {
+            body: resp.into_body(),
+            conn,
         })
     }
 
@@ -233,4 +277,39 @@ pub fn encode_query(s: &str) -> String {
 /// Percent-encodes one path segment (a node name from the command line).
 pub fn encode_segment(s: &str) -> String {
     encode_query(s)
+}
+
+/// A response body being read chunk by chunk.
+pub struct Streaming {
+    body: hyper::body::Incoming,
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl Streaming {
+    /// The next chunk of data, or None at the end of the body.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, CliError> {
+        loop {
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(CliError::Client(format!(
+                        "the agent's stream broke off: {e}"
+                    )))
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                    // Trailers carry no data: read on.
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        // Stop the connection task when the reader goes away (Ctrl-C on -f).
+        self.conn.abort();
+    }
 }

@@ -10,6 +10,7 @@ mod node;
 mod objects;
 pub mod opts;
 mod secret;
+pub(crate) mod service;
 mod swarm;
 pub mod table;
 
@@ -25,6 +26,7 @@ pub use config::ConfigCommand;
 pub use info::{InfoArgs, VersionArgs};
 pub use node::NodeCommand;
 pub use secret::SecretCommand;
+pub use service::ServiceCommand;
 pub use swarm::SwarmCommand;
 
 /// The client commands (`main` flattens them next to `agent`).
@@ -36,6 +38,9 @@ pub enum Command {
     /// Manage swarm nodes
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage swarm services
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Manage swarm secrets
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -110,6 +115,7 @@ pub async fn execute(client: &mut Client, cmd: Command, out: &mut Output) -> Res
     match cmd {
         Command::Swarm(c) => swarm::run(client, c, out).await,
         Command::Node(c) => node::run(client, c, out).await,
+        Command::Service(c) => service::run(client, c, out).await,
         Command::Secret(c) => secret::run(client, c, out).await,
         Command::Config(c) => config::run(client, c, out).await,
         Command::Info(a) => info::run_info(client, a, out).await,

@@ -27,6 +27,8 @@ pub enum NodeCommand {
     /// Remove one or more nodes from the swarm
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
+    /// List tasks running on one or more nodes, defaults to current node
+    Ps(super::service::NodePsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +98,7 @@ pub async fn run(c: &mut Client, cmd: NodeCommand, out: &mut Output) -> Result<(
         NodeCommand::Demote(a) => set_role(c, a.nodes, "worker", out).await,
         NodeCommand::Update(a) => update(c, a, out).await,
         NodeCommand::Rm(a) => rm(c, a, out).await,
+        NodeCommand::Ps(a) => super::service::node_ps(c, a, out).await,
     }
 }
 

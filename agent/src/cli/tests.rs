@@ -451,3 +451,434 @@ fn create_reads_stdin_for_dash() {
         .into()
     );
 }
+
+// ---- services ----
+
+mod services {
+    use std::collections::HashMap;
+
+    use bollard_stubs::models as m;
+
+    use super::cli;
+    use crate::api::tests::{start, Fake};
+    use crate::cli::service::spec::*;
+    use crate::cli::service::tasks::{error_cell, render_ps, PsView};
+    use crate::cli::service::{render_service_table, service_row};
+
+    #[test]
+    fn memory_and_cpus_like_docker() {
+        assert_eq!(parse_memory("512m"), Ok(512 * 1024 * 1024));
+        assert_eq!(parse_memory("1g"), Ok(1 << 30));
+        assert_eq!(parse_memory("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_memory("100k"), Ok(102_400));
+        assert_eq!(parse_memory("1024"), Ok(1024));
+        assert_eq!(parse_memory("1.5k"), Ok(1536));
+        assert_eq!(parse_memory("512x"), Err("invalid size: '512x'".into()));
+        assert!(parse_memory("m").is_err());
+        assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
+        assert_eq!(parse_cpus("2"), Ok(2_000_000_000));
+        assert_eq!(parse_cpus(".25"), Ok(250_000_000));
+        assert_eq!(
+            parse_cpus("abc"),
+            Err("failed to parse abc as a rational number".into())
+        );
+        assert_eq!(
+            parse_cpus("0.0000000001"),
+            Err("value is too precise".into())
+        );
+        assert_eq!(parse_dur("1m30s"), Ok(90_000_000_000));
+        assert!(parse_dur("5x").is_err());
+    }
+
+    #[test]
+    fn publish_short_and_long() {
+        let p = parse_publish("8080:80").unwrap();
+        assert_eq!(p.published_port, Some(8080));
+        assert_eq!(p.target_port, Some(80));
+        assert_eq!(
+            p.publish_mode,
+            Some(m::EndpointPortConfigPublishModeEnum::INGRESS)
+        );
+        let p = parse_publish("53:53/udp").unwrap();
+        assert_eq!(p.protocol, Some(m::EndpointPortConfigProtocolEnum::UDP));
+        let p = parse_publish("published=8080,target=80,mode=host,protocol=tcp").unwrap();
+        assert_eq!(
+            p.publish_mode,
+            Some(m::EndpointPortConfigPublishModeEnum::HOST)
+        );
+        assert_eq!(p.published_port, Some(8080));
+        assert!(parse_publish("published=8080")
+            .unwrap_err()
+            .contains("target"));
+        assert!(parse_publish("x:80")
+            .unwrap_err()
+            .contains("published port 'x'"));
+        assert!(parse_publish("target=80,mode=bridge")
+            .unwrap_err()
+            .contains("'ingress' or 'host'"));
+    }
+
+    #[test]
+    fn mounts() {
+        let mt = parse_mount("type=bind,source=/a,target=/b,readonly").unwrap();
+        assert_eq!(mt.typ, Some(m::MountTypeEnum::BIND));
+        assert_eq!(mt.source.as_deref(), Some("/a"));
+        assert_eq!(mt.read_only, Some(true));
+        let mt = parse_mount("src=data,dst=/data").unwrap();
+        assert_eq!(mt.typ, Some(m::MountTypeEnum::VOLUME));
+        assert_eq!(
+            parse_mount("type=bind,target=/b").unwrap_err(),
+            "source is required when specifying bind mounts"
+        );
+        assert_eq!(parse_mount("source=x").unwrap_err(), "target is required");
+        assert!(parse_mount("type=nfs,target=/x").is_err());
+        let mt = parse_mount("type=tmpfs,target=/t,tmpfs-size=64m").unwrap();
+        assert_eq!(mt.tmpfs_options.and_then(|o| o.size_bytes), Some(64 << 20));
+    }
+
+    #[test]
+    fn secret_specs() {
+        let r = parse_file_ref("db_pass").unwrap();
+        assert_eq!(
+            r,
+            FileRef {
+                source: "db_pass".into(),
+                target: "db_pass".into(),
+                uid: "0".into(),
+                gid: "0".into(),
+                mode: 0o444
+            }
+        );
+        let r = parse_file_ref("source=a,target=/run/b,mode=0400,uid=10,gid=20").unwrap();
+        assert_eq!(
+            (r.target.as_str(), r.mode, r.uid.as_str()),
+            ("/run/b", 0o400, "10")
+        );
+        assert!(parse_file_ref("source=a,mode=999")
+            .unwrap_err()
+            .contains("octal"));
+        assert_eq!(
+            parse_file_ref("target=x").unwrap_err(),
+            "source is required"
+        );
+    }
+
+    fn service(id: &str, name: &str, global: bool, running: u64, desired: u64) -> m::Service {
+        m::Service {
+            id: Some(id.into()),
+            spec: Some(m::ServiceSpec {
+                name: Some(name.into()),
+                mode: Some(if global {
+                    m::ServiceSpecMode {
+                        global: Some(HashMap::new()),
+                        ..Default::default()
+                    }
+                } else {
+                    m::ServiceSpecMode {
+                        replicated: Some(m::ServiceSpecModeReplicated {
+                            replicas: Some(desired as i64),
+                        }),
+                        ..Default::default()
+                    }
+                }),
+                task_template: Some(m::TaskSpec {
+                    container_spec: Some(m::TaskSpecContainerSpec {
+                        image: Some("busybox:latest@sha256:abcd".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                endpoint_spec: Some(m::EndpointSpec {
+                    mode: None,
+                    ports: Some(vec![
+                        parse_publish("published=8080,target=80,mode=host").unwrap()
+                    ]),
+                }),
+                ..Default::default()
+            }),
+            service_status: Some(m::ServiceServiceStatus {
+                running_tasks: Some(running),
+                desired_tasks: Some(desired),
+                completed_tasks: Some(0),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn service_ls_table() {
+        let rows = vec![
+            service_row(&service("abcdefghijklmnopqrstuvwxy", "web", false, 2, 3)),
+            service_row(&service("zyxwvutsrqponmlkjihgfedcb", "mon", true, 1, 1)),
+        ];
+        assert_eq!(
+            render_service_table(&rows),
+            "ID             NAME      MODE         REPLICAS   IMAGE            PORTS\n\
+             abcdefghijkl   web       replicated   2/3        busybox:latest   *:8080->80/tcp\n\
+             zyxwvutsrqpo   mon       global       1/1        busybox:latest   *:8080->80/tcp\n"
+        );
+    }
+
+    fn task(id: &str, slot: i64, node: &str, created: &str, state: &str, err: &str) -> m::Task {
+        m::Task {
+            id: Some(id.into()),
+            service_id: Some("svc1".into()),
+            slot: (slot > 0).then_some(slot),
+            node_id: Some(node.into()),
+            created_at: Some(created.into()),
+            spec: Some(m::TaskSpec {
+                container_spec: Some(m::TaskSpecContainerSpec {
+                    image: Some("busybox:latest".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            desired_state: Some(if state == "running" {
+                m::TaskState::RUNNING
+            } else {
+                m::TaskState::SHUTDOWN
+            }),
+            status: Some(m::TaskStatus {
+                timestamp: Some("2026-01-01T00:00:00Z".into()),
+                state: Some(state.parse().unwrap()),
+                err: (!err.is_empty()).then(|| err.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn service_ps_table_with_history_rows() {
+        let services = HashMap::from([("svc1".to_string(), "web".to_string())]);
+        let nodes = HashMap::from([("n1".to_string(), "node1".to_string())]);
+        let now = time::OffsetDateTime::parse(
+            "2026-01-01T00:00:05Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let view = PsView {
+            services: &services,
+            nodes: &nodes,
+            now,
+            trunc: true,
+        };
+        let tasks = vec![
+            task(
+                "t10aaaaaaaaaaaaaa",
+                10,
+                "n1",
+                "2026-01-01T00:00:01Z",
+                "running",
+                "",
+            ),
+            task(
+                "t2oldaaaaaaaaaaaa",
+                2,
+                "n1",
+                "2026-01-01T00:00:00Z",
+                "failed",
+                "task: non-zero exit (1): something long",
+            ),
+            task(
+                "t2newaaaaaaaaaaaa",
+                2,
+                "n1",
+                "2026-01-01T00:00:02Z",
+                "running",
+                "",
+            ),
+        ];
+        let out = render_ps(&tasks, &view, false, None).unwrap();
+        assert_eq!(
+            out,
+            "ID             NAME        IMAGE            NODE      DESIRED STATE   CURRENT STATE           ERROR                              PORTS\n\
+             t2newaaaaaaa   web.2       busybox:latest   node1     Running         Running 5 seconds ago                                      \n\
+             t2oldaaaaaaa    \\_ web.2   busybox:latest   node1     Shutdown        Failed 5 seconds ago    \"task: non-zero exit (1): some…\"   \n\
+             t10aaaaaaaaa   web.10      busybox:latest   node1     Running         Running 5 seconds ago                                      \n"
+        );
+        assert_eq!(
+            render_ps(&tasks, &view, true, None).unwrap(),
+            "t2newaaaaaaa\nt2oldaaaaaaa\nt10aaaaaaaaa\n"
+        );
+        assert_eq!(
+            render_ps(&tasks, &view, false, Some("{{.Name}} {{.Node}}")).unwrap(),
+            "web.2 node1\nweb.2 node1\nweb.10 node1\n"
+        );
+        // Global tasks are named after their node.
+        let g = vec![task("tg", 0, "n1", "2026-01-01T00:00:01Z", "running", "")];
+        assert!(render_ps(&g, &view, false, Some("{{.Name}}")).unwrap() == "web.n1\n");
+        assert_eq!(error_cell("short", true), "\"short\"");
+        assert_eq!(error_cell("", true), "");
+        let long = "no suitable node (scheduling constraints not satisfied on 2 nodes)";
+        assert_eq!(error_cell(long, false), format!("\"{long}\""));
+        assert_eq!(error_cell(long, true), "\"no suitable node (scheduling …\"");
+    }
+
+    #[tokio::test]
+    async fn create_ls_scale_inspect_rm_against_the_api() {
+        let s = start(Fake::new()).await;
+        let (r, out) = cli(
+            &s,
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "web",
+                "--replicas",
+                "3",
+                "--limit-memory",
+                "512m",
+                "--limit-cpu",
+                "0.5",
+                "-e",
+                "A=1",
+                "--constraint",
+                "node.role==manager",
+                "busybox",
+                "sleep",
+                "1000",
+            ],
+        )
+        .await;
+        r.unwrap();
+        let id = out.out.trim().to_string();
+        assert!(!id.is_empty());
+
+        let (r, out) = cli(&s, &["service", "ls"]).await;
+        r.unwrap();
+        assert!(out.out.starts_with("ID "), "{}", out.out);
+        assert!(out.out.contains(" web "), "{}", out.out);
+        assert!(out.out.contains(" 0/3 "), "{}", out.out);
+        let (_, out) = cli(&s, &["service", "ls", "-q"]).await;
+        assert_eq!(out.out.trim(), id);
+
+        let (r, out) = cli(&s, &["service", "scale", "-d", "web=5"]).await;
+        r.unwrap();
+        assert_eq!(out.out, "web scaled to 5\n");
+        let (r, _) = cli(&s, &["service", "scale", "-d", "web=x"]).await;
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("invalid replicas value x"));
+        let (r, _) = cli(&s, &["service", "scale", "web"]).await;
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("invalid scale specifier 'web'"));
+
+        let (r, out) = cli(&s, &["service", "inspect", "--pretty", "web"]).await;
+        r.unwrap();
+        assert!(out.out.contains("Name:\t\tweb\n"), "{}", out.out);
+        assert!(out.out.contains(" Replicas:\t5\n"), "{}", out.out);
+        assert!(out.out.contains("  Memory:\t512MiB\n"), "{}", out.out);
+        assert!(out.out.contains("  CPU:\t\t0.5\n"), "{}", out.out);
+        assert!(out.out.contains(" Args:\t\tsleep 1000 \n"), "{}", out.out);
+        let (_, out) = cli(&s, &["service", "inspect", "web"]).await;
+        let v: serde_json::Value = serde_json::from_str(&out.out).unwrap();
+        assert_eq!(v[0]["Spec"]["Name"], "web");
+
+        let (r, out) = cli(
+            &s,
+            &[
+                "service",
+                "update",
+                "-d",
+                "--env-add",
+                "B=2",
+                "--image",
+                "busybox:2",
+                "web",
+            ],
+        )
+        .await;
+        r.unwrap();
+        assert_eq!(out.out, "web\n");
+        let (_, out) = cli(
+            &s,
+            &[
+                "service",
+                "inspect",
+                "--format",
+                "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+                "web",
+            ],
+        )
+        .await;
+        assert_eq!(out.out, "[\"A=1\",\"B=2\"]\n");
+
+        let (r, out) = cli(&s, &["service", "rm", "web", "ghost"]).await;
+        assert_eq!(out.out, "web\n");
+        assert!(r.unwrap_err().to_string().contains("ghost"));
+    }
+
+    #[test]
+    fn log_frames_and_prefixes() {
+        use crate::cli::service::logs_for_tests::*;
+        let payload = "2026-01-01T00:00:00Z com.docker.swarm.node.id=n1,com.docker.swarm.service.id=s1,com.docker.swarm.task.id=abcd1234efgh5678 hello world";
+        let mut bytes = vec![2, 0, 0, 0];
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(payload.as_bytes());
+        let mut d = Demux::default();
+        // Split mid-header and mid-payload: frames come out only when whole.
+        d.push(&bytes[..5]);
+        assert_eq!(d.next_frame().unwrap(), None);
+        d.push(&bytes[5..20]);
+        assert_eq!(d.next_frame().unwrap(), None);
+        d.push(&bytes[20..]);
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!(f.stream, 2);
+        assert_eq!(d.leftover(), 0);
+        let line = parse_payload(std::str::from_utf8(&f.payload).unwrap(), true).unwrap();
+        assert_eq!(line.task_id, "abcd1234efgh5678");
+        assert_eq!(line.message, "hello world");
+        let mut p = Prefix {
+            service_name: "web",
+            slot: Some(1),
+            width: 2,
+            node_name: "node1",
+            no_task_ids: false,
+            no_trunc: false,
+        };
+        assert_eq!(
+            format_line(&line, &p, false),
+            "web.1.abcd1234efgh @node1    | 2026-01-01T00:00:00Z hello world"
+        );
+        p.no_task_ids = true;
+        p.width = 1;
+        assert_eq!(
+            format_line(&line, &p, false),
+            "web.1@node1    | 2026-01-01T00:00:00Z hello world"
+        );
+        assert_eq!(
+            format_line(&line, &p, true),
+            "2026-01-01T00:00:00Z hello world"
+        );
+        let mut bad = Demux::default();
+        bad.push(&[9, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(bad.next_frame().is_err());
+    }
+
+    #[test]
+    fn progress_lines() {
+        use crate::cli::service::progress_for_tests::*;
+        assert_eq!(
+            task_line("1/3", "running", ""),
+            format!("1/3: running   [{}>] ", "=".repeat(50))
+        );
+        let svc = service("s", "web", false, 0, 2);
+        let tasks = vec![task("a", 1, "n1", "2026-01-01T00:00:01Z", "running", "")];
+        let snap = snapshot(&svc, &tasks);
+        assert_eq!((snap.running, snap.wanted), (1, 2));
+        assert!(
+            snap.lines[1].starts_with("2/2: new       [=====>      "),
+            "{:?}",
+            snap.lines
+        );
+        assert_eq!(
+            task_line("1/1", "pending", "no suitable node (x)\nmore"),
+            "1/1: no suitable node (x) "
+        );
+    }
+}
