@@ -61,19 +61,35 @@ fn running_on(c: &Cluster, m: &Agent, service: &str, n: usize) -> Vec<String> {
     }
 }
 
-/// Containers running in an agent's namespace, as containerd sees them.
-fn containers_running(d: &Daemon, c: &Cluster, agent: &str) -> usize {
+/// `ctr` (part of Debian's containerd) in an agent's namespace.
+fn ctr(d: &Daemon, c: &Cluster, agent: &str, args: &[&str]) -> String {
     let ns = format!("apiary-test-{}-{}-{agent}", std::process::id(), c.name);
     let out = Command::new("ctr")
         .arg("-a")
         .arg(d.socket())
-        .args(["-n", &ns, "tasks", "ls"])
+        .args(["-n", &ns])
+        .args(args)
         .output()
         .expect("ctr (part of Debian's containerd)");
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Containers running in an agent's namespace, as containerd sees them.
+fn containers_running(d: &Daemon, c: &Cluster, agent: &str) -> usize {
+    ctr(d, c, agent, &["tasks", "ls"])
         .lines()
         .filter(|l| l.contains("RUNNING"))
         .count()
+}
+
+/// The ID of one running container of the agent.
+fn first_task(d: &Daemon, c: &Cluster, agent: &str) -> String {
+    ctr(d, c, agent, &["tasks", "ls"])
+        .lines()
+        .find(|l| l.contains("RUNNING"))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .expect("a running container")
 }
 
 #[test]
@@ -192,7 +208,8 @@ fn services_on_real_containers_with_the_docker_cli() {
     });
     c.managers[0].docker(&["service", "rm", "ghost"]).ok();
 
-    // No manager for a while: workers keep their containers running.
+    // No manager for a while: workers keep their containers running, and
+    // restart a task that dies (Swarm leaves it dead until a manager is back).
     let wrk1_before = containers_running(&daemon, &c, "wrk1");
     c.managers[0].kill();
     std::thread::sleep(Duration::from_secs(3));
@@ -201,6 +218,24 @@ fn services_on_real_containers_with_the_docker_cli() {
         wrk1_before,
         "tasks kept running without managers"
     );
+    eventually("wrk1 to notice it is cut off", PATIENCE, || {
+        c.workers[0]
+            .log()
+            .contains("no manager answers")
+            .then_some(())
+    });
+    let victim = first_task(&daemon, &c, "wrk1");
+    ctr(
+        &daemon,
+        &c,
+        "wrk1",
+        &["tasks", "kill", "-s", "SIGKILL", &victim],
+    );
+    eventually("the killed task restarted by its node", PATIENCE, || {
+        (containers_running(&daemon, &c, "wrk1") == wrk1_before
+            && c.workers[0].log().contains("restarting the task here"))
+        .then_some(())
+    });
     c.managers[0].start();
     // Back: the same tasks, no duplicates, none lost.
     running_on(&c, &c.managers[0], "web", 2);

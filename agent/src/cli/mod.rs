@@ -5,6 +5,7 @@
 mod ca;
 pub mod client;
 mod config;
+mod image;
 mod info;
 mod node;
 mod objects;
@@ -23,6 +24,7 @@ use std::process::ExitCode;
 
 pub use client::{Client, DEFAULT_HOST};
 pub use config::ConfigCommand;
+pub use image::ImageCommand;
 pub use info::{InfoArgs, VersionArgs};
 pub use node::NodeCommand;
 pub use secret::SecretCommand;
@@ -47,6 +49,9 @@ pub enum Command {
     /// Manage swarm configs
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage this node's images
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Display system-wide information
     Info(InfoArgs),
     /// Show the apiary version information
@@ -118,6 +123,7 @@ pub async fn execute(client: &mut Client, cmd: Command, out: &mut Output) -> Res
         Command::Service(c) => service::run(client, c, out).await,
         Command::Secret(c) => secret::run(client, c, out).await,
         Command::Config(c) => config::run(client, c, out).await,
+        Command::Image(c) => image::run(client, c, out).await,
         Command::Info(a) => info::run_info(client, a, out).await,
         Command::Version(a) => info::run_version(client, a, out).await,
     }

@@ -103,3 +103,82 @@ pub async fn wait_for(m: &Manager, node: &NodeId, known: u64) -> Result<Assignme
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::orchestrator::tests::{converge, node, run_all, service, state_with};
+    use crate::store::{Availability, NodeState, Secret, SecretId, SecretSpec};
+    use bollard_stubs::models as m;
+
+    fn secret(id: &str) -> Secret {
+        Secret {
+            id: SecretId(id.into()),
+            version: 1,
+            created_at: String::new(),
+            updated_at: String::new(),
+            spec: SecretSpec {
+                name: id.into(),
+                labels: Default::default(),
+                data: format!("payload of {id}").into_bytes(),
+            },
+        }
+    }
+
+    /// Issue 3's rule: a node receives the secrets of its own tasks, never
+    /// another node's.
+    #[test]
+    fn a_node_receives_only_the_secrets_of_its_tasks() {
+        let mut a = node("a", NodeState::Ready, Availability::Active);
+        a.spec.labels.insert("k".into(), "a".into());
+        let mut b = node("b", NodeState::Ready, Availability::Active);
+        b.spec.labels.insert("k".into(), "b".into());
+        let mut on_a = service("sa", Some(1));
+        let mut on_b = service("sb", Some(1));
+        for (svc, label, sec) in [(&mut on_a, "a", "s1"), (&mut on_b, "b", "s2")] {
+            let t = svc.spec.task_template.as_mut().unwrap();
+            t.placement = Some(m::TaskSpecPlacement {
+                constraints: Some(vec![format!("node.labels.k=={label}")]),
+                ..Default::default()
+            });
+            t.container_spec.as_mut().unwrap().secrets =
+                Some(vec![m::TaskSpecContainerSpecSecrets {
+                    secret_id: Some(sec.into()),
+                    secret_name: Some(sec.into()),
+                    ..Default::default()
+                }]);
+        }
+        let mut st = state_with(&[a, b], &[on_a, on_b]);
+        for s in [secret("s1"), secret("s2"), secret("s3")] {
+            st.secrets.insert(s.id.clone(), s);
+        }
+        let now = time::OffsetDateTime::parse(
+            "2026-01-01T00:01:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        converge(&mut st, now, 10);
+        run_all(&mut st);
+        let for_a = build(&st, &NodeId("a".into()));
+        let ids: Vec<&str> = for_a.secrets.iter().map(|s| s.id.0.as_str()).collect();
+        assert_eq!(ids, vec!["s1"]);
+        assert_eq!(for_a.tasks.len(), 1);
+        let for_b = build(&st, &NodeId("b".into()));
+        let ids: Vec<&str> = for_b.secrets.iter().map(|s| s.id.0.as_str()).collect();
+        assert_eq!(ids, vec!["s2"]);
+        // A change to the node's tasks changes the fingerprint (wakes its poll).
+        let before = for_a.fingerprint;
+        st.apply(
+            90_000,
+            &crate::store::Command::RemoveService {
+                id: crate::store::ServiceId("sa".into()),
+                now: String::new(),
+            },
+        );
+        assert_ne!(build(&st, &NodeId("a".into())).fingerprint, before);
+        assert!(
+            build(&st, &NodeId("a".into())).secrets.is_empty(),
+            "no secret once the task is not wanted"
+        );
+    }
+}

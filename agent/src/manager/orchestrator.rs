@@ -28,8 +28,6 @@ use crate::store::{
 
 use super::scheduler::Constraint;
 
-/// Swarm's default restart delay.
-const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Tasks per `CreateTasks` command: keeps one raft entry near 1 MiB.
 const TASKS_PER_COMMAND: usize = 500;
 
@@ -50,44 +48,6 @@ fn node_keeps_tasks(node: Option<&Node>) -> bool {
 
 fn parse_time(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).ok()
-}
-
-struct RestartPolicy {
-    condition: String,
-    delay: Duration,
-    max_attempts: u64,
-    window: Duration,
-}
-
-impl RestartPolicy {
-    fn of(task: &Task) -> RestartPolicy {
-        let p = task.spec.restart_policy.as_ref();
-        let ns = |v: Option<i64>| Duration::from_nanos(v.unwrap_or(0).max(0) as u64);
-        RestartPolicy {
-            condition: p
-                .and_then(|p| p.condition)
-                .map(|c| c.to_string())
-                .filter(|c| !c.is_empty())
-                .unwrap_or_else(|| "any".into()),
-            delay: p
-                .and_then(|p| p.delay)
-                .map(|d| ns(Some(d)))
-                .unwrap_or(DEFAULT_RESTART_DELAY),
-            max_attempts: p.and_then(|p| p.max_attempts).unwrap_or(0).max(0) as u64,
-            window: ns(p.and_then(|p| p.window)),
-        }
-    }
-
-    /// Whether a task that ended like this is restarted at all.
-    fn wants_restart(&self, task: &Task) -> bool {
-        match self.condition.as_str() {
-            "none" => false,
-            "on-failure" => {
-                task.status.state != TaskState::Complete || task.status.exit_code.unwrap_or(0) != 0
-            }
-            _ => true,
-        }
-    }
 }
 
 pub struct Orchestrator<'a> {
@@ -209,8 +169,8 @@ impl Orchestrator<'_> {
             return false;
         }
         if task.status.state.is_terminal() {
-            let policy = RestartPolicy::of(task);
-            if !policy.wants_restart(task) {
+            let policy = task.restart_policy();
+            if !policy.wants_restart(task.status.state, task.status.exit_code) {
                 // Ended for good: the slot stays "filled" by the finished task.
                 return true;
             }

@@ -234,6 +234,53 @@ impl Task {
     }
 }
 
+/// Swarm's default restart delay.
+const DEFAULT_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A task's restart policy with Swarm's defaults filled in. Used by the
+/// orchestrator and, while no manager is reachable, by the worker itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// none | on-failure | any
+    pub condition: String,
+    pub delay: std::time::Duration,
+    /// 0 = unlimited.
+    pub max_attempts: u64,
+    /// Zero = attempts are never forgotten.
+    pub window: std::time::Duration,
+}
+
+impl RestartPolicy {
+    /// Whether a task that ended like this is restarted at all.
+    pub fn wants_restart(&self, state: TaskState, exit_code: Option<i64>) -> bool {
+        match self.condition.as_str() {
+            "none" => false,
+            "on-failure" => state != TaskState::Complete || exit_code.unwrap_or(0) != 0,
+            _ => true,
+        }
+    }
+}
+
+impl Task {
+    pub fn restart_policy(&self) -> RestartPolicy {
+        let p = self.spec.restart_policy.as_ref();
+        let ns = |v: Option<i64>| std::time::Duration::from_nanos(v.unwrap_or(0).max(0) as u64);
+        RestartPolicy {
+            condition: p
+                .and_then(|p| p.condition)
+                .map(|c| c.to_string())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "any".into()),
+            delay: p
+                .and_then(|p| p.delay)
+                .map(|d| ns(Some(d)))
+                .unwrap_or(DEFAULT_RESTART_DELAY),
+            max_attempts: p.and_then(|p| p.max_attempts).unwrap_or(0).max(0) as u64,
+            window: ns(p.and_then(|p| p.window)),
+        }
+    }
+}
+
 /// A worker's (or the scheduler's) report about one task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStatusUpdate {

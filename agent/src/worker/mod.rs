@@ -14,6 +14,7 @@
 pub mod spec;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ pub trait Cluster: Send + Sync + 'static {
 /// write.
 const REPORT_EVERY: Duration = Duration::from_millis(50);
 const RETRY: Duration = Duration::from_secs(1);
+/// Failed assignment polls in a row after which the node considers itself
+/// cut off from every manager and restarts its tasks itself.
+const OFFLINE_AFTER: u32 = 3;
 
 struct Runner {
     desired: watch::Sender<TaskState>,
@@ -72,6 +76,11 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
     // logs`) until the cluster deletes the task, like Docker's.
     let mut finished: HashSet<TaskId> = HashSet::new();
     let mut known = 0u64;
+    // Set while no manager answers: runners then apply the restart policy
+    // themselves (Swarm's workers leave a failed task dead until a
+    // manager returns).
+    let offline = Arc::new(AtomicBool::new(false));
+    let mut failures = 0u32;
     loop {
         let a = tokio::select! {
             _ = stop.cancelled() => break,
@@ -81,6 +90,11 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
             Ok(a) => a,
             Err(e) => {
                 debug!("no assignments: {e}");
+                failures += 1;
+                if failures == OFFLINE_AFTER {
+                    warn!("no manager answers: this node restarts its own tasks until one does");
+                    offline.store(true, Ordering::Relaxed);
+                }
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(RETRY) => {}
@@ -89,6 +103,11 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
             }
         };
         known = a.fingerprint;
+        if failures >= OFFLINE_AFTER {
+            info!("a manager answers again");
+        }
+        failures = 0;
+        offline.store(false, Ordering::Relaxed);
         let listed: HashSet<&TaskId> = a.tasks.iter().map(|t| &t.id).collect();
         for t in &a.tasks {
             if let Some(r) = runners.get(&t.id) {
@@ -129,6 +148,10 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
                 adopted,
                 drx,
                 tx.clone(),
+                Autonomy {
+                    offline: offline.clone(),
+                    policy: t.restart_policy(),
+                },
             ));
             runners.insert(
                 t.id.clone(),
@@ -208,6 +231,27 @@ async fn remove_quietly(ex: &dyn Executor, id: &str) {
 
 type Reports = mpsc::UnboundedSender<TaskStatusUpdate>;
 
+/// What a runner needs to restart its task by itself while the node is cut
+/// off. The restart is the same task (same ID and container name), so when a
+/// manager returns there is nothing to reconcile and nothing duplicated.
+struct Autonomy {
+    offline: Arc<AtomicBool>,
+    policy: crate::store::RestartPolicy,
+}
+
+impl Autonomy {
+    fn restarts(&self, code: i64, done: u64) -> bool {
+        let state = if code == 0 {
+            TaskState::Complete
+        } else {
+            TaskState::Failed
+        };
+        self.offline.load(Ordering::Relaxed)
+            && self.policy.wants_restart(state, Some(code))
+            && (self.policy.max_attempts == 0 || done < self.policy.max_attempts)
+    }
+}
+
 /// Drive one task's container to its end, reporting each step.
 async fn run_task(
     ex: Arc<dyn Executor>,
@@ -216,7 +260,9 @@ async fn run_task(
     adopted: Option<ContainerStatus>,
     mut desired: watch::Receiver<TaskState>,
     reports: Reports,
+    autonomy: Autonomy,
 ) {
+    let mut restarts = 0u64;
     let send = |state: TaskState, message: &str, err: Option<String>| {
         let _ = reports.send(update(&id, state, message, err));
     };
@@ -283,6 +329,34 @@ async fn run_task(
         tokio::select! {
             exit = ex.wait(&id.0) => {
                 match exit {
+                    Ok(e) if autonomy.restarts(e.code, restarts) => {
+                        restarts += 1;
+                        info!(task.id = %id, code = e.code, "no manager reachable: restarting the task here");
+                        tokio::time::sleep(autonomy.policy.delay).await;
+                        let restarted = async {
+                            ex.remove(&id.0).await?;
+                            ex.prepare(&spec).await?;
+                            ex.start(&id.0).await
+                        }
+                        .await;
+                        match restarted {
+                            Ok(pid) => {
+                                let mut u = update(
+                                    &id,
+                                    TaskState::Running,
+                                    "restarted by its node while no manager was reachable",
+                                    None,
+                                );
+                                u.status.pid = Some(i64::from(pid));
+                                u.status.container_id = Some(id.0.clone());
+                                let _ = reports.send(u);
+                                continue;
+                            }
+                            Err(err) => {
+                                send(TaskState::Failed, "failed", Some(format!("restart without a manager failed: {err}")));
+                            }
+                        }
+                    }
                     Ok(e) => finish(&id, e.code, &reports).await,
                     Err(e) => {
                         send(TaskState::Failed, "failed", Some(format!("lost the container: {e}")));
@@ -335,17 +409,12 @@ async fn report_loop(
         while let Ok(u) = rx.try_recv() {
             pending.push(u);
         }
-        // Only each task's latest report matters... but a task that went
-        // Running then Failed must not lose the exit: later states win,
-        // and they carry everything.
+        // Only each task's latest report matters (reports arrive in the
+        // order they happened; a task restarted by its node while cut off
+        // goes Failed → Running, and Running is the truth).
         let mut latest: HashMap<TaskId, TaskStatusUpdate> = HashMap::new();
         for u in pending.drain(..) {
-            match latest.get(&u.id) {
-                Some(old) if old.status.state > u.status.state => {}
-                _ => {
-                    latest.insert(u.id.clone(), u);
-                }
-            }
+            latest.insert(u.id.clone(), u);
         }
         let batch: Vec<TaskStatusUpdate> = latest.into_values().collect();
         if let Err(e) = cluster.report(batch.clone()).await {
