@@ -270,6 +270,48 @@ fn services_on_real_containers_with_the_docker_cli() {
         (containers_running(&daemon, &c, "wrk2") == 0).then_some(())
     });
 
+    // The apiary CLI: images on a node, and a secret delivered to a task
+    // (on tmpfs at /run/secrets/<name>), read back through its logs.
+    let images = c.managers[0].apiary(&["image", "ls"]).ok().to_string();
+    assert!(images.contains("busybox"), "{images}");
+    let tar = c.root.path().join("busybox.tar");
+    let loaded = c.workers[1]
+        .apiary(&["image", "load", "-i", tar.to_str().expect("utf-8 path")])
+        .ok()
+        .to_string();
+    assert!(loaded.contains("Loaded image"), "{loaded}");
+    c.managers[0]
+        .apiary_stdin(&["secret", "create", "db_pass", "-"], b"s3cret-value")
+        .ok();
+    c.managers[0]
+        .apiary(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "reader",
+            "--secret",
+            "db_pass",
+            "busybox",
+            "sh",
+            "-c",
+            "cat /run/secrets/db_pass; echo; exec sleep 3600",
+        ])
+        .ok();
+    eventually("the secret read inside the task", PATIENCE, || {
+        let out = c.managers[0].apiary(&["service", "logs", "reader"]);
+        out.stdout.contains("s3cret-value").then_some(())
+    });
+    let err = c.managers[0]
+        .apiary(&["secret", "rm", "db_pass"])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("reader"),
+        "removal names the service using it: {err}"
+    );
+    c.managers[0].apiary(&["service", "rm", "reader"]).ok();
+
     c.managers[0]
         .docker(&["service", "rm", "web", "agent"])
         .ok();
