@@ -265,3 +265,130 @@ fn platform_choice_from_an_index_honours_arm_variants() {
         assert_eq!(chosen(&Platform::host(), &idx).as_deref(), Some(w));
     }
 }
+
+// ------------------------------------------------ a fake registry over HTTP
+
+/// Serve `handler` on a free loopback port; returns `127.0.0.1:<port>`.
+async fn serve<F>(handler: F) -> String
+where
+    F: Fn(axum::extract::Request) -> axum::response::Response + Clone + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let h = handler.clone();
+        async move { h(req) }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+fn answer(status: u16, headers: &[(&str, String)], body: Vec<u8>) -> axum::response::Response {
+    let mut b = axum::response::Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, v.as_str());
+    }
+    b.body(axum::body::Body::from(body)).expect("response")
+}
+
+/// A registry that wants a bearer token from its own token endpoint and
+/// redirects blobs to a storage host, which must not see the token.
+#[tokio::test]
+async fn bearer_token_dance_and_redirects_without_credentials() {
+    let blob = b"layer bytes".to_vec();
+    let blob_digest = format!("sha256:{}", image::sha256_hex(&blob));
+    let storage = {
+        let blob = blob.clone();
+        serve(move |req| {
+            if req.headers().contains_key("authorization") {
+                return answer(400, &[], b"credentials leaked to storage".to_vec());
+            }
+            answer(200, &[], blob.clone())
+        })
+        .await
+    };
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec();
+    let addr_cell = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    let registry = {
+        let cell = addr_cell.clone();
+        let manifest = manifest.clone();
+        let blob_digest = blob_digest.clone();
+        serve(move |req| {
+            let me = cell.get().cloned().unwrap_or_default();
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            if path == "/token" {
+                assert_eq!(
+                    query,
+                    "service=fake&scope=repository%3Ateam%2Fapp%3Apull",
+                    "token query"
+                );
+                return answer(200, &[], br#"{"token":"t0k"}"#.to_vec());
+            }
+            let authed = req
+                .headers()
+                .get("authorization")
+                .and_then(|h| h.to_str().ok())
+                == Some("Bearer t0k");
+            if !authed {
+                let challenge = format!(
+                    r#"Bearer realm="http://{me}/token",service="fake",scope="repository:team/app:pull""#
+                );
+                return answer(
+                    401,
+                    &[("www-authenticate", challenge)],
+                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+                        .to_vec(),
+                );
+            }
+            match path.as_str() {
+                "/v2/team/app/manifests/1" => answer(
+                    200,
+                    &[("content-type", MT_OCI_MANIFEST.to_string())],
+                    manifest.clone(),
+                ),
+                p if p == format!("/v2/team/app/blobs/{blob_digest}") => answer(
+                    307,
+                    &[("location", format!("http://{storage}/b/{blob_digest}"))],
+                    Vec::new(),
+                ),
+                _ => answer(
+                    404,
+                    &[],
+                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
+                        .to_vec(),
+                ),
+            }
+        })
+        .await
+    };
+    addr_cell.set(registry.clone()).expect("set address once");
+
+    let r = Reference::parse(&format!("{registry}/team/app:1")).expect("reference");
+    let mut reg = Registry::new(&r, &RegistryConfig::default()).expect("registry");
+    assert!(reg.base.starts_with("http://"), "loopback is plain HTTP");
+    let (body, mt) = reg.manifest("1", None).await.expect("manifest");
+    assert_eq!((body, mt.as_str()), (manifest, MT_OCI_MANIFEST));
+    assert_eq!(reg.token.as_deref(), Some("t0k"));
+    let got = read_all(reg.blob(&blob_digest).await.expect("blob"), 1024, &reg)
+        .await
+        .expect("blob body");
+    assert_eq!(got, blob);
+    // A digest-pinned manifest with the wrong content is refused.
+    let wrong = format!("sha256:{}", "1".repeat(64));
+    match reg.manifest("1", Some(&wrong)).await {
+        Err(PullError::Protocol { detail, .. }) => assert!(detail.contains("expected"), "{detail}"),
+        other => panic!("want a digest mismatch, got {other:?}"),
+    }
+    match reg.manifest("2", None).await {
+        Err(e) => assert_eq!(
+            e.to_string(),
+            format!("manifest unknown from registry {registry}")
+        ),
+        Ok(_) => panic!("tag 2 should not exist"),
+    }
+}
