@@ -198,10 +198,15 @@ async fn scenario(daemon: &Daemon) {
     let secrets_dir = daemon.state_dir().join("secrets").join("secret");
     assert_eq!(mount_type(&secrets_dir).as_deref(), Some("tmpfs"));
 
-    // ---- a missing image names itself and says how to get it
-    match exec.prepare(&sh("noimg", "nosuch:1", "true")).await {
+    // ---- a missing image whose registry cannot be reached (nothing
+    // listens on port 1) names itself and says how to get it without one
+    match exec
+        .prepare(&sh("noimg", "127.0.0.1:1/nosuch:1", "true"))
+        .await
+    {
         Err(ExecError::Image(m)) => {
             assert!(m.contains("nosuch:1"), "{m}");
+            assert!(m.contains("cannot reach registry 127.0.0.1:1"), "{m}");
             assert!(m.contains("image load"), "{m}");
         }
         other => panic!("missing image should be ExecError::Image, got {other:?}"),

@@ -35,6 +35,15 @@ pub struct AgentArgs {
     /// nodes without a registry. Default: <data-dir>/images.
     #[arg(long, env = "APIARY_IMAGES_DIR")]
     pub images_dir: Option<PathBuf>,
+    /// A registry reached over plain HTTP instead of HTTPS (`host` or
+    /// `host:port`; repeatable), like dockerd's. Loopback registries always
+    /// are.
+    #[arg(
+        long = "insecure-registry",
+        env = "APIARY_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
     /// Benchmarks only: run tasks in a simulated executor that starts them
     /// at once and runs nothing.
     #[arg(long, hide = true)]
@@ -62,7 +71,10 @@ async fn executor(args: &AgentArgs) -> anyhow::Result<Option<Arc<dyn crate::exec
         &state,
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .map_err(|e| anyhow::anyhow!("{e}"))?
+    .with_registries(crate::executor::pull::RegistryConfig {
+        insecure: args.insecure_registries.clone(),
+    });
     let images = args
         .images_dir
         .clone()

@@ -5,6 +5,7 @@
 
 pub mod containerd;
 pub mod image;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

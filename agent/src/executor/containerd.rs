@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime;
@@ -40,6 +41,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::image::{self, SNAPSHOTTER};
+use super::pull::{self, ProgressFn, RegistryConfig};
 use super::spec;
 use super::{
     ContainerSpec, ContainerState, ContainerStatus, ExecError, ExecResult, Executor, Exit,
@@ -169,6 +171,11 @@ pub struct Containerd {
     namespace: String,
     state_dir: PathBuf,
     log_binary: PathBuf,
+    /// How registries are reached (insecure ones) for pulls.
+    registries: RegistryConfig,
+    /// One pull per image name at a time: tasks of one service prepared
+    /// together wait for the first pull instead of each fetching it.
+    pulls: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Containerd {
@@ -204,6 +211,8 @@ impl Containerd {
             namespace: namespace.to_string(),
             state_dir: state_dir.to_path_buf(),
             log_binary,
+            registries: RegistryConfig::default(),
+            pulls: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -212,6 +221,45 @@ impl Containerd {
     pub fn with_log_binary(mut self, path: PathBuf) -> Self {
         self.log_binary = path;
         self
+    }
+
+    /// Registries to reach over plain HTTP (the agent's
+    /// `--insecure-registry`); loopback ones always are.
+    pub fn with_registries(mut self, registries: RegistryConfig) -> Self {
+        self.registries = registries;
+        self
+    }
+
+    /// Pull `reference` from its registry, reporting per-layer progress
+    /// (see `pull::pull`); returns the image's name. Concurrent pulls of
+    /// the same name wait for one another, and the second finds the image.
+    pub async fn pull(&self, reference: &str, progress: ProgressFn<'_>) -> ExecResult<String> {
+        let key = image::normalize(reference);
+        let gate = {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            pulls.entry(key.clone()).or_default().clone()
+        };
+        let result = {
+            let _turn = gate.lock().await;
+            match image::lookup(&self.api, reference).await? {
+                Some((name, _)) => Ok(name),
+                None => pull::pull(
+                    &self.channel,
+                    &self.namespace,
+                    reference,
+                    &self.registries,
+                    progress,
+                )
+                .await
+                .map_err(|e| e.into_exec(reference)),
+            }
+        };
+        // Forget the gate once nobody else holds it.
+        let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&gate) <= 2 {
+            pulls.remove(&key);
+        }
+        result
     }
 
     pub fn channel(&self) -> &Channel {
@@ -323,13 +371,22 @@ impl Containerd {
     }
 
     async fn prepare_with(&self, api: &Api, spec: &ContainerSpec) -> ExecResult<()> {
-        let (name, target) = image::lookup(&api, &spec.image).await?.ok_or_else(|| {
-            ExecError::Image(format!(
-                "image {} is not on this node: load it with `apiary image load -i <image.tar>` \
-                     (an OCI or docker-save tarball); registry pulls are not supported",
-                spec.image
-            ))
-        })?;
+        let (name, target) = match image::lookup(&api, &spec.image).await? {
+            Some(found) => found,
+            None => {
+                self.pull(
+                    &spec.image,
+                    &|p| tracing::debug!(task.id = %spec.id, "pull: {p:?}"),
+                )
+                .await?;
+                image::lookup(&api, &spec.image).await?.ok_or_else(|| {
+                    ExecError::Image(format!(
+                        "image {} was pulled but is not recorded in containerd",
+                        spec.image
+                    ))
+                })?
+            }
+        };
         let img = image::resolve(&api, &name, &target, false).await?;
         // Images written by other tools may not be unpacked yet.
         image::unpack(&api, &img, false).await?;

@@ -47,7 +47,7 @@ const SMALL_FILE: u64 = 256 * 1024;
 /// limit is 4 MiB).
 const CHUNK: usize = 1024 * 1024;
 /// The most a JSON document (manifest, config, index) may weigh.
-const MAX_JSON: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_JSON: usize = 8 * 1024 * 1024;
 
 /// An image as `image ls` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -201,7 +201,7 @@ impl Platform {
     }
 }
 
-fn is_index(media_type: &str) -> bool {
+pub(crate) fn is_index(media_type: &str) -> bool {
     media_type == MT_OCI_INDEX || media_type == MT_DOCKER_LIST
 }
 
@@ -240,7 +240,7 @@ pub struct Desc {
 }
 
 impl Desc {
-    fn from_json(v: &Value) -> Option<Desc> {
+    pub(crate) fn from_json(v: &Value) -> Option<Desc> {
         Some(Desc {
             media_type: v["mediaType"].as_str().unwrap_or("").to_string(),
             digest: v["digest"].as_str()?.to_string(),
@@ -300,7 +300,7 @@ async fn read_json(api: &Api, digest: &str) -> ExecResult<Value> {
 
 /// Streams one blob into the content store (Content.Write), digesting it
 /// on the way; the digest is checked by containerd at commit.
-struct BlobWriter {
+pub(crate) struct BlobWriter {
     reference: String,
     tx: Option<tokio::sync::mpsc::Sender<WriteContentRequest>>,
     task: tokio::task::JoinHandle<Result<(), Status>>,
@@ -309,7 +309,7 @@ struct BlobWriter {
 }
 
 impl BlobWriter {
-    fn begin(api: &Api) -> BlobWriter {
+    pub(crate) fn begin(api: &Api) -> BlobWriter {
         // A unique ref: containerd locks a ref while it is being written.
         let reference = format!("apiary-load-{:016x}", rand::random::<u64>());
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
@@ -333,7 +333,7 @@ impl BlobWriter {
         }
     }
 
-    async fn write(&mut self, data: Vec<u8>) {
+    pub(crate) async fn write(&mut self, data: Vec<u8>) {
         self.digest.update(&data);
         let len = data.len() as i64;
         let msg = WriteContentRequest {
@@ -355,9 +355,20 @@ impl BlobWriter {
         }
     }
 
+    /// Digest and size of what was written so far: a pull checks them
+    /// against the descriptor before committing.
+    pub(crate) fn written(&self) -> (String, i64) {
+        let digest = format!("sha256:{}", hex(self.digest.clone().finish().as_ref()));
+        (digest, self.offset)
+    }
+
     /// Commit; `expected` (from a file name like blobs/sha256/<hex>) must
     /// match what was written. Returns the blob's digest and size.
-    async fn commit(mut self, expected: Option<&str>, what: &str) -> ExecResult<(String, i64)> {
+    pub(crate) async fn commit(
+        mut self,
+        expected: Option<&str>,
+        what: &str,
+    ) -> ExecResult<(String, i64)> {
         let digest = format!("sha256:{}", hex(self.digest.clone().finish().as_ref()));
         if let Some(e) = expected {
             if e != digest {
@@ -392,7 +403,7 @@ impl BlobWriter {
 }
 
 /// Write a small in-memory blob.
-async fn write_bytes(api: &Api, data: Vec<u8>, what: &str) -> ExecResult<(String, i64)> {
+pub(crate) async fn write_bytes(api: &Api, data: Vec<u8>, what: &str) -> ExecResult<(String, i64)> {
     let mut w = BlobWriter::begin(api);
     w.write(data).await;
     w.commit(None, what).await
@@ -419,7 +430,7 @@ async fn label_blob(api: &Api, digest: &str, labels: HashMap<String, String>) ->
 }
 
 /// Create or replace the image record `name` → `target`.
-async fn put_image(api: &Api, name: &str, target: &Desc) -> ExecResult<()> {
+pub(crate) async fn put_image(api: &Api, name: &str, target: &Desc) -> ExecResult<()> {
     let image = Image {
         name: name.to_string(),
         target: Some(target.to_proto()),

@@ -23,6 +23,7 @@ pub mod containerd;
 pub mod image;
 pub mod logdriver;
 pub mod logs;
+pub mod pull;
 pub mod simulated;
 pub mod spec;
 
