@@ -197,7 +197,7 @@ fn services_on_real_containers_with_the_docker_cli() {
             "ghost",
             "--no-resolve-image",
             "-d",
-            "no-such-image:1",
+            "127.0.0.1:1/no-such-image:1",
         ])
         .ok();
     eventually("the missing image in the ERROR column", PATIENCE, || {
