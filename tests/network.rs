@@ -109,29 +109,9 @@ impl Drop for HostState {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let prefix = format!("{}-", self.bridge);
-        if let Ok(rd) = std::fs::read_dir("/run/netns") {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with(&prefix) {
-                    let _ = cmd("ip", &["netns", "del", &n]);
-                }
-            }
-        }
         let _ = cmd("ip", &["netns", "del", &self.outside]);
         let _ = cmd("ip", &["link", "del", &self.outside_veth]);
-        for (table, chain, spec) in rules::base_rules(&self.bridge, &self.subnet) {
-            if rules::is_builtin(&chain) {
-                let mut a = vec!["-w", "-t", table, "-D", &chain];
-                a.extend(spec.iter().map(|s| s.as_str()));
-                while cmd("iptables", &a).0 {}
-            }
-        }
-        for (table, chain) in rules::chains(&self.bridge) {
-            let _ = cmd("iptables", &["-w", "-t", table, "-F", &chain]);
-            let _ = cmd("iptables", &["-w", "-t", table, "-X", &chain]);
-        }
-        let _ = cmd("ip", &["link", "del", &self.bridge]);
+        harness::remove_bridge(&self.bridge, &self.subnet.to_string());
     }
 }
 
@@ -170,7 +150,15 @@ fn outside_world(host: &mut HostState, n: u8, dir: &std::path::Path) -> String {
     for args in [
         vec!["netns", "add", &ns],
         vec![
-            "link", "add", &host.outside_veth, "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            &host.outside_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             &ns,
         ],
         vec!["addr", "add", &here, "dev", &host.outside_veth],
@@ -195,11 +183,13 @@ fn outside_world(host: &mut HostState, n: u8, dir: &std::path::Path) -> String {
     format!("198.18.{n}.2:9000")
 }
 
-async fn start(exec: &Containerd, net: &Bridge, spec: ContainerSpec, ports: &[PortMapping]) -> Ipv4Addr {
-    let a = net
-        .attach(&spec.id, &spec.id)
-        .await
-        .expect("attach");
+async fn start(
+    exec: &Containerd,
+    net: &Bridge,
+    spec: ContainerSpec,
+    ports: &[PortMapping],
+) -> Ipv4Addr {
+    let a = net.attach(&spec.id, &spec.id).await.expect("attach");
     net.publish(&spec.id, ports).await.expect("publish");
     let spec = with_attachment(spec, &a);
     exec.prepare(&spec).await.expect("prepare");
@@ -246,16 +236,20 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
     );
     let web_ip = start(&exec, &net, web, &[tcp(18080, 80)]).await;
     assert!(host.subnet.contains(web_ip), "{web_ip}");
-    let answer = eventually("the web task on 127.0.0.1:18080", Duration::from_secs(20), || {
-        http_get("127.0.0.1:18080").filter(|a| a.contains("hello-from-web"))
-    });
+    let answer = eventually(
+        "the web task on 127.0.0.1:18080",
+        Duration::from_secs(20),
+        || http_get("127.0.0.1:18080").filter(|a| a.contains("hello-from-web")),
+    );
     assert!(answer.starts_with("HTTP/1."), "{answer}");
 
     // Attach and publish again (a restarted worker re-driving): same
     // address, no second rule.
     let again = net.attach("web", "web").await.expect("attach again");
     assert_eq!(again.ip, Some(web_ip));
-    net.publish("web", &[tcp(18080, 80)]).await.expect("publish again");
+    net.publish("web", &[tcp(18080, 80)])
+        .await
+        .expect("publish again");
     let chain = rules::dnat_chain(&host.bridge);
     let (_, listed) = cmd("iptables", &["-w", "-t", "nat", "-S", &chain]);
     assert_eq!(rules::parse_dnat(&listed, &chain).len(), 1, "{listed}");
@@ -273,7 +267,8 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
         .await
         .expect("the client exits within 30 s")
         .expect("wait");
-    let log = std::fs::read_to_string(exec.log_path("client").expect("log path")).unwrap_or_default();
+    let log =
+        std::fs::read_to_string(exec.log_path("client").expect("log path")).unwrap_or_default();
     assert_eq!(code.code, 0, "client output: {log}");
     assert!(log.contains("outside-ok"), "{log}");
 
@@ -285,20 +280,26 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
         .await
         .expect_err("18082 is held");
     assert!(matches!(e, NetError::PortInUse { .. }), "{e:?}");
-    assert_eq!(e.to_string(), "host port 18082/tcp is already in use on this node");
+    assert_eq!(
+        e.to_string(),
+        "host port 18082/tcp is already in use on this node"
+    );
     drop(holder);
     let e = net
         .publish("busy", &[tcp(18080, 80)])
         .await
         .expect_err("18080 is the web task's");
     assert!(
-        e.to_string().starts_with("host port 18080/tcp is already in use on this node"),
+        e.to_string()
+            .starts_with("host port 18080/tcp is already in use on this node"),
         "{e}"
     );
 
     // ---- everything goes away
     for id in ["web", "client", "busy"] {
-        exec.stop(id, None, Duration::from_secs(2)).await.expect("stop");
+        exec.stop(id, None, Duration::from_secs(2))
+            .await
+            .expect("stop");
         exec.remove(id).await.expect("remove");
         net.detach(id).await.expect("detach");
         // Detaching twice is fine.
@@ -316,7 +317,9 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
             .exists());
     }
     net.remove().await.expect("remove the bridge");
-    assert!(!std::path::Path::new("/sys/class/net").join(&host.bridge).exists());
+    assert!(!std::path::Path::new("/sys/class/net")
+        .join(&host.bridge)
+        .exists());
     let (_, all) = cmd("iptables-save", &[]);
     assert!(!all.contains(&host.bridge), "rules left: {all}");
 }
