@@ -61,6 +61,18 @@ fn running_on(c: &Cluster, m: &Agent, service: &str, n: usize) -> Vec<String> {
     }
 }
 
+/// `GET /` over plain TCP: the whole answer, or None.
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
 /// `ctr` (part of Debian's containerd) in an agent's namespace.
 fn ctr(d: &Daemon, c: &Cluster, agent: &str, args: &[&str]) -> String {
     let ns = format!("apiary-test-{}-{}-{agent}", std::process::id(), c.name);
@@ -207,6 +219,72 @@ fn services_on_real_containers_with_the_docker_cli() {
         (out.contains("Rejected") && out.contains("no-such-image")).then_some(())
     });
     c.managers[0].docker(&["service", "rm", "ghost"]).ok();
+
+    // Host-mode published port: answers on the node that runs the task
+    // (each harness agent publishes on its own loopback address).
+    c.managers[0]
+        .docker(&[
+            "service",
+            "create",
+            "--name",
+            "http",
+            "-p",
+            "published=18081,target=80,mode=host",
+            "--no-resolve-image",
+            "-d",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+        ])
+        .ok();
+    let node = running_on(&c, &c.managers[0], "http", 1).remove(0);
+    let ip = c.by_name(&node).ip.clone();
+    let answer = eventually("the http task on its node's port 18081", PATIENCE, || {
+        http_get(&format!("{ip}:18081")).filter(|a| a.contains("hello-from-"))
+    });
+    assert!(answer.starts_with("HTTP/1."), "{answer}");
+    let ps = c.managers[0]
+        .docker(&["service", "ps", "--format", "{{.Ports}}", "http"])
+        .ok()
+        .to_string();
+    assert!(ps.contains("18081->80/tcp"), "PORTS column: {ps}");
+    c.managers[0].docker(&["service", "rm", "http"]).ok();
+    eventually(
+        "nothing answers on 18081 once the service is gone",
+        PATIENCE,
+        || http_get(&format!("{ip}:18081")).is_none().then_some(()),
+    );
+
+    // A host port some other program holds: a clear task error.
+    let holders: Vec<std::net::TcpListener> = c
+        .all()
+        .map(|a| std::net::TcpListener::bind((a.ip.as_str(), 18083)).expect("hold 18083"))
+        .collect();
+    c.managers[0]
+        .docker(&[
+            "service",
+            "create",
+            "--name",
+            "busyport",
+            "-p",
+            "published=18083,target=80,mode=host",
+            "--no-resolve-image",
+            "-d",
+            "busybox",
+            "sleep",
+            "3600",
+        ])
+        .ok();
+    eventually("the port in use in the ERROR column", PATIENCE, || {
+        let out = c.managers[0]
+            .docker(&["service", "ps", "--no-trunc", "busyport"])
+            .stdout;
+        out.contains("host port 18083/tcp is already in use on this node")
+            .then_some(())
+    });
+    c.managers[0].docker(&["service", "rm", "busyport"]).ok();
+    drop(holders);
 
     // No manager for a while: workers keep their containers running, and
     // restart a task that dies (Swarm leaves it dead until a manager is back).

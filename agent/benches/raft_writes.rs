@@ -51,6 +51,8 @@ async fn main() -> anyhow::Result<()> {
         let node = NodeHandle::start(NodeConfig {
             data_dir: root.path().join(format!("m{i}")),
             hostname: Some(format!("m{i}")),
+            executor: None,
+            network: None,
         })
         .await
         .map_err(anyhow::Error::msg)?;

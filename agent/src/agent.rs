@@ -48,9 +48,68 @@ pub struct AgentArgs {
     /// at once and runs nothing.
     #[arg(long, hide = true)]
     pub simulated_executor: bool,
+    /// How tasks get their network: `bridge` (a namespace per task on the
+    /// node's bridge, outbound NAT, host-mode ports by DNAT) or `host`
+    /// (tasks share the node's network, as before).
+    #[arg(
+        long,
+        env = "APIARY_TASK_NETWORK",
+        value_enum,
+        default_value = "bridge"
+    )]
+    pub task_network: TaskNetwork,
+    /// The bridge tasks attach to (at most 15 characters; agents sharing a
+    /// host need one each).
+    #[arg(long, env = "APIARY_BRIDGE", default_value = "apiary0")]
+    pub bridge_name: String,
+    /// The bridge's subnet, per node (tasks' addresses are local to their
+    /// node). The default is used by neither Docker (172.17/16, 172.18–31,
+    /// 192.168) nor Podman (10.88/16); change it if your LAN uses it.
+    #[arg(long, env = "APIARY_BRIDGE_SUBNET", default_value = "10.213.0.0/16")]
+    pub bridge_subnet: String,
+    /// Publish host-mode ports on this address only (default: on every
+    /// address of the node, loopback included). For several agents sharing
+    /// one host, each with an address of its own.
+    #[arg(long, env = "APIARY_PUBLISH_ADDR")]
+    pub publish_addr: Option<std::net::Ipv4Addr>,
     /// Log filter, e.g. "info" or "apiary=debug" (RUST_LOG works too).
     #[arg(long, env = "APIARY_LOG", default_value = "info")]
     pub log_level: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskNetwork {
+    Bridge,
+    Host,
+}
+
+/// The tasks' network. Nodes that run no real containers (no containerd,
+/// or the simulated fleet) get the host's: there is nothing to attach.
+async fn network(
+    args: &AgentArgs,
+    real_containers: bool,
+) -> anyhow::Result<Arc<dyn crate::network::Network>> {
+    if !real_containers {
+        return Ok(Arc::new(crate::network::HostNetwork::unchecked()));
+    }
+    if args.task_network == TaskNetwork::Host {
+        return Ok(Arc::new(crate::network::HostNetwork::new()));
+    }
+    let subnet = crate::network::ipam::Subnet::parse(&args.bridge_subnet)
+        .map_err(|e| anyhow::anyhow!("--bridge-subnet: {e}"))?;
+    // Absolute: the /etc files are bind-mounted from here.
+    let state_dir = std::path::absolute(args.data_dir.join("network"))
+        .context("cannot resolve the data dir")?;
+    let bridge = crate::network::Bridge::new(crate::network::BridgeConfig {
+        bridge: args.bridge_name.clone(),
+        subnet,
+        publish_addr: args.publish_addr,
+        state_dir,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("task network (--task-network bridge): {e}"))?;
+    info!(bridge = %args.bridge_name, subnet = %subnet, "task network ready");
+    Ok(Arc::new(bridge))
 }
 
 async fn executor(args: &AgentArgs) -> anyhow::Result<Option<Arc<dyn crate::executor::Executor>>> {
@@ -114,10 +173,13 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let listener = bind_socket(&args.socket).await?;
+    let executor = executor(&args).await?;
+    let real_containers = executor.is_some() && !args.simulated_executor;
     let node = NodeHandle::start(NodeConfig {
         data_dir: args.data_dir.clone(),
         hostname: args.hostname.clone(),
-        executor: executor(&args).await?,
+        executor,
+        network: Some(network(&args, real_containers).await?),
     })
     .await
     .map_err(anyhow::Error::msg)

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod control;
 pub mod executor;
 pub mod manager;
+pub mod network;
 pub mod node;
 pub mod pki;
 pub mod raft;

@@ -43,6 +43,8 @@ pub struct Agent {
     pub prefix: Vec<String>,
     /// More `apiary agent` flags (containerd socket and namespace).
     pub extra: Vec<String>,
+    /// The task bridge and subnet this agent makes (removed on drop).
+    pub bridge: Option<(String, String)>,
     child: Option<Child>,
 }
 
@@ -198,7 +200,50 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+        if let Some((bridge, subnet)) = &self.bridge {
+            remove_bridge(bridge, subnet);
+        }
     }
+}
+
+fn run_quietly(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Remove what an agent's bridge network made on the host: its tasks'
+/// namespaces (their veths go with them once the containers are gone),
+/// its rules and chains, the bridge.
+pub fn remove_bridge(bridge: &str, subnet: &str) {
+    use apiary::network::{ipam::Subnet, rules};
+    let prefix = format!("{bridge}-");
+    if let Ok(rd) = std::fs::read_dir("/run/netns") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) {
+                run_quietly("ip", &["netns", "del", &n]);
+            }
+        }
+    }
+    if let Ok(subnet) = Subnet::parse(subnet) {
+        for (table, chain, spec) in rules::base_rules(bridge, &subnet) {
+            if rules::is_builtin(&chain) {
+                let mut a = vec!["-w", "-t", table, "-D", &chain];
+                a.extend(spec.iter().map(|s| s.as_str()));
+                while run_quietly("iptables", &a) {}
+            }
+        }
+    }
+    for (table, chain) in rules::chains(bridge) {
+        run_quietly("iptables", &["-w", "-t", table, "-F", &chain]);
+        run_quietly("iptables", &["-w", "-t", table, "-X", &chain]);
+    }
+    run_quietly("ip", &["link", "del", bridge]);
 }
 
 #[derive(Debug)]
@@ -351,6 +396,7 @@ impl Cluster {
             dir,
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
             extra: Vec::new(),
+            bridge: None,
             child: None,
         };
         if let (Some(d), Some(tar)) = (&self.containerd, &self.image) {
@@ -363,6 +409,20 @@ impl Cluster {
                 "--containerd-namespace".into(),
                 d.namespace_for(&format!("{}-{name}", self.name)),
             ];
+            // Agents share the host: each gets a bridge and subnet of its
+            // own, and publishes host-mode ports on its own loopback
+            // address only (as a real node would on its own machine).
+            let bridge = format!("apb{}x{host}", self.net);
+            let subnet = format!("10.{}.{host}.0/24", self.net);
+            a.extra.extend([
+                "--bridge-name".into(),
+                bridge.clone(),
+                "--bridge-subnet".into(),
+                subnet.clone(),
+                "--publish-addr".into(),
+                a.ip.clone(),
+            ]);
+            a.bridge = Some((bridge, subnet));
         }
         a.start();
         a

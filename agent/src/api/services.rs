@@ -55,12 +55,28 @@ fn state_to_api(s: crate::store::TaskState) -> Option<m::TaskState> {
 
 pub fn task_to_api(v: &TaskView) -> m::Task {
     let t = &v.task;
-    let host_ports: Vec<m::EndpointPortConfig> = t
-        .ports
-        .iter()
-        .filter(|p| p.publish_mode == Some(m::EndpointPortConfigPublishModeEnum::HOST))
-        .cloned()
-        .collect();
+    // The ports the worker reports as published; a worker that reports
+    // none (an older build) is taken at the service's word.
+    let host_ports: Vec<m::EndpointPortConfig> = if t.status.ports.is_empty() {
+        t.ports
+            .iter()
+            .filter(|p| p.publish_mode == Some(m::EndpointPortConfigPublishModeEnum::HOST))
+            .cloned()
+            .collect()
+    } else {
+        t.status
+            .ports
+            .iter()
+            .map(|p| m::EndpointPortConfig {
+                name: None,
+                protocol: serde_json::from_value(serde_json::Value::String(p.protocol.clone()))
+                    .ok(),
+                target_port: Some(i64::from(p.target)),
+                published_port: Some(i64::from(p.published)),
+                publish_mode: Some(m::EndpointPortConfigPublishModeEnum::HOST),
+            })
+            .collect()
+    };
     m::Task {
         id: Some(t.id.0.clone()),
         version: Some(m::ObjectVersion {

@@ -110,7 +110,7 @@ pub struct ContainerSpec {
     /// How long stop waits after the stop signal before SIGKILL (default 10 s).
     pub stop_grace: Option<Duration>,
     /// Join this network namespace (a bind-mounted path, e.g.
-    /// /run/netns/apiary-<id>); None = the host's network.
+    /// /run/netns/<bridge>-<id>, see `network`); None = the host's network.
     pub netns: Option<PathBuf>,
     pub labels: HashMap<String, String>,
 }

@@ -408,6 +408,7 @@ pub fn placement_commands(d: super::scheduler::Decisions, now: &str) -> Vec<Comm
                     container_id: None,
                     pid: None,
                     exit_code: None,
+                    ports: Vec::new(),
                 },
             })
             .collect();

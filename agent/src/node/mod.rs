@@ -49,6 +49,8 @@ pub struct NodeConfig {
     /// Runs this node's tasks; None: the node takes no tasks (it reports
     /// every task assigned to it as rejected, saying why).
     pub executor: Option<Arc<dyn crate::executor::Executor>>,
+    /// Gives tasks their network; None: the host's (`HostNetwork`).
+    pub network: Option<Arc<dyn crate::network::Network>>,
 }
 
 /// The API's handle on the node.
@@ -69,6 +71,7 @@ struct Inner {
     /// waiting for `swarm unlock`.
     locked: RwLock<Option<(NodeFile, Certs)>>,
     executor: Arc<dyn crate::executor::Executor>,
+    network: Arc<dyn crate::network::Network>,
 }
 
 /// A node that is in a swarm.
@@ -339,6 +342,10 @@ impl NodeHandle {
                     "this node has no container runtime: start its agent with --containerd <socket>",
                 ))
             }),
+            network: cfg
+                .network
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::network::HostNetwork::unchecked())),
         });
         let handle = NodeHandle { inner };
         if let Some((file, certs)) = dir.load().map_err(|e| e.to_string())? {
@@ -488,6 +495,7 @@ impl NodeHandle {
         running.tasks.spawn(crate::worker::run(
             cluster,
             executor,
+            self.inner.network.clone(),
             running.shutdown.clone(),
         ));
     }

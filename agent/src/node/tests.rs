@@ -13,6 +13,7 @@ async fn node(dir: &std::path::Path, name: &str) -> NodeHandle {
         data_dir: dir.join(name),
         hostname: Some(name.into()),
         executor: None,
+        network: None,
     })
     .await
     .expect("node starts")

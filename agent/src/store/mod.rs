@@ -15,8 +15,8 @@ mod types;
 
 pub use ca::{CaRotation, NodeTls};
 pub use services::{
-    RestartPolicy, Service, ServiceId, ServiceSpec, Task, TaskId, TaskIndex, TaskSpec, TaskState,
-    TaskStatus, TaskStatusUpdate,
+    PublishedPort, RestartPolicy, Service, ServiceId, ServiceSpec, Task, TaskId, TaskIndex,
+    TaskSpec, TaskState, TaskStatus, TaskStatusUpdate,
 };
 pub use state::{Change, State, StoreError, StoreErrorKind};
 pub use types::*;

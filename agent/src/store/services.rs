@@ -177,6 +177,19 @@ pub struct TaskStatus {
     pub pid: Option<i64>,
     #[serde(default)]
     pub exit_code: Option<i64>,
+    /// Host-mode ports the worker published for the task (set once it
+    /// runs; Docker's `Status.PortStatus`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PublishedPort>,
+}
+
+/// A port a worker published on its node for a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// "tcp" or "udp".
+    pub protocol: String,
+    pub target: u16,
+    pub published: u16,
 }
 
 impl TaskStatus {
@@ -189,6 +202,7 @@ impl TaskStatus {
             container_id: None,
             pid: None,
             exit_code: None,
+            ports: Vec::new(),
         }
     }
 }

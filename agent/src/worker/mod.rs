@@ -10,6 +10,12 @@
 //!
 //! Containers are not tied to the agent process: when the agent restarts it
 //! finds its containers again by their task label and adopts them.
+//!
+//! Networking goes through the `Network` seam: a task is attached (its
+//! namespace, address and /etc files) and its host-mode ports published
+//! before its container is prepared, and detached once the container has
+//! ended — not when it is removed, which waits for the task's deletion:
+//! a finished task must not keep its address or its host ports.
 
 pub mod spec;
 
@@ -25,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::executor::{ContainerSpec, ContainerState, ContainerStatus, Executor};
+use crate::network::{Network, PortMapping};
 use crate::rpc::Assignments;
-use crate::store::{TaskId, TaskState, TaskStatus, TaskStatusUpdate};
+use crate::store::{PublishedPort, TaskId, TaskState, TaskStatus, TaskStatusUpdate};
 
 /// How the worker talks to the managers.
 pub trait Cluster: Send + Sync + 'static {
@@ -45,7 +52,23 @@ struct Runner {
     handle: JoinHandle<()>,
 }
 
-pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: CancellationToken) {
+/// What a task runner works with.
+#[derive(Clone)]
+struct Host {
+    ex: Arc<dyn Executor>,
+    net: Arc<dyn Network>,
+}
+
+pub async fn run(
+    cluster: Arc<dyn Cluster>,
+    executor: Arc<dyn Executor>,
+    network: Arc<dyn Network>,
+    stop: CancellationToken,
+) {
+    let host = Host {
+        ex: executor.clone(),
+        net: network,
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report_loop(cluster.clone(), rx, stop.clone()));
     // Containers from before a restart, by task ID.
@@ -136,10 +159,10 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
                 ));
                 continue;
             }
-            let spec = spec::container_spec(t, &a);
+            let spec = spec::container_spec(t, &a).and_then(|s| Ok((s, spec::host_ports(t)?)));
             let (dtx, drx) = watch::channel(t.desired_state);
             let handle = tokio::spawn(run_task(
-                executor.clone(),
+                host.clone(),
                 t.id.clone(),
                 spec,
                 adopted,
@@ -167,10 +190,10 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
         for id in gone {
             if let Some(r) = runners.remove(&id) {
                 r.desired.send_replace(TaskState::Remove);
-                let ex = executor.clone();
+                let h = host.clone();
                 tokio::spawn(async move {
                     let _ = r.handle.await;
-                    remove_quietly(&*ex, &id.0).await;
+                    remove_quietly(&h, &id.0).await;
                 });
             }
         }
@@ -181,8 +204,8 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
             .collect();
         for id in deleted {
             finished.remove(&id);
-            let ex = executor.clone();
-            tokio::spawn(async move { remove_quietly(&*ex, &id.0).await });
+            let h = host.clone();
+            tokio::spawn(async move { remove_quietly(&h, &id.0).await });
         }
         // Finished runners whose end the cluster has recorded: their
         // containers wait in `finished` for the task's deletion.
@@ -199,8 +222,8 @@ pub async fn run(cluster: Arc<dyn Cluster>, executor: Arc<dyn Executor>, stop: C
         // Containers of tasks the cluster does not know at all.
         for (id, _) in adoptable.drain() {
             info!(task.id = %id, "removing a container of a task the swarm no longer has");
-            let ex = executor.clone();
-            tokio::spawn(async move { remove_quietly(&*ex, &id).await });
+            let h = host.clone();
+            tokio::spawn(async move { remove_quietly(&h, &id).await });
         }
     }
     // Leave the containers running: a restarted agent adopts them.
@@ -219,11 +242,30 @@ fn update(id: &TaskId, state: TaskState, message: &str, err: Option<String>) -> 
     }
 }
 
-async fn remove_quietly(ex: &dyn Executor, id: &str) {
-    let _ = ex.stop(id, None, Duration::from_secs(10)).await;
-    if let Err(e) = ex.remove(id).await {
+async fn remove_quietly(h: &Host, id: &str) {
+    let _ = h.ex.stop(id, None, Duration::from_secs(10)).await;
+    if let Err(e) = h.ex.remove(id).await {
         warn!(task.id = %id, "could not remove the container: {e}");
     }
+    detach_quietly(h, id).await;
+}
+
+/// Release the task's network once its container has ended.
+async fn detach_quietly(h: &Host, id: &str) {
+    if let Err(e) = h.net.detach(id).await {
+        warn!(task.id = %id, "could not release the task's network: {e}");
+    }
+}
+
+fn published(ports: &[PortMapping]) -> Vec<PublishedPort> {
+    ports
+        .iter()
+        .map(|p| PublishedPort {
+            protocol: p.protocol.as_str().to_string(),
+            target: p.target,
+            published: p.published,
+        })
+        .collect()
 }
 
 type Reports = mpsc::UnboundedSender<TaskStatusUpdate>;
@@ -251,19 +293,20 @@ impl Autonomy {
 
 /// Drive one task's container to its end, reporting each step.
 async fn run_task(
-    ex: Arc<dyn Executor>,
+    h: Host,
     id: TaskId,
-    spec: Result<ContainerSpec, String>,
+    spec: Result<(ContainerSpec, Vec<PortMapping>), String>,
     adopted: Option<ContainerStatus>,
     mut desired: watch::Receiver<TaskState>,
     reports: Reports,
     autonomy: Autonomy,
 ) {
     let mut restarts = 0u64;
+    let ex = &h.ex;
     let send = |state: TaskState, message: &str, err: Option<String>| {
         let _ = reports.send(update(&id, state, message, err));
     };
-    let spec = match spec {
+    let (spec, ports) = match spec {
         Ok(s) => s,
         Err(e) => {
             send(TaskState::Rejected, "rejected", Some(e));
@@ -271,41 +314,74 @@ async fn run_task(
         }
     };
     let grace = spec.stop_grace.unwrap_or(Duration::from_secs(10));
+    let stop_signal = spec.stop_signal.clone();
+    let running = |pid: u32, ports: &[PortMapping]| {
+        let mut u = update(&id, TaskState::Running, "started", None);
+        u.status.pid = Some(i64::from(pid));
+        u.status.container_id = Some(id.0.clone());
+        u.status.ports = published(ports);
+        let _ = reports.send(u);
+    };
     match adopted {
         Some(ContainerStatus::Running { pid }) => {
             debug!(task.id = %id, "adopted a running container");
-            let mut u = update(&id, TaskState::Running, "started", None);
-            u.status.pid = Some(i64::from(pid));
-            u.status.container_id = Some(id.0.clone());
-            let _ = reports.send(u);
+            // Its rules normally survived the restart; publishing again is
+            // idempotent and repairs them if not.
+            let ports = match h.net.publish(&id.0, &ports).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(task.id = %id, "re-publishing the ports of an adopted task: {e}");
+                    Vec::new()
+                }
+            };
+            running(pid, &ports);
         }
         Some(ContainerStatus::Exited { code }) => {
             finish(&id, code, &reports).await;
+            detach_quietly(&h, &id.0).await;
             return;
         }
         Some(ContainerStatus::Created) | None => {
             send(TaskState::Preparing, "preparing", None);
+            let attached = match h.net.attach(&id.0, &spec::hostname(&spec)).await {
+                Ok(a) => a,
+                Err(e) => {
+                    send(TaskState::Rejected, "rejected", Some(e.to_string()));
+                    detach_quietly(&h, &id.0).await;
+                    return;
+                }
+            };
+            let spec = spec::with_attachment(spec.clone(), &attached);
+            // Before the container exists: a port in use is the task's
+            // error at once, with nothing to undo but the attachment.
+            let ports = match h.net.publish(&id.0, &ports).await {
+                Ok(p) => p,
+                Err(e) => {
+                    send(TaskState::Rejected, "rejected", Some(e.to_string()));
+                    let _ = ex.remove(&id.0).await;
+                    detach_quietly(&h, &id.0).await;
+                    return;
+                }
+            };
             if let Err(e) = ex.prepare(&spec).await {
                 send(TaskState::Rejected, "rejected", Some(e.to_string()));
                 let _ = ex.remove(&id.0).await;
+                detach_quietly(&h, &id.0).await;
                 return;
             }
             if *desired.borrow() > TaskState::Running {
                 let _ = ex.remove(&id.0).await;
+                detach_quietly(&h, &id.0).await;
                 send(TaskState::Shutdown, "shutdown", None);
                 return;
             }
             send(TaskState::Starting, "starting", None);
             match ex.start(&id.0).await {
-                Ok(pid) => {
-                    let mut u = update(&id, TaskState::Running, "started", None);
-                    u.status.pid = Some(i64::from(pid));
-                    u.status.container_id = Some(id.0.clone());
-                    let _ = reports.send(u);
-                }
+                Ok(pid) => running(pid, &ports),
                 Err(e) => {
                     send(TaskState::Failed, "starting", Some(e.to_string()));
                     let _ = ex.remove(&id.0).await;
+                    detach_quietly(&h, &id.0).await;
                     return;
                 }
             }
@@ -313,10 +389,11 @@ async fn run_task(
     }
     loop {
         if *desired.borrow_and_update() > TaskState::Running {
-            if let Err(e) = ex.stop(&id.0, spec.stop_signal.as_deref(), grace).await {
+            if let Err(e) = ex.stop(&id.0, stop_signal.as_deref(), grace).await {
                 warn!(task.id = %id, "stopping the container failed: {e}");
             }
             let code = ex.wait(&id.0).await.map(|e| e.code).ok();
+            detach_quietly(&h, &id.0).await;
             let mut u = update(&id, TaskState::Shutdown, "shutdown", None);
             u.status.exit_code = code;
             u.status.container_id = Some(id.0.clone());
@@ -330,10 +407,18 @@ async fn run_task(
                         restarts += 1;
                         info!(task.id = %id, code = e.code, "no manager reachable: restarting the task here");
                         tokio::time::sleep(autonomy.policy.delay).await;
-                        let restarted = async {
-                            ex.remove(&id.0).await?;
-                            ex.prepare(&spec).await?;
-                            ex.start(&id.0).await
+                        // The same attachment (attach is idempotent) and
+                        // the same container name: the task, not a copy.
+                        let restarted: Result<u32, String> = async {
+                            let attached = h
+                                .net
+                                .attach(&id.0, &spec::hostname(&spec))
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            let again = spec::with_attachment(spec.clone(), &attached);
+                            ex.remove(&id.0).await.map_err(|e| e.to_string())?;
+                            ex.prepare(&again).await.map_err(|e| e.to_string())?;
+                            ex.start(&id.0).await.map_err(|e| e.to_string())
                         }
                         .await;
                         match restarted {
@@ -360,6 +445,7 @@ async fn run_task(
                         let _ = ex.remove(&id.0).await;
                     }
                 }
+                detach_quietly(&h, &id.0).await;
                 return;
             }
             r = desired.changed() => {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bollard_stubs::models::MountTypeEnum;
 
 use crate::executor::{ContainerSpec, FileMount, Mount, MountKind};
+use crate::network::{Attachment, PortMapping, Protocol};
 use crate::rpc::Assignments;
 use crate::store::Task;
 
@@ -140,4 +141,66 @@ pub fn container_spec(task: &Task, a: &Assignments) -> Result<ContainerSpec, Str
         netns: None,
         labels,
     })
+}
+
+/// The task's host-mode published ports. Ingress ports are the managers'
+/// business (refused until the routing mesh exists) and skipped here.
+pub fn host_ports(task: &Task) -> Result<Vec<PortMapping>, String> {
+    use bollard_stubs::models::EndpointPortConfigPublishModeEnum as Mode;
+    let mut out = Vec::new();
+    for p in &task.ports {
+        if p.publish_mode != Some(Mode::HOST) {
+            continue;
+        }
+        let protocol = Protocol::parse(&p.protocol.map(|x| x.to_string()).unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        let port = |v: Option<i64>, what: &str| -> Result<u16, String> {
+            v.and_then(|v| u16::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .ok_or_else(|| format!("invalid {what} port {v:?}: use 1 to 65535"))
+        };
+        let target = port(p.target_port, "target")?;
+        // Docker picks a free port when none is given; apiary asks for one.
+        let published = port(p.published_port, "published").map_err(|_| {
+            format!(
+                "port {target}/{}: host mode needs a published port (published=N)",
+                protocol.as_str()
+            )
+        })?;
+        out.push(PortMapping {
+            protocol,
+            published,
+            target,
+        });
+    }
+    Ok(out)
+}
+
+/// The hostname a container gets: the task's, else the first 12
+/// characters of its ID (Docker's rule, also in `executor::spec`).
+pub fn hostname(spec: &ContainerSpec) -> String {
+    spec.hostname
+        .clone()
+        .unwrap_or_else(|| spec.id.chars().take(12).collect())
+}
+
+/// Join the attachment's namespace and bind-mount its /etc files (unless
+/// the task mounts something there itself).
+pub fn with_attachment(mut spec: ContainerSpec, a: &Attachment) -> ContainerSpec {
+    spec.netns = a.netns.clone();
+    for (src, target) in &a.files {
+        if spec.mounts.iter().any(|m| &m.target == target)
+            || spec.files.iter().any(|f| &f.target == target)
+        {
+            continue;
+        }
+        spec.mounts.push(Mount {
+            kind: MountKind::Bind,
+            source: src.to_string_lossy().into_owned(),
+            target: target.clone(),
+            read_only: false,
+            tmpfs_size: None,
+        });
+    }
+    spec
 }

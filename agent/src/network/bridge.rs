@@ -1,0 +1,467 @@
+//! The bridge network: each task in a network namespace of its own
+//! (`/run/netns/<bridge>-<task>`), a veth pair into a per-node bridge,
+//! outbound NAT, and DNAT for host-mode published ports.
+//!
+//! It drives `ip` (iproute2) and `iptables` rather than netlink: iptables
+//! has no netlink API to speak of (rtnetlink does links and addresses, not
+//! netfilter rules), creating and bind-mounting a namespace from Rust
+//! needs unsafe `unshare`/`setns` calls that `ip netns` does for us, and
+//! both programs are on every distribution. A missing program is a clear
+//! error at agent start (`NetError::MissingTool`).
+//!
+//! State under `state_dir`: `ips.json` (which task holds which address,
+//! written atomically, so an agent restart does not hand out an address a
+//! running task holds) and `tasks/<id>/{hosts,resolv.conf,hostname}`.
+//! Every step checks before it acts, so `attach`, `publish` and `detach`
+//! can be re-run at any point after a crash.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use super::ipam::{Allocations, Subnet};
+use super::{files, io_err, rules, Attachment, NetError, NetResult, Network, PortMapping};
+
+/// Where `ip netns add` puts its namespaces.
+const NETNS_DIR: &str = "/run/netns";
+
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    /// The bridge's name (at most 15 characters), e.g. `apiary0`.
+    pub bridge: String,
+    pub subnet: Subnet,
+    /// Publish host-mode ports on this address only; None = every address
+    /// of the node (loopback included).
+    pub publish_addr: Option<Ipv4Addr>,
+    pub state_dir: PathBuf,
+}
+
+pub struct Bridge {
+    cfg: BridgeConfig,
+    /// One network change at a time: the address table and the rule checks
+    /// (look, then add) must not interleave between tasks.
+    lock: Mutex<()>,
+}
+
+/// Linux's interface name limit (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+fn check_name(what: &str, s: &str, max: usize) -> NetResult<()> {
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NetError::Invalid(format!(
+            "invalid {what} {s:?}: use at most {max} letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+/// FNV-1a: a stable hash (std's is seeded per process), so the veth name
+/// of a task is the same after an agent restart.
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The host end of a task's veth pair: `v` + 14 hex digits of a hash of
+/// bridge and task (task IDs are longer than an interface name allows).
+pub fn veth_name(bridge: &str, task: &str) -> String {
+    format!("v{:014x}", fnv1a(&format!("{bridge}/{task}")) >> 8)
+}
+
+pub fn netns_name(bridge: &str, task: &str) -> String {
+    format!("{bridge}-{task}")
+}
+
+async fn run(program: &str, args: &[String]) -> NetResult<String> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                NetError::MissingTool {
+                    program: program.to_string(),
+                    package: if program == "ip" {
+                        "iproute2"
+                    } else {
+                        "iptables"
+                    },
+                }
+            } else {
+                NetError::Command {
+                    command: format!("{program} {}", args.join(" ")),
+                    stderr: e.to_string(),
+                }
+            }
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NetError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn sv(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+async fn ip(args: &[&str]) -> NetResult<String> {
+    run("ip", &sv(args)).await
+}
+
+/// `iptables -w` (wait for the xtables lock: other agents and tools).
+async fn iptables(table: &str, rest: &[String]) -> NetResult<String> {
+    let mut a = sv(&["-w", "-t", table]);
+    a.extend(rest.iter().cloned());
+    run("iptables", &a).await
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn write_sysctl(path: &str, value: &str) -> NetResult<()> {
+    std::fs::write(path, value).map_err(|e| io_err("write", Path::new(path), e))
+}
+
+/// Write `data` to `path` atomically (tmp + fsync + rename).
+fn write_atomic(path: &Path, data: &[u8]) -> NetResult<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
+    f.write_all(data).map_err(|e| io_err("write", &tmp, e))?;
+    f.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err("rename to", path, e))
+}
+
+impl Bridge {
+    /// Check the tools, create the bridge and its rules (idempotent).
+    pub async fn new(cfg: BridgeConfig) -> NetResult<Bridge> {
+        check_name("bridge name", &cfg.bridge, IFNAME_MAX)?;
+        for (tool, arg) in [("ip", "-V"), ("iptables", "-V")] {
+            run(tool, &sv(&[arg])).await?;
+        }
+        let tasks = cfg.state_dir.join("tasks");
+        std::fs::create_dir_all(&tasks).map_err(|e| io_err("create directory", &tasks, e))?;
+        let b = Bridge {
+            cfg,
+            lock: Mutex::new(()),
+        };
+        b.ensure_bridge().await?;
+        Ok(b)
+    }
+
+    pub fn config(&self) -> &BridgeConfig {
+        &self.cfg
+    }
+
+    fn ips_file(&self) -> PathBuf {
+        self.cfg.state_dir.join("ips.json")
+    }
+
+    fn task_dir(&self, task: &str) -> PathBuf {
+        self.cfg.state_dir.join("tasks").join(task)
+    }
+
+    pub fn netns_path(&self, task: &str) -> PathBuf {
+        Path::new(NETNS_DIR).join(netns_name(&self.cfg.bridge, task))
+    }
+
+    fn load(&self) -> NetResult<Allocations> {
+        let p = self.ips_file();
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| NetError::Io {
+                op: "parse",
+                path: p.clone(),
+                error: format!("{e} (move it away to start with no allocations)"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Allocations::default()),
+            Err(e) => Err(io_err("read", &p, e)),
+        }
+    }
+
+    fn save(&self, a: &Allocations) -> NetResult<()> {
+        let data = serde_json::to_vec_pretty(a).map_err(|e| NetError::Io {
+            op: "encode",
+            path: self.ips_file(),
+            error: e.to_string(),
+        })?;
+        write_atomic(&self.ips_file(), &data)
+    }
+
+    /// The bridge, its address, forwarding, and the base rules.
+    async fn ensure_bridge(&self) -> NetResult<()> {
+        let br = &self.cfg.bridge;
+        if !link_exists(br) {
+            match ip(&["link", "add", br, "type", "bridge"]).await {
+                Ok(_) => {}
+                // Another agent process raced us to it: fine.
+                Err(_) if link_exists(br) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let gw = format!("{}/{}", self.cfg.subnet.gateway(), self.cfg.subnet.prefix);
+        ip(&["addr", "replace", &gw, "dev", br]).await?;
+        ip(&["link", "set", br, "up"]).await?;
+        // Outbound NAT needs forwarding; DNAT from the node's own loopback
+        // needs 127/8 sources routed out of the bridge (then masqueraded).
+        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        write_sysctl(&format!("/proc/sys/net/ipv4/conf/{br}/route_localnet"), "1")?;
+        for (table, chain) in rules::chains(br) {
+            if iptables(table, &sv(&["-n", "-L", &chain])).await.is_err() {
+                iptables(table, &sv(&["-N", &chain])).await?;
+            }
+        }
+        for (table, chain, spec) in rules::base_rules(br, &self.cfg.subnet) {
+            let mut check = vec!["-C".to_string(), chain.clone()];
+            check.extend(spec.iter().cloned());
+            if iptables(table, &check).await.is_ok() {
+                continue;
+            }
+            let mut add = if rules::is_builtin(&chain) {
+                vec!["-I".to_string(), chain.clone(), "1".into()]
+            } else {
+                vec!["-A".to_string(), chain.clone()]
+            };
+            add.extend(spec);
+            iptables(table, &add).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove the bridge, its rules and chains (tests, and nodes leaving
+    /// bridge mode). Tasks must be detached first.
+    pub async fn remove(&self) -> NetResult<()> {
+        let _g = self.lock.lock().await;
+        let br = &self.cfg.bridge;
+        let mut errors = Vec::new();
+        for (table, chain, spec) in rules::base_rules(br, &self.cfg.subnet) {
+            if rules::is_builtin(&chain) {
+                let mut del = vec!["-D".to_string(), chain.clone()];
+                del.extend(spec);
+                // Loop: an earlier crash may have added it twice.
+                while iptables(table, &del).await.is_ok() {}
+            }
+        }
+        for (table, chain) in rules::chains(br) {
+            if iptables(table, &sv(&["-n", "-L", &chain])).await.is_ok() {
+                if let Err(e) = iptables(table, &sv(&["-F", &chain])).await {
+                    errors.push(e.to_string());
+                }
+                if let Err(e) = iptables(table, &sv(&["-X", &chain])).await {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if link_exists(br) {
+            if let Err(e) = ip(&["link", "del", br]).await {
+                errors.push(e.to_string());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(NetError::Command {
+                command: format!("removing bridge {br}"),
+                stderr: errors.join("; "),
+            })
+        }
+    }
+
+    async fn dnat_rules(&self) -> NetResult<Vec<rules::DnatRule>> {
+        let chain = rules::dnat_chain(&self.cfg.bridge);
+        let text = iptables("nat", &sv(&["-S", &chain])).await?;
+        Ok(rules::parse_dnat(&text, &chain))
+    }
+
+    async fn do_attach(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
+        check_name("task ID", task, 64)?;
+        let _g = self.lock.lock().await;
+        self.ensure_bridge().await?;
+        let mut a = self.load()?;
+        let addr = a.allocate(&self.cfg.subnet, task)?;
+        self.save(&a)?;
+
+        let ns = netns_name(&self.cfg.bridge, task);
+        let ns_path = self.netns_path(task);
+        if !ns_path.exists() {
+            ip(&["netns", "add", &ns]).await?;
+        }
+        let veth = veth_name(&self.cfg.bridge, task);
+        if !link_exists(&veth) {
+            // A half-made pair from a crash: its namespace end may remain.
+            let _ = ip(&["-n", &ns, "link", "del", "eth0"]).await;
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])
+            .await?;
+        }
+        ip(&["link", "set", &veth, "master", &self.cfg.bridge, "up"]).await?;
+        let cidr = format!("{addr}/{}", self.cfg.subnet.prefix);
+        let gw = self.cfg.subnet.gateway().to_string();
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).await?;
+        ip(&["-n", &ns, "addr", "replace", &cidr, "dev", "eth0"]).await?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]).await?;
+        ip(&["-n", &ns, "route", "replace", "default", "via", &gw]).await?;
+
+        let dir = self.task_dir(task);
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
+        let host_resolv = host_resolv_conf();
+        let mut out = Vec::new();
+        for (name, data, target) in [
+            ("hosts", files::hosts(hostname, Some(addr)), "/etc/hosts"),
+            (
+                "resolv.conf",
+                files::resolv_conf(&host_resolv),
+                "/etc/resolv.conf",
+            ),
+            ("hostname", format!("{hostname}\n"), "/etc/hostname"),
+        ] {
+            let p = dir.join(name);
+            write_atomic(&p, data.as_bytes())?;
+            out.push((p, target.to_string()));
+        }
+        debug!(task.id = task, %addr, netns = %ns_path.display(), "task network attached");
+        Ok(Attachment {
+            netns: Some(ns_path),
+            ip: Some(addr),
+            files: out,
+        })
+    }
+
+    async fn do_publish(&self, task: &str, ports: &[PortMapping]) -> NetResult<Vec<PortMapping>> {
+        if ports.is_empty() {
+            return Ok(vec![]);
+        }
+        check_name("task ID", task, 64)?;
+        let _g = self.lock.lock().await;
+        let addr = self.load()?.get(task).ok_or_else(|| {
+            NetError::Invalid(format!(
+                "task {task} has no address on {}: attach it before publishing its ports",
+                self.cfg.bridge
+            ))
+        })?;
+        let existing = self.dnat_rules().await?;
+        let host = self.cfg.publish_addr;
+        let mut todo = Vec::new();
+        for p in ports {
+            let mut mine = false;
+            for r in existing.iter().filter(|r| rules::clashes(r, host, p)) {
+                match &r.task {
+                    Some(t) if t == task => mine = true,
+                    other => {
+                        return Err(NetError::PortInUse {
+                            port: p.published,
+                            protocol: p.protocol,
+                            by: match other {
+                                Some(t) => format!(" (published by task {t})"),
+                                None => String::new(),
+                            },
+                        })
+                    }
+                }
+            }
+            if !mine {
+                // DNAT takes the port before any socket sees it: a program
+                // already listening there would be silently shadowed.
+                super::check_free(host, p)?;
+                todo.push(p);
+            }
+        }
+        let chain = rules::dnat_chain(&self.cfg.bridge);
+        for p in todo {
+            let mut add = vec!["-A".to_string(), chain.clone()];
+            add.extend(rules::dnat_rule(task, host, p, addr));
+            iptables("nat", &add).await?;
+        }
+        Ok(ports.to_vec())
+    }
+
+    async fn do_detach(&self, task: &str) -> NetResult<()> {
+        check_name("task ID", task, 64)?;
+        let _g = self.lock.lock().await;
+        let chain = rules::dnat_chain(&self.cfg.bridge);
+        for r in self.dnat_rules().await? {
+            if r.task.as_deref() == Some(task) {
+                let mut del = vec!["-D".to_string(), chain.clone()];
+                del.extend(r.spec);
+                iptables("nat", &del).await?;
+            }
+        }
+        // Deleting the namespace deletes its veth end, and with it ours;
+        // a container still holding the namespace keeps it alive until it
+        // exits, which is why the worker detaches only after that.
+        if self.netns_path(task).exists() {
+            ip(&["netns", "del", &netns_name(&self.cfg.bridge, task)]).await?;
+        }
+        let veth = veth_name(&self.cfg.bridge, task);
+        if link_exists(&veth) {
+            let _ = ip(&["link", "del", &veth]).await;
+        }
+        let mut a = self.load()?;
+        if a.release(task) {
+            self.save(&a)?;
+        }
+        let dir = self.task_dir(task);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &dir, e)),
+        }
+        debug!(task.id = task, "task network detached");
+        Ok(())
+    }
+
+    /// Tasks holding an address (for tests and leftover checks).
+    pub fn attached(&self) -> NetResult<Vec<String>> {
+        Ok(self.load()?.tasks.into_keys().collect())
+    }
+}
+
+/// The node's resolv.conf; behind systemd-resolved (only 127.0.0.53
+/// listed) the real upstream list, which a task can reach.
+fn host_resolv_conf() -> String {
+    let main = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if !files::has_reachable_nameserver(&main) {
+        if let Ok(s) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf") {
+            return s;
+        }
+    }
+    main
+}
+
+impl Network for Bridge {
+    fn attach<'a>(
+        &'a self,
+        task: &'a str,
+        hostname: &'a str,
+    ) -> BoxFuture<'a, NetResult<Attachment>> {
+        self.do_attach(task, hostname).boxed()
+    }
+    fn publish<'a>(
+        &'a self,
+        task: &'a str,
+        ports: &'a [PortMapping],
+    ) -> BoxFuture<'a, NetResult<Vec<PortMapping>>> {
+        self.do_publish(task, ports).boxed()
+    }
+    fn detach<'a>(&'a self, task: &'a str) -> BoxFuture<'a, NetResult<()>> {
+        self.do_detach(task).boxed()
+    }
+}

@@ -1,0 +1,236 @@
+//! Task networking: the seam between the worker and the host's network.
+//!
+//! The worker asks a `Network` for an attachment before it prepares a
+//! task's container (a network namespace to join, the task's address and
+//! the /etc files to bind-mount), asks it to publish the task's host-mode
+//! ports before starting it, and detaches once the container has ended.
+//! Two implementations:
+//! - `bridge::Bridge` — a namespace per task with a veth on a per-node
+//!   bridge, outbound NAT and DNAT for host-mode ports (`ip` + `iptables`);
+//! - `HostNetwork` — the host's own network (`--task-network host`, and
+//!   nodes that run no real containers): nothing to set up.
+//!
+//! Every call is idempotent: the worker re-drives its tasks after an agent
+//! restart or a lost answer, and re-adopts running containers by calling
+//! `attach` and `publish` again.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+
+pub mod bridge;
+pub mod files;
+pub mod ipam;
+pub mod rules;
+
+pub use bridge::{Bridge, BridgeConfig};
+
+/// What a task's container needs from the network.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attachment {
+    /// The namespace to join (`/run/netns/<name>`); None = the host's.
+    pub netns: Option<PathBuf>,
+    /// The task's address on the node's bridge.
+    pub ip: Option<Ipv4Addr>,
+    /// (host file, path in the container): /etc/hosts, /etc/resolv.conf,
+    /// /etc/hostname.
+    pub files: Vec<(PathBuf, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Result<Protocol, NetError> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(NetError::Unsupported(format!(
+                "publishing {other} ports is not supported: use tcp or udp"
+            ))),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A host-mode published port: `published` on the node → `target` in the
+/// task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortMapping {
+    pub protocol: Protocol,
+    pub published: u16,
+    pub target: u16,
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}",
+            self.published,
+            self.target,
+            self.protocol.as_str()
+        )
+    }
+}
+
+/// Why a network call failed; the message lands in the task's ERROR
+/// column, so it names the command or path and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NetError {
+    /// A host port is taken (by another program or another task).
+    #[error("host port {port}/{} is already in use on this node{by}", protocol.as_str())]
+    PortInUse {
+        port: u16,
+        protocol: Protocol,
+        /// ": ..." naming the holder when known, else empty.
+        by: String,
+    },
+    /// A program the bridge network needs is not installed.
+    #[error("{program} not found: task networking in bridge mode needs it (install {package}, or start the agent with --task-network host)")]
+    MissingTool {
+        program: String,
+        package: &'static str,
+    },
+    /// A command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    /// A file of the network's state.
+    #[error("{op} {path}: {error}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        error: String,
+    },
+    /// Every address of the subnet is taken.
+    #[error("no free address left in {0}: use a larger --bridge-subnet")]
+    Exhausted(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+pub type NetResult<T> = Result<T, NetError>;
+
+pub(crate) fn io_err(op: &'static str, path: &std::path::Path, e: std::io::Error) -> NetError {
+    NetError::Io {
+        op,
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    }
+}
+
+/// The host's network, as seen by a task.
+pub trait Network: Send + Sync + 'static {
+    /// Give the task its network (idempotent: the same task gets the same
+    /// namespace and address again).
+    fn attach<'a>(
+        &'a self,
+        task: &'a str,
+        hostname: &'a str,
+    ) -> BoxFuture<'a, NetResult<Attachment>>;
+    /// Make `ports` answer on this node; returns them as published.
+    /// Idempotent for the task's own ports; a port held by anything else
+    /// is `PortInUse`.
+    fn publish<'a>(
+        &'a self,
+        task: &'a str,
+        ports: &'a [PortMapping],
+    ) -> BoxFuture<'a, NetResult<Vec<PortMapping>>>;
+    /// Undo `attach` and `publish`; Ok if there is nothing to undo.
+    fn detach<'a>(&'a self, task: &'a str) -> BoxFuture<'a, NetResult<()>>;
+}
+
+/// Tasks share the host's network (Docker's `--network host`): the
+/// container binds its ports itself, so `publish` only checks that they
+/// are free (for a clear error before the task starts) — and only
+/// when `check_ports` is set: a simulated fleet binds nothing.
+pub struct HostNetwork {
+    check_ports: bool,
+}
+
+impl HostNetwork {
+    pub fn new() -> HostNetwork {
+        HostNetwork { check_ports: true }
+    }
+    /// For executors that run nothing (the simulated fleet, nodes without
+    /// a runtime): no checks at all.
+    pub fn unchecked() -> HostNetwork {
+        HostNetwork { check_ports: false }
+    }
+}
+
+impl Default for HostNetwork {
+    fn default() -> Self {
+        HostNetwork::new()
+    }
+}
+
+impl Network for HostNetwork {
+    fn attach<'a>(
+        &'a self,
+        _task: &'a str,
+        _hostname: &'a str,
+    ) -> BoxFuture<'a, NetResult<Attachment>> {
+        Box::pin(futures::future::ready(Ok(Attachment::default())))
+    }
+    fn publish<'a>(
+        &'a self,
+        _task: &'a str,
+        ports: &'a [PortMapping],
+    ) -> BoxFuture<'a, NetResult<Vec<PortMapping>>> {
+        let r = (|| {
+            for p in ports {
+                if p.published != p.target {
+                    return Err(NetError::Unsupported(format!(
+                        "port {p}: with --task-network host a task's port is the host's, so published and target must be equal"
+                    )));
+                }
+                if self.check_ports {
+                    check_free(None, p)?;
+                }
+            }
+            Ok(ports.to_vec())
+        })();
+        Box::pin(futures::future::ready(r))
+    }
+    fn detach<'a>(&'a self, _task: &'a str) -> BoxFuture<'a, NetResult<()>> {
+        Box::pin(futures::future::ready(Ok(())))
+    }
+}
+
+/// Is the host port free? Binding it is the only sure test: whatever holds
+/// it (any program, any address family quirk), the bind says so.
+pub fn check_free(addr: Option<Ipv4Addr>, p: &PortMapping) -> NetResult<()> {
+    let ip = IpAddr::V4(addr.unwrap_or(Ipv4Addr::UNSPECIFIED));
+    let r = match p.protocol {
+        Protocol::Tcp => std::net::TcpListener::bind((ip, p.published)).map(drop),
+        Protocol::Udp => std::net::UdpSocket::bind((ip, p.published)).map(drop),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(NetError::PortInUse {
+            port: p.published,
+            protocol: p.protocol,
+            by: String::new(),
+        }),
+        Err(e) => Err(NetError::Invalid(format!(
+            "cannot check host port {}/{} on {ip}: {e}",
+            p.published,
+            p.protocol.as_str()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

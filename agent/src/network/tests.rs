@@ -1,0 +1,185 @@
+use std::net::Ipv4Addr;
+
+use super::ipam::{Allocations, Subnet};
+use super::{files, rules, NetError, PortMapping, Protocol};
+
+fn sub(s: &str) -> Subnet {
+    Subnet::parse(s).expect("subnet")
+}
+
+#[test]
+fn subnets_parse_and_refuse_nonsense() {
+    let s = sub("10.213.0.0/16");
+    assert_eq!(s.gateway(), Ipv4Addr::new(10, 213, 0, 1));
+    assert!(s.contains(Ipv4Addr::new(10, 213, 255, 254)));
+    assert!(!s.contains(Ipv4Addr::new(10, 214, 0, 1)));
+    for bad in [
+        "10.213.0.0",
+        "10.213.0.1/16",
+        "10.213.0.0/31",
+        "nope/16",
+        "10.0.0.0/4",
+    ] {
+        assert!(Subnet::parse(bad).is_err(), "{bad}");
+    }
+    let e = Subnet::parse("10.213.0.1/16").unwrap_err().to_string();
+    assert!(e.contains("10.213.0.0/16"), "{e}");
+}
+
+#[test]
+fn allocator_skips_gateway_reuses_and_releases() {
+    let s = sub("10.1.2.0/29"); // .2 to .6 for tasks
+    let mut a = Allocations::default();
+    let first = a.allocate(&s, "t1").expect("t1");
+    assert_eq!(first, Ipv4Addr::new(10, 1, 2, 2));
+    // Same task, same address (idempotent attach).
+    assert_eq!(a.allocate(&s, "t1").expect("t1 again"), first);
+    let second = a.allocate(&s, "t2").expect("t2");
+    assert_ne!(first, second);
+    for t in ["t3", "t4", "t5"] {
+        a.allocate(&s, t).expect("room");
+    }
+    // .7 is the broadcast address: full.
+    assert!(matches!(a.allocate(&s, "t6"), Err(NetError::Exhausted(_))));
+    assert!(a.release("t1"));
+    assert!(!a.release("t1"));
+    assert_eq!(a.allocate(&s, "t6").expect("freed"), first);
+}
+
+#[test]
+fn allocations_survive_a_round_trip_and_forget_other_subnets() {
+    let s = sub("10.1.2.0/24");
+    let mut a = Allocations::default();
+    a.allocate(&s, "t1").expect("t1");
+    let json = serde_json::to_string(&a).expect("encode");
+    let mut back: Allocations = serde_json::from_str(&json).expect("decode");
+    assert_eq!(back, a);
+    // Restarted with another subnet: old entries do not block new ones.
+    let other = sub("10.9.0.0/24");
+    assert_eq!(
+        back.allocate(&other, "t2").expect("t2"),
+        Ipv4Addr::new(10, 9, 0, 2)
+    );
+    assert_eq!(back.get("t1"), None);
+}
+
+fn port(p: u16, t: u16) -> PortMapping {
+    PortMapping {
+        protocol: Protocol::Tcp,
+        published: p,
+        target: t,
+    }
+}
+
+#[test]
+fn dnat_rules_are_built_and_parsed_back() {
+    let ip = Ipv4Addr::new(10, 213, 0, 2);
+    let rule = rules::dnat_rule(
+        "abc",
+        Some(Ipv4Addr::new(127, 20, 0, 1)),
+        &port(8080, 80),
+        ip,
+    );
+    assert_eq!(
+        rule.join(" "),
+        "-d 127.20.0.1/32 -p tcp -m tcp --dport 8080 -m comment --comment task=abc -j DNAT --to-destination 10.213.0.2:80"
+    );
+    // As `iptables -S` prints it (nft backend).
+    let listed = "-N APY-DNAT-apiary0\n\
+        -A APY-DNAT-apiary0 -d 127.20.0.1/32 -p tcp -m tcp --dport 8080 -m comment --comment task=abc -j DNAT --to-destination 10.213.0.2:80\n\
+        -A APY-DNAT-apiary0 -p udp -m udp --dport 53 -m comment --comment \"task=def\" -j DNAT --to-destination 10.213.0.3:53\n\
+        -A OTHER -p tcp --dport 1 -j ACCEPT\n";
+    let parsed = rules::parse_dnat(listed, "APY-DNAT-apiary0");
+    assert_eq!(parsed.len(), 2);
+    assert_eq!(parsed[0].task.as_deref(), Some("abc"));
+    assert_eq!(parsed[0].port, Some(8080));
+    assert_eq!(parsed[0].protocol, Some(Protocol::Tcp));
+    assert_eq!(parsed[0].spec, rule);
+    assert_eq!(parsed[1].task.as_deref(), Some("def"));
+    assert_eq!(parsed[1].protocol, Some(Protocol::Udp));
+    // Clashes: same port and protocol on the same (or every) address.
+    let h1 = Some(Ipv4Addr::new(127, 20, 0, 1));
+    let h2 = Some(Ipv4Addr::new(127, 20, 0, 2));
+    assert!(rules::clashes(&parsed[0], h1, &port(8080, 81)));
+    assert!(rules::clashes(&parsed[0], None, &port(8080, 81)));
+    assert!(!rules::clashes(&parsed[0], h2, &port(8080, 81)));
+    assert!(!rules::clashes(&parsed[0], h1, &port(8081, 80)));
+    assert!(rules::clashes(
+        &parsed[1],
+        h2,
+        &PortMapping {
+            protocol: Protocol::Udp,
+            published: 53,
+            target: 1
+        }
+    ));
+}
+
+#[test]
+fn base_rules_nat_the_subnet_and_jump_from_builtin_chains() {
+    let r = rules::base_rules("apiary0", &sub("10.213.0.0/16"));
+    let text: Vec<String> = r
+        .iter()
+        .map(|(t, c, s)| format!("{t} {c} {}", s.join(" ")))
+        .collect();
+    assert!(
+        text.contains(
+            &"nat APY-POST-apiary0 -s 10.213.0.0/16 ! -o apiary0 -j MASQUERADE".to_string()
+        ),
+        "{text:#?}"
+    );
+    assert!(
+        text.contains(&"nat OUTPUT -m addrtype --dst-type LOCAL -j APY-DNAT-apiary0".to_string())
+    );
+    assert!(text
+        .contains(&"nat PREROUTING -m addrtype --dst-type LOCAL -j APY-DNAT-apiary0".to_string()));
+    assert!(text.contains(&"filter FORWARD -j APY-FWD-apiary0".to_string()));
+    // Chain names fit iptables' 28 characters with the longest bridge name.
+    for (_, c) in rules::chains("abcdefghijklmno") {
+        assert!(c.len() <= 28, "{c}");
+    }
+}
+
+#[test]
+fn resolv_conf_drops_loopback_servers() {
+    let host = "search example.org\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\noptions edns0\n";
+    assert_eq!(
+        files::resolv_conf(host),
+        "search example.org\nnameserver 10.255.255.53\noptions edns0\n"
+    );
+    assert!(files::has_reachable_nameserver(host));
+    let only_local = "nameserver 127.0.0.53\n";
+    assert!(!files::has_reachable_nameserver(only_local));
+    assert_eq!(
+        files::resolv_conf(only_local),
+        "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+    );
+}
+
+#[test]
+fn hosts_names_the_task() {
+    let h = files::hosts("abc123", Some(Ipv4Addr::new(10, 213, 0, 2)));
+    assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
+    assert!(h.ends_with("10.213.0.2\tabc123\n"));
+}
+
+#[test]
+fn veth_names_fit_and_are_stable() {
+    let a = super::bridge::veth_name("apiary0", "x7k2m9q4w8e1r5t3y6u0i2o4p");
+    assert_eq!(a.len(), 15);
+    assert_eq!(
+        a,
+        super::bridge::veth_name("apiary0", "x7k2m9q4w8e1r5t3y6u0i2o4p")
+    );
+    assert_ne!(
+        a,
+        super::bridge::veth_name("apiary1", "x7k2m9q4w8e1r5t3y6u0i2o4p")
+    );
+}
+
+#[tokio::test]
+async fn host_network_refuses_remapped_ports() {
+    let n = super::HostNetwork::unchecked();
+    let r = super::Network::publish(&n, "t", &[port(8080, 80)]).await;
+    assert!(matches!(r, Err(NetError::Unsupported(_))), "{r:?}");
+}
