@@ -72,9 +72,7 @@ fn proc_status_kb(path: &str, field: &str) -> u64 {
 fn bin() -> PathBuf {
     std::env::var_os("APIARY_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/apiary")
-        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/apiary"))
 }
 
 fn start_manager(root: &Path, name: &str) -> anyhow::Result<Manager> {
@@ -135,9 +133,7 @@ async fn ready_workers(c: &mut Client) -> anyhow::Result<usize> {
     Ok(nodes
         .iter()
         .filter(|n| n.manager_status.is_none())
-        .filter(|n| {
-            n.status.as_ref().and_then(|s| s.state) == Some(m::NodeState::READY)
-        })
+        .filter(|n| n.status.as_ref().and_then(|s| s.state) == Some(m::NodeState::READY))
         .count())
 }
 
@@ -164,7 +160,11 @@ async fn main() -> anyhow::Result<()> {
     let n_services = arg("--services", 100);
     let replicas = arg("--replicas", 1000);
     let total = n_services * replicas;
-    anyhow::ensure!(bin().exists(), "no {}: cargo build --release first", bin().display());
+    anyhow::ensure!(
+        bin().exists(),
+        "no {}: cargo build --release first",
+        bin().display()
+    );
     println!(
         "simulated fleet: {n_nodes} in-process nodes (SimulatedExecutor), 3 manager processes ({}), {n_services} services × {replicas} replicas = {total} tasks",
         bin().display()
@@ -198,7 +198,13 @@ async fn run(
     cli(
         &managers[0],
         &[
-            "swarm", "init", "--advertise-addr", &a1, "--listen-addr", &a1, "--availability",
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &a1,
+            "--listen-addr",
+            &a1,
+            "--availability",
             "drain",
         ],
     )?;
@@ -209,8 +215,17 @@ async fn run(
         cli(
             m,
             &[
-                "swarm", "join", "--token", &mtok, "--advertise-addr", &a, "--listen-addr", &a,
-                "--availability", "drain", &a1,
+                "swarm",
+                "join",
+                "--token",
+                &mtok,
+                "--advertise-addr",
+                &a,
+                "--listen-addr",
+                &a,
+                "--availability",
+                "drain",
+                &a1,
             ],
         )?;
     }
@@ -330,7 +345,11 @@ async fn run(
         println!(
             "{}{}: peak RSS (VmHWM) {} MiB, RSS now {} MiB",
             m.name,
-            if m.name == leader.name { " (leader)" } else { "" },
+            if m.name == leader.name {
+                " (leader)"
+            } else {
+                ""
+            },
             m.status_kb("VmHWM") / 1024,
             m.status_kb("VmRSS") / 1024
         );
