@@ -47,6 +47,8 @@ pub use dispatcher::Dispatcher;
 const RAFT_HEARTBEAT_MS: u64 = 150;
 const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
 const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
+/// Entries per AppendEntries (see `raft_config`).
+const MAX_PAYLOAD_ENTRIES: u64 = 4;
 /// A write that has not committed by then will not commit soon: say so.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write waits for an election in progress to produce a leader.
@@ -69,6 +71,11 @@ pub fn raft_config(snapshot_interval: u64) -> Result<openraft::Config, String> {
         election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_interval.max(1)),
         max_in_snapshot_log_to_keep: 500,
+        // openraft gives each AppendEntries one heartbeat interval (150 ms)
+        // to complete; its default of 300 entries per payload (a follower
+        // catching up on 1 MiB task entries) could never make it, and the
+        // leader lost its followers for good (found by the fleet bench).
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     }
     .validate()

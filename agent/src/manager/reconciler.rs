@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -14,6 +14,9 @@ use super::{orchestrator, scheduler, Manager};
 /// Lets a burst of commits (a worker's reports, a create) settle into one
 /// pass.
 const DEBOUNCE: Duration = Duration::from_millis(5);
+/// Commands of one pass in flight at once (each CreateTasks carries up to
+/// 500 tasks).
+const IN_FLIGHT: usize = 2;
 /// Even with no change, look again now and then (a clock-based decision
 /// that was missed, a write that failed).
 const IDLE_PASS: Duration = Duration::from_secs(5);
@@ -40,8 +43,18 @@ pub(super) async fn run(m: Arc<Manager>, stop: CancellationToken) {
         };
         if !commands.is_empty() {
             debug!(commands = commands.len(), "reconciling tasks");
-            // Proposed together so the batching writer puts them in one entry.
-            let results = join_all(commands.into_iter().map(|c| m.propose(c))).await;
+            // A few at a time: the batching writer puts whatever is queued
+            // into one entry, and a first pass over 100 services × 1,000
+            // replicas is 200 CreateTasks commands (tens of MB): as one
+            // entry it missed the write timeout and was decided again and
+            // again. Pipelined this way an entry stays near 1 MiB.
+            let results: Vec<_> = stream::iter(commands.into_iter().map(|c| {
+                let m = m.clone();
+                async move { m.propose(c).await }
+            }))
+            .buffered(IN_FLIGHT)
+            .collect()
+            .await;
             for r in results {
                 if let Err(e) = r {
                     warn!("could not write a reconciliation decision: {e}");

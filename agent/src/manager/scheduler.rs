@@ -8,7 +8,7 @@
 //! then fewest tasks overall. Unlike Swarm's "no suitable node", the reason
 //! names the constraint or resource that failed and on how many nodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::store::{
     Availability, Node, NodeId, NodeState, Role, ServiceId, State, Task, TaskId, TaskState,
@@ -263,8 +263,86 @@ fn bytes(b: i64) -> String {
     }
 }
 
+/// Nodes that pass the load-independent filters for one group of tasks
+/// (same service and spec), ordered by their rank key. Keys go stale when
+/// another group places a task on a node; since loads only grow during a
+/// pass, a stale key is never above the real one, so the first entry whose
+/// key is current is the best node (a lazy heap).
+struct Candidates {
+    set: BTreeSet<(u64, u64, u64, usize)>,
+}
+
+fn simple_key(
+    node: &Node,
+    load: Option<&Load>,
+    service: &ServiceId,
+    i: usize,
+) -> (u64, u64, u64, usize) {
+    (
+        load.and_then(|l| l.per_service.get(service).copied())
+            .unwrap_or(0),
+        load.map(|l| l.total).unwrap_or(0),
+        u64::from(node.spec.role == Role::Manager),
+        i,
+    )
+}
+
+impl Candidates {
+    fn new(
+        nodes: &[&Node],
+        needs: &Needs,
+        loads: &HashMap<NodeId, Load>,
+        service: &ServiceId,
+    ) -> Self {
+        let set = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                can_take_new_tasks(n).is_ok() && needs.constraints.iter().all(|c| c.matches(n))
+            })
+            .map(|(i, n)| simple_key(n, loads.get(&n.id), service, i))
+            .collect();
+        Candidates { set }
+    }
+
+    /// The best node that passes every filter now, as `check` + `rank` would
+    /// choose it (ties go to the first node in ID order).
+    fn best(
+        &mut self,
+        nodes: &[&Node],
+        needs: &Needs,
+        loads: &HashMap<NodeId, Load>,
+        service: &ServiceId,
+    ) -> Option<usize> {
+        while let Some(first) = self.set.pop_first() {
+            let i = first.3;
+            let node = nodes[i];
+            let load = loads.get(&node.id);
+            let now = simple_key(node, load, service, i);
+            if now != first {
+                self.set.insert(now);
+                continue;
+            }
+            if check(node, needs, load, service).is_err() {
+                // Loads only grow during a pass: it stays unfit.
+                continue;
+            }
+            // Put back; the caller's placement makes this key stale.
+            self.set.insert(now);
+            return Some(i);
+        }
+        None
+    }
+}
+
 /// Place every pending task that can be placed.
 pub fn schedule(state: &State) -> Decisions {
+    schedule_with(state, true)
+}
+
+/// `ordered: false` ranks every node for every task (the reference the
+/// ordered candidates are tested against).
+fn schedule_with(state: &State, ordered: bool) -> Decisions {
     let mut decisions = Decisions::default();
     let pending: Vec<&Task> = state
         .tasks
@@ -274,21 +352,26 @@ pub fn schedule(state: &State) -> Decisions {
     if pending.is_empty() {
         return decisions;
     }
+    // Needs are per service spec version: read once.
+    let mut needs_cache: HashMap<(ServiceId, u64), Needs> = HashMap::new();
     // Current load of every node from its live tasks.
     let mut loads: HashMap<NodeId, Load> = HashMap::new();
     for t in state.tasks.values() {
         if let Some(n) = &t.node_id {
             if t.status.state > TaskState::Pending && t.is_live() {
-                loads.entry(n.clone()).or_default().add(t, &Needs::of(t));
+                let needs = needs_cache
+                    .entry((t.service_id.clone(), t.spec_version))
+                    .or_insert_with(|| Needs::of(t));
+                loads.entry(n.clone()).or_default().add(t, needs);
             }
         }
     }
     let nodes: Vec<&Node> = state.nodes.values().collect();
-    // Needs are per service spec version: read once.
-    let mut needs_cache: HashMap<(ServiceId, u64), Needs> = HashMap::new();
+    let mut candidates: HashMap<(ServiceId, u64), Candidates> = HashMap::new();
     for task in pending {
+        let key = (task.service_id.clone(), task.spec_version);
         let needs = needs_cache
-            .entry((task.service_id.clone(), task.spec_version))
+            .entry(key.clone())
             .or_insert_with(|| Needs::of(task))
             .clone();
         // Global tasks come with their node chosen; only check it.
@@ -309,6 +392,23 @@ pub fn schedule(state: &State) -> Decisions {
                 }
             }
             continue;
+        }
+        // Without spread preferences the rank is per node only: keep the
+        // fit nodes of each group ordered instead of ranking every node for
+        // every task (100k tasks × 1k nodes).
+        if ordered && needs.spread.is_empty() {
+            let c = candidates
+                .entry(key)
+                .or_insert_with(|| Candidates::new(&nodes, &needs, &loads, &task.service_id));
+            if let Some(i) = c.best(&nodes, &needs, &loads, &task.service_id) {
+                let node = nodes[i];
+                loads.entry(node.id.clone()).or_default().add(task, &needs);
+                decisions
+                    .assignments
+                    .push((task.id.clone(), node.id.clone()));
+                continue;
+            }
+            // No node fits: the full pass below explains why.
         }
         let mut explain = Explain::default();
         let mut best: Option<(Vec<u64>, &Node)> = None;

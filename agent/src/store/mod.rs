@@ -12,6 +12,7 @@ mod ca;
 mod services;
 mod state;
 mod types;
+mod undo;
 
 pub use ca::{CaRotation, NodeTls};
 pub use services::{
@@ -20,3 +21,4 @@ pub use services::{
 };
 pub use state::{Change, State, StoreError, StoreErrorKind};
 pub use types::*;
+pub use undo::Undo;

@@ -341,6 +341,9 @@ impl State {
                 if let Some(n) = &old.node_id {
                     if let Some(set) = self.task_index.by_node.get_mut(n) {
                         set.remove(&task.id);
+                        if set.is_empty() {
+                            self.task_index.by_node.remove(n);
+                        }
                     }
                 }
             }

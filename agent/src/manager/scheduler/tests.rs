@@ -124,3 +124,104 @@ fn spread_preference_balances_label_groups() {
         .count();
     assert_eq!(on_d, 2, "zone y (one node) gets half the tasks");
 }
+
+/// The ordered candidates choose exactly the nodes that ranking every node
+/// for every task chooses, with loads already on the nodes, managers, down
+/// and paused nodes, reservations and replicas-per-node limits in play.
+#[test]
+fn ordered_candidates_choose_as_ranking_every_node_does() {
+    use crate::store::{Role, TaskState, TaskStatus};
+    let mut nodes = Vec::new();
+    for i in 0..12 {
+        let state = if i == 3 {
+            NodeState::Down
+        } else {
+            NodeState::Ready
+        };
+        let avail = if i == 5 {
+            Availability::Pause
+        } else {
+            Availability::Active
+        };
+        let mut n = node(&format!("n{i:02}"), state, avail);
+        if i % 4 == 0 {
+            n.spec.role = Role::Manager;
+        }
+        n.description.nano_cpus = 4_000_000_000;
+        n.description.memory_bytes = 1 << 30;
+        nodes.push(n);
+    }
+    let mut services = Vec::new();
+    for (name, replicas) in [("a", 17), ("b", 9), ("c", 30), ("d", 5)] {
+        let mut svc = service(name, Some(replicas));
+        let tt = svc.spec.task_template.as_mut().unwrap();
+        match name {
+            "b" => {
+                tt.resources = Some(m::TaskSpecResources {
+                    reservations: Some(m::ResourceObject {
+                        nano_cpus: Some(1_500_000_000),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }
+            "c" => {
+                tt.placement = Some(m::TaskSpecPlacement {
+                    max_replicas: Some(2),
+                    ..Default::default()
+                })
+            }
+            "d" => {
+                tt.placement = Some(m::TaskSpecPlacement {
+                    constraints: Some(vec!["node.role==worker".into()]),
+                    ..Default::default()
+                })
+            }
+            _ => {}
+        }
+        services.push(svc);
+    }
+    let mut st = state_with(&nodes, &services);
+    // Create the tasks, place a first round and run some of them, so that
+    // nodes start unevenly loaded, then add more replicas.
+    let plan = crate::manager::orchestrator::reconcile(&st, now(), &mut {
+        let mut i = 0;
+        move || {
+            i += 1;
+            format!("t{i:04}")
+        }
+    });
+    for (i, c) in plan.commands.iter().enumerate() {
+        st.apply(100 + i as u64, c);
+    }
+    let first = schedule(&st);
+    assert_eq!(first, schedule_with(&st, false));
+    let some: Vec<_> = first.assignments.iter().step_by(3).cloned().collect();
+    st.apply(
+        200,
+        &crate::store::Command::AssignTasks {
+            assignments: some.clone(),
+            now: "2026-01-01T00:01:00Z".into(),
+        },
+    );
+    st.apply(
+        201,
+        &crate::store::Command::SetTaskStatus {
+            updates: some
+                .iter()
+                .map(|(id, _)| crate::store::TaskStatusUpdate {
+                    id: id.clone(),
+                    status: TaskStatus::new(TaskState::Running, "started", "2026-01-01T00:01:00Z"),
+                })
+                .collect(),
+            reporter: None,
+        },
+    );
+    let again = schedule(&st);
+    assert!(!again.assignments.is_empty());
+    assert!(
+        !again.unplaced.is_empty(),
+        "some of c or b cannot be placed"
+    );
+    assert_eq!(again, schedule_with(&st, false));
+}

@@ -577,3 +577,139 @@ fn a_batch_answers_each_command_and_one_failure_stops_none() {
     assert_eq!(changes.len(), 2);
     assert!(s.nodes.contains_key(&NodeId("w2".into())));
 }
+
+fn service(id: &str, replicas: i64) -> Service {
+    Service {
+        id: ServiceId(id.into()),
+        version: 0,
+        created_at: String::new(),
+        updated_at: String::new(),
+        spec: crate::store::ServiceSpec {
+            name: Some(id.into()),
+            mode: Some(bollard_stubs::models::ServiceSpecMode {
+                replicated: Some(bollard_stubs::models::ServiceSpecModeReplicated {
+                    replicas: Some(replicas),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        previous_spec: None,
+        spec_version: 0,
+    }
+}
+
+fn task(id: &str, service: &str, slot: u64) -> Task {
+    Task {
+        id: TaskId(id.into()),
+        version: 0,
+        created_at: String::new(),
+        updated_at: String::new(),
+        service_id: ServiceId(service.into()),
+        slot,
+        node_id: None,
+        spec: Default::default(),
+        spec_version: 0,
+        ports: vec![],
+        desired_state: crate::store::TaskState::Running,
+        status: crate::store::TaskStatus::new(crate::store::TaskState::Pending, "pending", "t0"),
+        attempt: 0,
+    }
+}
+
+/// Any mix of commands applied in place, then rolled back, leaves the
+/// state (tasks, indexes and the rest) exactly as it was.
+#[test]
+fn rollback_restores_the_state_exactly() {
+    use crate::store::{TaskState, TaskStatus, TaskStatusUpdate};
+    let mut state = initialised();
+    for n in ["n1", "n2"] {
+        state.apply(
+            2,
+            &Command::AddNode {
+                node: node(n, Role::Worker),
+            },
+        );
+    }
+    state.apply(
+        3,
+        &Command::CreateService {
+            service: service("s1", 3),
+        },
+    );
+    state.apply(
+        4,
+        &Command::CreateService {
+            service: service("s2", 1),
+        },
+    );
+    state.apply(
+        5,
+        &Command::CreateTasks {
+            tasks: vec![
+                task("t1", "s1", 1),
+                task("t2", "s1", 2),
+                task("t3", "s2", 1),
+            ],
+        },
+    );
+    state.apply(
+        6,
+        &Command::AssignTasks {
+            assignments: vec![(TaskId("t1".into()), NodeId("n1".into()))],
+            now: "t6".into(),
+        },
+    );
+    let before = state.clone();
+
+    let cmds = vec![
+        Command::AssignTasks {
+            assignments: vec![
+                (TaskId("t2".into()), NodeId("n2".into())),
+                (TaskId("t3".into()), NodeId("n2".into())),
+            ],
+            now: "t7".into(),
+        },
+        Command::SetTaskStatus {
+            updates: vec![TaskStatusUpdate {
+                id: TaskId("t1".into()),
+                status: TaskStatus::new(TaskState::Running, "started", "t7"),
+            }],
+            reporter: Some(NodeId("n1".into())),
+        },
+        Command::CreateTasks {
+            tasks: vec![task("t4", "s1", 3)],
+        },
+        Command::Batch(vec![
+            Command::SetTasksDesired {
+                ids: vec![TaskId("t2".into())],
+                desired: TaskState::Shutdown,
+                now: "t8".into(),
+            },
+            Command::DeleteTasks {
+                ids: vec![TaskId("t3".into())],
+            },
+        ]),
+        Command::RemoveService {
+            id: ServiceId("s1".into()),
+            now: "t9".into(),
+        },
+        Command::RemoveNode {
+            id: NodeId("n2".into()),
+        },
+        Command::CreateService {
+            service: service("s3", 2),
+        },
+    ];
+    let mut undo = crate::store::Undo::default();
+    for (i, c) in cmds.iter().enumerate() {
+        state.apply_undoable(10 + i as u64, c, &mut undo);
+    }
+    assert_ne!(state, before, "the commands changed something");
+    assert_eq!(state.tasks.len(), 3, "t4 created, t3 deleted");
+    state.rollback(undo);
+    assert_eq!(state, before);
+    // The indexes are as a rebuild from the rows makes them.
+    let rebuilt = State::from_rows(before.rows()).expect("rows decode");
+    assert_eq!(state.task_index, rebuilt.task_index);
+}
