@@ -426,3 +426,26 @@ fn rolling_update_replaces_one_task_at_a_time() {
     assert_eq!(all.len(), 3);
     assert!(all.iter().all(|t| t.spec_version == 50_000));
 }
+
+#[test]
+fn a_service_update_with_a_stale_version_is_refused_and_changes_nothing() {
+    let mut st = state_with(&[], &[service("web", Some(1))]);
+    let sid = ServiceId("web".into());
+    let before = st.services[&sid].clone();
+    let mut spec = before.spec.clone();
+    spec.labels = Some([("x".to_string(), "y".to_string())].into());
+    let (resp, changes) = st.apply(
+        60_000,
+        &Command::UpdateService {
+            id: sid.clone(),
+            version: before.version + 7,
+            spec,
+            now: String::new(),
+        },
+    );
+    let err = resp.error.expect("refused");
+    assert_eq!(err.kind, crate::store::StoreErrorKind::Conflict);
+    assert!(err.message.contains("out of sequence"), "{}", err.message);
+    assert!(changes.is_empty());
+    assert_eq!(st.services[&sid], before);
+}
