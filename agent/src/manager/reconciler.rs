@@ -13,7 +13,7 @@ use super::{orchestrator, scheduler, Manager};
 
 /// Lets a burst of commits (a worker's reports, a create) settle into one
 /// pass.
-const DEBOUNCE: Duration = Duration::from_millis(5);
+const DEBOUNCE: Duration = Duration::from_millis(1);
 /// Commands of one pass in flight at once (each CreateTasks carries up to
 /// 500 tasks).
 const IN_FLIGHT: usize = 2;
@@ -34,7 +34,16 @@ pub(super) async fn run(m: Arc<Manager>, stop: CancellationToken) {
             let mut new_id = || crate::pki::new_node_id().0;
             let plan = orchestrator::reconcile(&state, now, &mut new_id);
             let mut commands = plan.commands;
-            let decisions = scheduler::schedule(&state);
+            let created: Vec<&crate::store::Task> = commands
+                .iter()
+                .filter_map(|c| match c {
+                    crate::store::Command::CreateTasks { tasks } => Some(tasks.iter()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            let decisions = scheduler::schedule_including(&state, &created);
+            drop(created);
             commands.extend(orchestrator::placement_commands(
                 decisions,
                 &crate::util::now_rfc3339(),

@@ -337,16 +337,24 @@ impl Candidates {
 
 /// Place every pending task that can be placed.
 pub fn schedule(state: &State) -> Decisions {
-    schedule_with(state, true)
+    schedule_with(state, &[], true)
+}
+
+/// `schedule`, also placing tasks the orchestrator created in this same
+/// pass (not in the state yet): their placement then commits right behind
+/// their creation instead of one reconcile pass (and one commit) later.
+pub fn schedule_including(state: &State, created: &[&Task]) -> Decisions {
+    schedule_with(state, created, true)
 }
 
 /// `ordered: false` ranks every node for every task (the reference the
 /// ordered candidates are tested against).
-fn schedule_with(state: &State, ordered: bool) -> Decisions {
+fn schedule_with(state: &State, created: &[&Task], ordered: bool) -> Decisions {
     let mut decisions = Decisions::default();
     let pending: Vec<&Task> = state
         .tasks
         .values()
+        .chain(created.iter().copied())
         .filter(|t| t.status.state == TaskState::Pending && t.desired_state <= TaskState::Running)
         .collect();
     if pending.is_empty() {

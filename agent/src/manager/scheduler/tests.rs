@@ -195,7 +195,7 @@ fn ordered_candidates_choose_as_ranking_every_node_does() {
         st.apply(100 + i as u64, c);
     }
     let first = schedule(&st);
-    assert_eq!(first, schedule_with(&st, false));
+    assert_eq!(first, schedule_with(&st, &[], false));
     let some: Vec<_> = first.assignments.iter().step_by(3).cloned().collect();
     st.apply(
         200,
@@ -223,5 +223,5 @@ fn ordered_candidates_choose_as_ranking_every_node_does() {
         !again.unplaced.is_empty(),
         "some of c or b cannot be placed"
     );
-    assert_eq!(again, schedule_with(&st, false));
+    assert_eq!(again, schedule_with(&st, &[], false));
 }
