@@ -16,7 +16,7 @@ use apiary::executor::logs::{self, LogOptions, Stream};
 use apiary::executor::{
     ContainerSpec, ContainerStatus, Containerd, ExecError, Executor, FileMount,
 };
-use harness::containerd::Daemon;
+use harness::containerd::{run_to_exit, Daemon};
 use harness::eventually;
 
 /// The filesystem type mounted exactly at `dir`, if any.
@@ -67,16 +67,6 @@ fn lines(exec: &Containerd, id: &str, stream: Stream, want: usize) -> Vec<String
             (got.len() >= want).then_some(got)
         },
     )
-}
-
-async fn run_to_exit(exec: &Containerd, spec: &ContainerSpec) -> i64 {
-    exec.prepare(spec).await.expect("prepare");
-    exec.start(&spec.id).await.expect("start");
-    tokio::time::timeout(Duration::from_secs(30), exec.wait(&spec.id))
-        .await
-        .expect("container exits within 30 s")
-        .expect("wait")
-        .code
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use apiary::executor::pull::Progress;
 use apiary::executor::{ContainerSpec, Containerd, ExecError, Executor};
-use harness::containerd::Daemon;
+use harness::containerd::{run_to_exit, Daemon};
 use harness::registry::Registry;
 
 #[test]
@@ -43,16 +43,6 @@ fn arch() -> &'static str {
         "aarch64" => "arm64",
         other => other,
     }
-}
-
-async fn run_to_exit(exec: &Containerd, spec: &ContainerSpec) -> i64 {
-    exec.prepare(spec).await.expect("prepare");
-    exec.start(&spec.id).await.expect("start");
-    tokio::time::timeout(Duration::from_secs(30), exec.wait(&spec.id))
-        .await
-        .expect("container exits within 30 s")
-        .expect("wait")
-        .code
 }
 
 fn echo(id: &str, image: &str) -> ContainerSpec {

@@ -191,3 +191,14 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// Prepare, start and wait (30 s at most) for a container; its exit code.
+pub async fn run_to_exit(exec: &Containerd, spec: &apiary::executor::ContainerSpec) -> i64 {
+    exec.prepare(spec).await.expect("prepare");
+    exec.start(&spec.id).await.expect("start");
+    tokio::time::timeout(Duration::from_secs(30), exec.wait(&spec.id))
+        .await
+        .expect("container exits within 30 s")
+        .expect("wait")
+        .code
+}

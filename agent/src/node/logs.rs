@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::control::{ControlResult, LogLine, LogsOptions, LogsTarget, TaskView};
+use crate::executor::logs as logfile;
 use crate::manager::Manager;
 use crate::rpc::{self, LogsReply, LogsRequest, Reply, Request};
 
@@ -207,14 +208,6 @@ struct FileLine {
     line: String,
 }
 
-/// The log driver's record: `{"t": RFC 3339, "s": "stdout"|"stderr", "l": line}`.
-#[derive(serde::Deserialize)]
-struct Record {
-    t: String,
-    s: String,
-    l: String,
-}
-
 /// Lines of the log file after byte `offset` (the last `tail` of them, and
 /// none before `since`), and the offset to continue from. A file shorter
 /// than `offset` was rotated: read it from the start. Lines that do not
@@ -242,24 +235,23 @@ fn read_from(
         if raw.is_empty() {
             continue;
         }
-        let Ok(r) = serde_json::from_slice::<Record>(raw) else {
+        // The log driver's own format (`executor::logs`).
+        let Some(l) = logfile::LogLine::decode(raw) else {
             continue;
         };
-        if let Some(since) = since {
-            let at =
-                time::OffsetDateTime::parse(&r.t, &time::format_description::well_known::Rfc3339);
-            if at.is_ok_and(|at| at < since) {
-                continue;
-            }
-        }
-        let mut line = r.l;
-        if !line.ends_with('\n') {
-            line.push('\n');
+        if since.is_some_and(|since| l.time < since) {
+            continue;
         }
         lines.push(FileLine {
-            timestamp: r.t,
-            stream: if r.s == "stderr" { 2 } else { 1 },
-            line,
+            timestamp: l
+                .time
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            stream: match l.stream {
+                logfile::Stream::Stdout => 1,
+                logfile::Stream::Stderr => 2,
+            },
+            line: l.line + "\n",
         });
     }
     if let Some(n) = tail {
