@@ -179,12 +179,14 @@ async fn a_node_whose_certificate_expired_comes_back_as_itself() {
     .expect("sign");
     r.install_certs(Certs {
         ca_pem: cluster.root_ca.cert_pem.clone(),
-        cert_pem: short,
+        cert_pem: short.clone(),
         key_pem,
     })
     .expect("install");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(r.cert_expired());
+    // By now the short certificate has expired, unless the session already
+    // noticed and came back (a busy CI machine can be that slow to get here).
+    assert!(r.cert_expired() || r.certs().cert_pem != short);
     // (Open connections outlive the certificate: TLS checks it only when a
     // connection is made. The session's renewal timer still points at the
     // old certificate's 90 days, so only coming back can fix this one.)
@@ -192,7 +194,10 @@ async fn a_node_whose_certificate_expired_comes_back_as_itself() {
     // The session comes back by itself with the stored worker token.
     let mut back = false;
     for _ in 0..100 {
-        if !r.cert_expired() && call_as(&w, addr(3, 1), &hb).await.is_ok() {
+        if !r.cert_expired()
+            && r.certs().cert_pem != short
+            && call_as(&w, addr(3, 1), &hb).await.is_ok()
+        {
             back = true;
             break;
         }
