@@ -47,15 +47,19 @@ fn walk<'a>(
     (tasks, secret_ids, config_ids)
 }
 
-/// What the node's assignments hash to, without copying them: a long poll
-/// checks this on every commit, for every node waiting (1,000 nodes × every
-/// commit), and builds the answer only when it changed.
+/// What the node's assignments hash to, without copying them, over what
+/// the worker acts on: each task's ID, spec, desired state and whether it
+/// ended, not its progress. The worker's own reports (preparing, starting,
+/// running: several per task) then do not send every task of the node back
+/// to it. The same on every manager, so a poll moves between them.
 pub fn fingerprint(state: &State, node: &NodeId) -> u64 {
     let (tasks, secret_ids, config_ids) = walk(state, node);
     let mut h = std::hash::DefaultHasher::new();
     for t in &tasks {
         t.id.hash(&mut h);
-        t.version.hash(&mut h);
+        t.spec_version.hash(&mut h);
+        t.desired_state.hash(&mut h);
+        t.status.state.is_terminal().hash(&mut h);
     }
     for s in state
         .secrets
@@ -111,6 +115,9 @@ pub fn build(state: &State, node: &NodeId) -> Assignments {
 pub async fn wait_for(m: &Manager, node: &NodeId, known: u64) -> Result<Assignments, RpcError> {
     let mut applied = m.state.watch();
     let deadline = tokio::time::Instant::now() + LONG_POLL;
+    // Recompute the fingerprint only when a task of this node (or something
+    // every node refers to) changed: most commits concern other nodes.
+    let mut seen = None;
     loop {
         applied.borrow_and_update();
         let timed_out = tokio::time::Instant::now() >= deadline;
@@ -119,9 +126,11 @@ pub async fn wait_for(m: &Manager, node: &NodeId, known: u64) -> Result<Assignme
             if !state.nodes.contains_key(node) {
                 return Err(RpcError::UnknownNode(node.0.clone()));
             }
-            if timed_out || fingerprint(&state, node) != known {
+            let epoch = state.task_index.hints.node_epoch(node);
+            if timed_out || (seen != Some(epoch) && fingerprint(&state, node) != known) {
                 return Ok(build(&state, node));
             }
+            seen = Some(epoch);
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {}

@@ -15,15 +15,15 @@
 //! - the reaper deletes finished tasks beyond the history limit and tasks of
 //!   removed services and slots once they are down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::store::{
-    Availability, Command, Node, NodeId, NodeState, Service, State, Task, TaskId, TaskState,
-    TaskStatus, TaskStatusUpdate,
+    Availability, Command, Node, NodeId, NodeState, Service, ServiceId, State, Task, TaskId,
+    TaskState, TaskStatus, TaskStatusUpdate,
 };
 
 use super::scheduler::Constraint;
@@ -64,6 +64,20 @@ pub struct Orchestrator<'a> {
 
 /// One reconciliation pass over every service.
 pub fn reconcile(state: &State, now: OffsetDateTime, new_id: &mut dyn FnMut() -> String) -> Plan {
+    reconcile_scoped(state, now, new_id, None)
+}
+
+/// A pass over the given services only (`None`: all): those whose tasks or
+/// spec changed since the last pass (`store::hints`). Every decision about a
+/// service depends only on it, its tasks and the nodes, and a node change
+/// makes the next pass a full one, so the services left out would have
+/// decided nothing.
+pub fn reconcile_scoped(
+    state: &State,
+    now: OffsetDateTime,
+    new_id: &mut dyn FnMut() -> String,
+    scope: Option<&BTreeSet<ServiceId>>,
+) -> Plan {
     let mut o = Orchestrator {
         state,
         now,
@@ -75,14 +89,18 @@ pub fn reconcile(state: &State, now: OffsetDateTime, new_id: &mut dyn FnMut() ->
         remove: Vec::new(),
         delete: Vec::new(),
     };
-    for service in state.services.values() {
+    let services: Box<dyn Iterator<Item = &Service>> = match scope {
+        Some(ids) => Box::new(ids.iter().filter_map(|id| state.services.get(id))),
+        None => Box::new(state.services.values()),
+    };
+    for service in services {
         if service.is_global() {
             o.global(service);
         } else {
             o.replicated(service);
         }
     }
-    o.reap();
+    o.reap(scope);
     o.finish()
 }
 
@@ -327,7 +345,7 @@ impl Orchestrator<'_> {
     }
 
     /// Delete what no longer needs keeping.
-    fn reap(&mut self) {
+    fn reap(&mut self, scope: Option<&BTreeSet<ServiceId>>) {
         let limit = self
             .state
             .cluster
@@ -338,7 +356,12 @@ impl Orchestrator<'_> {
         // History per slot (replicated) or per node (global).
         let mut history: HashMap<(&crate::store::ServiceId, u64, Option<&NodeId>), Vec<&Task>> =
             HashMap::new();
-        for t in self.state.tasks.values() {
+        let state = self.state;
+        let tasks: Box<dyn Iterator<Item = &Task>> = match scope {
+            Some(ids) => Box::new(ids.iter().flat_map(|id| state.tasks_of_service(id))),
+            None => Box::new(state.tasks.values()),
+        };
+        for t in tasks {
             let node = t.node_id.as_ref().and_then(|n| self.state.nodes.get(n));
             let node_gone =
                 t.node_id.is_none() || node.is_none_or(|n| n.status.state == NodeState::Down);

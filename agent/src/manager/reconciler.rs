@@ -1,6 +1,6 @@
 //! The leader's reconciliation loop: after every change to the state (and
 //! when a restart delay runs out), run the orchestrator and the scheduler
-//! over a snapshot and write what they decided, in one batch.
+//! over the services that changed and write what they decided.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,35 +21,84 @@ const IN_FLIGHT: usize = 2;
 /// that was missed, a write that failed).
 const IDLE_PASS: Duration = Duration::from_secs(5);
 
+/// What one pass decided.
+struct Pass {
+    commands: Vec<crate::store::Command>,
+    wake_in: Option<Duration>,
+}
+
+/// Decide, over the services that changed (`full`: over all of them).
+/// Runs on a blocking thread: with 100k tasks a full pass takes tens of
+/// milliseconds, which on a 2-core board must not hold up raft's tasks.
+fn decide(state: &crate::raft::StateReader, full: bool) -> Pass {
+    let state = state.read();
+    // Taken under the read lock: a write applied after this marks its
+    // services for the next pass.
+    let dirty = state.task_index.hints.take_dirty();
+    let scope = (!full && !dirty.everything).then_some(&dirty.services);
+    if scope.is_some_and(|s| s.is_empty()) && state.task_index.pending.is_empty() {
+        return Pass {
+            commands: Vec::new(),
+            wake_in: None,
+        };
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let mut new_id = || crate::pki::new_node_id().0;
+    let plan = orchestrator::reconcile_scoped(&state, now, &mut new_id, scope);
+    let mut commands = plan.commands;
+    let created: Vec<&crate::store::Task> = commands
+        .iter()
+        .filter_map(|c| match c {
+            crate::store::Command::CreateTasks { tasks } => Some(tasks.iter()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let decisions = scheduler::schedule_including(&state, &created);
+    drop(created);
+    commands.extend(orchestrator::placement_commands(
+        decisions,
+        &crate::util::now_rfc3339(),
+    ));
+    Pass {
+        commands,
+        wake_in: plan.wake_in,
+    }
+}
+
 pub(super) async fn run(m: Arc<Manager>, stop: CancellationToken) {
     let mut applied = m.state.watch();
     // Passes in a row that wrote something: a plan that keeps repeating
     // (a bug, or a write the state machine keeps skipping) must not spin.
     let mut busy = 0u32;
+    // The first pass of a new leader looks at everything, and so does one
+    // after a lost write (its services are not marked again) or a timer.
+    let mut full = true;
+    // When a restart delay runs out: kept across the passes that look at
+    // other services only.
+    let mut wake_at: Option<tokio::time::Instant> = None;
     loop {
         applied.borrow_and_update();
-        let (commands, wake_in) = {
-            let state = m.state.read();
-            let now = time::OffsetDateTime::now_utc();
-            let mut new_id = || crate::pki::new_node_id().0;
-            let plan = orchestrator::reconcile(&state, now, &mut new_id);
-            let mut commands = plan.commands;
-            let created: Vec<&crate::store::Task> = commands
-                .iter()
-                .filter_map(|c| match c {
-                    crate::store::Command::CreateTasks { tasks } => Some(tasks.iter()),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            let decisions = scheduler::schedule_including(&state, &created);
-            drop(created);
-            commands.extend(orchestrator::placement_commands(
-                decisions,
-                &crate::util::now_rfc3339(),
-            ));
-            (commands, plan.wake_in)
+        let reader = m.state.clone();
+        let Ok(pass) = tokio::task::spawn_blocking(move || decide(&reader, full)).await else {
+            warn!("a reconciliation pass panicked; looking at everything again");
+            full = true;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
         };
+        let now = tokio::time::Instant::now();
+        if full {
+            wake_at = None;
+        }
+        full = false;
+        if let Some(w) = pass.wake_in {
+            let at = now + w;
+            wake_at = Some(wake_at.map_or(at, |x| x.min(at)));
+        }
+        let commands = pass.commands;
         if !commands.is_empty() {
             debug!(commands = commands.len(), "reconciling tasks");
             // A few at a time: the batching writer puts whatever is queued
@@ -67,6 +116,7 @@ pub(super) async fn run(m: Arc<Manager>, stop: CancellationToken) {
             for r in results {
                 if let Err(e) = r {
                     warn!("could not write a reconciliation decision: {e}");
+                    full = true;
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -85,14 +135,15 @@ pub(super) async fn run(m: Arc<Manager>, stop: CancellationToken) {
             continue;
         }
         busy = 0;
-        let wait = wake_in.unwrap_or(IDLE_PASS).min(IDLE_PASS);
+        let idle = now + IDLE_PASS;
+        let until = wake_at.map_or(idle, |w| w.min(idle));
         tokio::select! {
             _ = stop.cancelled() => return,
             r = applied.changed() => {
                 if r.is_err() { return }
                 tokio::time::sleep(DEBOUNCE).await;
             }
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(until) => full = true,
         }
     }
 }

@@ -149,18 +149,18 @@ fn host_ports(task: &Task) -> Vec<(String, i64)> {
 
 /// What is already on a node: counts and reservations of its live tasks.
 #[derive(Clone, Debug, Default)]
-struct Load {
+struct Load<'a> {
     total: u64,
-    per_service: HashMap<ServiceId, u64>,
+    per_service: HashMap<&'a ServiceId, u64>,
     nano_cpus: i64,
     memory: i64,
     ports: Vec<(String, i64)>,
 }
 
-impl Load {
-    fn add(&mut self, task: &Task, needs: &Needs) {
+impl<'a> Load<'a> {
+    fn add(&mut self, task: &'a Task, needs: &Needs) {
         self.total += 1;
-        *self.per_service.entry(task.service_id.clone()).or_default() += 1;
+        *self.per_service.entry(&task.service_id).or_default() += 1;
         self.nano_cpus += needs.nano_cpus;
         self.memory += needs.memory;
         self.ports.extend(needs.host_ports.iter().cloned());
@@ -352,8 +352,10 @@ pub fn schedule_including(state: &State, created: &[&Task]) -> Decisions {
 fn schedule_with(state: &State, created: &[&Task], ordered: bool) -> Decisions {
     let mut decisions = Decisions::default();
     let pending: Vec<&Task> = state
-        .tasks
-        .values()
+        .task_index
+        .pending
+        .iter()
+        .filter_map(|id| state.tasks.get(id))
         .chain(created.iter().copied())
         .filter(|t| t.status.state == TaskState::Pending && t.desired_state <= TaskState::Running)
         .collect();

@@ -9,6 +9,7 @@
 //! changed it, which gives Docker's optimistic concurrency (`?version=N`).
 
 mod ca;
+pub mod hints;
 mod services;
 mod state;
 mod types;

@@ -317,6 +317,15 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 pub struct TaskIndex {
     pub by_node: BTreeMap<NodeId, BTreeSet<TaskId>>,
     pub by_service: BTreeMap<ServiceId, BTreeSet<TaskId>>,
+    /// Tasks waiting for the scheduler (pending and wanted).
+    pub pending: BTreeSet<TaskId>,
+    pub hints: super::hints::Hints,
+}
+
+impl Task {
+    fn waits_for_placement(&self) -> bool {
+        self.status.state == TaskState::Pending && self.desired_state <= TaskState::Running
+    }
 }
 
 impl State {
@@ -336,8 +345,21 @@ impl State {
 
     /// Insert or replace a task, keeping the indexes in step.
     pub(super) fn put_task(&mut self, task: Task) {
+        let hints = &self.task_index.hints;
+        hints.service(&task.service_id);
+        if let Some(n) = &task.node_id {
+            hints.node(n);
+        }
+        if task.waits_for_placement() {
+            self.task_index.pending.insert(task.id.clone());
+        } else {
+            self.task_index.pending.remove(&task.id);
+        }
         if let Some(old) = self.tasks.get(&task.id) {
             if old.node_id != task.node_id {
+                if let Some(n) = &old.node_id {
+                    self.task_index.hints.node(n);
+                }
                 if let Some(n) = &old.node_id {
                     if let Some(set) = self.task_index.by_node.get_mut(n) {
                         set.remove(&task.id);
@@ -365,7 +387,10 @@ impl State {
 
     pub(super) fn delete_task(&mut self, id: &TaskId) -> Option<Task> {
         let task = self.tasks.remove(id)?;
+        self.task_index.pending.remove(id);
+        self.task_index.hints.service(&task.service_id);
         if let Some(n) = &task.node_id {
+            self.task_index.hints.node(n);
             if let Some(set) = self.task_index.by_node.get_mut(n) {
                 set.remove(id);
                 if set.is_empty() {
@@ -380,6 +405,24 @@ impl State {
             }
         }
         Some(task)
+    }
+
+    /// After a task was changed in place: keep the pending set, tell its
+    /// node's long poll, and mark its service for the orchestrator when
+    /// `orchestrator_cares`.
+    fn retouch(&mut self, id: &TaskId, orchestrator_cares: bool) {
+        let Some(t) = self.tasks.get(id) else { return };
+        if t.waits_for_placement() {
+            self.task_index.pending.insert(id.clone());
+        } else {
+            self.task_index.pending.remove(id);
+        }
+        if let Some(n) = &t.node_id {
+            self.task_index.hints.node(n);
+        }
+        if orchestrator_cares {
+            self.task_index.hints.service(&t.service_id);
+        }
     }
 
     pub fn tasks_of_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Task> + 'a {
@@ -429,6 +472,7 @@ impl State {
         s.version = index;
         s.spec_version = index;
         self.services.insert(s.id.clone(), s);
+        self.task_index.hints.service(&service.id);
         Ok((Some(index), vec![self.service_change(&service.id)]))
     }
 
@@ -471,6 +515,7 @@ impl State {
         }
         s.version = index;
         s.updated_at = now.to_string();
+        self.task_index.hints.service(id);
         Ok((Some(index), vec![self.service_change(id)]))
     }
 
@@ -494,12 +539,14 @@ impl State {
             .flatten()
             .cloned()
             .collect();
+        self.task_index.hints.service(id);
         for tid in ids {
             if let Some(t) = self.tasks.get_mut(&tid) {
                 if t.desired_state < TaskState::Remove {
                     t.desired_state = TaskState::Remove;
                     t.version = index;
                     t.updated_at = now.to_string();
+                    self.retouch(&tid, true);
                     changes.push(self.task_change(&tid));
                 }
             }
@@ -512,6 +559,10 @@ impl State {
     /// replaying the same decision must not double a replica.
     pub(super) fn create_tasks(&mut self, index: u64, tasks: &[Task]) -> Vec<Change> {
         let mut changes = Vec::new();
+        // Where each service already has a live task: its slots, or for a
+        // global service its nodes (looked up once per service, not once
+        // per new task: a command carries hundreds).
+        let mut occupied: BTreeMap<ServiceId, BTreeSet<(u64, Option<NodeId>)>> = BTreeMap::new();
         for t in tasks {
             let Some(service) = self.services.get(&t.service_id) else {
                 continue;
@@ -520,15 +571,20 @@ impl State {
                 continue;
             }
             let global = service.is_global();
-            let taken = self.tasks_of_service(&t.service_id).any(|o| {
-                o.desired_state <= TaskState::Running
-                    && if global {
-                        o.node_id == t.node_id
-                    } else {
-                        o.slot == t.slot
-                    }
+            let place = |o: &Task| {
+                if global {
+                    (0, o.node_id.clone())
+                } else {
+                    (o.slot, None)
+                }
+            };
+            let taken = occupied.entry(t.service_id.clone()).or_insert_with(|| {
+                self.tasks_of_service(&t.service_id)
+                    .filter(|o| o.desired_state <= TaskState::Running)
+                    .map(place)
+                    .collect()
             });
-            if taken {
+            if !taken.insert(place(t)) {
                 continue;
             }
             let mut t = t.clone();
@@ -594,9 +650,21 @@ impl State {
             if u.status == t.status {
                 continue;
             }
+            // The orchestrator acts on ends (restart, reap) and, while a
+            // rolling update is under way, on tasks coming up; the many
+            // other reports need no pass over the service.
+            let cares = u.status.state.is_terminal()
+                || (u.status.state == TaskState::Running && t.status.state < TaskState::Running);
             t.status = u.status.clone();
             t.version = index;
             t.updated_at = u.status.timestamp.clone();
+            let cares = cares
+                && (u.status.state.is_terminal()
+                    || self
+                        .services
+                        .get(&t.service_id)
+                        .is_none_or(|s| s.previous_spec.is_some()));
+            self.retouch(&u.id, cares);
             changes.push(self.task_change(&u.id));
         }
         changes
@@ -621,6 +689,7 @@ impl State {
             t.desired_state = desired;
             t.version = index;
             t.updated_at = now.to_string();
+            self.retouch(id, true);
             changes.push(self.task_change(id));
         }
         changes

@@ -241,7 +241,11 @@ impl State {
                 changes,
             );
         }
-        match self.apply_inner(index, cmd) {
+        let result = self.apply_inner(index, cmd);
+        if result.is_ok() {
+            self.hint(cmd);
+        }
+        match result {
             Ok((version, changes)) => (
                 Response {
                     version,
@@ -258,6 +262,26 @@ impl State {
                 },
                 Vec::new(),
             ),
+        }
+    }
+
+    /// Service and task commands note precisely what they touched (see
+    /// `store::hints`); everything else (nodes, the cluster, secrets,
+    /// configs: rare writes) may concern any service and any node.
+    fn hint(&self, cmd: &Command) {
+        match cmd {
+            Command::CreateService { .. }
+            | Command::UpdateService { .. }
+            | Command::RemoveService { .. }
+            | Command::CreateTasks { .. }
+            | Command::AssignTasks { .. }
+            | Command::SetTaskStatus { .. }
+            | Command::SetTasksDesired { .. }
+            | Command::DeleteTasks { .. } => {}
+            _ => {
+                self.task_index.hints.everything();
+                self.task_index.hints.all_nodes();
+            }
         }
     }
 

@@ -98,13 +98,28 @@ pub(crate) fn state_with(nodes: &[Node], services: &[Service]) -> State {
 pub(crate) fn converge(state: &mut State, now: OffsetDateTime, rounds: usize) {
     // IDs unique across calls, as random IDs would be.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut ids = || {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("t{n:06}")
-    };
     let mut index = 100;
     for _ in 0..rounds {
-        let plan = reconcile(state, now, &mut ids);
+        // The leader's pass looks only at the services the hints marked;
+        // every round checks that it decides what a pass over everything
+        // decides (same IDs for both).
+        let base = NEXT.fetch_add(1_000_000, std::sync::atomic::Ordering::Relaxed);
+        let ids_from = |base: u64| {
+            let mut n = base;
+            move || {
+                n += 1;
+                format!("t{n:012}")
+            }
+        };
+        let dirty = state.task_index.hints.take_dirty();
+        let scope = (!dirty.everything).then_some(&dirty.services);
+        let scoped = reconcile_scoped(state, now, &mut ids_from(base), scope);
+        let plan = reconcile(state, now, &mut ids_from(base));
+        assert_eq!(
+            normalized(scoped.commands),
+            normalized(plan.commands.clone()),
+            "a pass over the marked services ({scope:?}) decides what a full pass decides"
+        );
         let mut cmds = plan.commands;
         cmds.extend(placement_commands(
             super::super::scheduler::schedule(state),
@@ -118,6 +133,16 @@ pub(crate) fn converge(state: &mut State, now: OffsetDateTime, rounds: usize) {
             state.apply(index, &c);
         }
     }
+}
+
+/// Plans compared regardless of the order the reaper found its tasks in.
+fn normalized(mut cmds: Vec<Command>) -> Vec<Command> {
+    for c in &mut cmds {
+        if let Command::DeleteTasks { ids } = c {
+            ids.sort();
+        }
+    }
+    cmds
 }
 
 /// Every assigned task reports running (what workers would do).
@@ -185,6 +210,8 @@ fn scale_down_removes_the_highest_slots() {
         ..Default::default()
     });
     st.services.insert(svc.id.clone(), svc);
+    // Written past `apply`: the hints cannot know.
+    st.task_index.hints.everything();
     converge(&mut st, now(), 10);
     let mut slots: Vec<u64> = live(&st).iter().map(|t| t.slot).collect();
     slots.sort();
@@ -201,6 +228,8 @@ fn tasks_on_a_down_node_are_replaced_elsewhere_without_duplicates() {
     converge(&mut st, now(), 10);
     run_all(&mut st);
     st.nodes.get_mut(&NodeId("a".into())).unwrap().status.state = NodeState::Down;
+    // Written past `apply`: the hints cannot know.
+    st.task_index.hints.everything();
     converge(&mut st, now(), 10);
     let wanted: Vec<&Task> = st
         .tasks
@@ -252,6 +281,8 @@ fn global_service_runs_once_per_eligible_node_and_follows_joins() {
     assert_eq!(on, vec!["a".to_string()]);
     let c = node("c", NodeState::Ready, Availability::Active);
     st.nodes.insert(c.id.clone(), c);
+    // Written past `apply`: the hints cannot know.
+    st.task_index.hints.everything();
     converge(&mut st, now(), 10);
     let mut on: Vec<String> = live(&st)
         .iter()
@@ -402,6 +433,9 @@ fn rolling_update_replaces_one_task_at_a_time() {
     assert_eq!(new.len(), 1, "parallelism 1: one task replaced first");
     for _ in 0..3 {
         run_all(&mut st);
+        // A new task coming up is what lets the update go on: a pass right
+        // after it must see the service (checked inside `converge`).
+        converge(&mut st, now(), 10);
         // The replaced tasks' containers stop.
         let stopping: Vec<TaskStatusUpdate> = st
             .tasks
