@@ -245,6 +245,8 @@ async fn run(
                     data_dir: dir,
                     hostname: Some(format!("sim{i}")),
                     executor: Some(Arc::new(SimulatedExecutor::new())),
+                    // The host's network: nothing is set up per task.
+                    network: None,
                 })
                 .await
                 .map_err(anyhow::Error::msg)?;
