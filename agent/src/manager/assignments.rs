@@ -113,13 +113,15 @@ pub fn build(state: &State, node: &NodeId) -> Assignments {
 /// Answer when the node's assignments differ from `known`, or after
 /// `LONG_POLL`.
 pub async fn wait_for(m: &Manager, node: &NodeId, known: u64) -> Result<Assignments, RpcError> {
-    let mut applied = m.state.watch();
+    let waiter = m.state.node_waiter(node);
     let deadline = tokio::time::Instant::now() + LONG_POLL;
     // Recompute the fingerprint only when a task of this node (or something
     // every node refers to) changed: most commits concern other nodes.
     let mut seen = None;
     loop {
-        applied.borrow_and_update();
+        let notified = waiter.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         let timed_out = tokio::time::Instant::now() >= deadline;
         {
             let state = m.state.read();
@@ -134,9 +136,7 @@ pub async fn wait_for(m: &Manager, node: &NodeId, known: u64) -> Result<Assignme
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {}
-            r = applied.changed() => if r.is_err() {
-                return Err(RpcError::Other("the manager is stopping".into()));
-            },
+            _ = &mut notified => {}
         }
     }
 }

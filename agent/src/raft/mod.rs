@@ -4,12 +4,13 @@
 pub mod network;
 pub mod storage;
 
+use std::collections::HashMap;
 use std::io::Cursor;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
-use crate::store::{Command, Response, State};
+use crate::store::{Command, NodeId, Response, State};
 
 openraft::declare_raft_types!(
     /// apiary's raft types: commands are [`Command`], node IDs random `u64`s,
@@ -31,23 +32,57 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub struct StateReader {
     state: Arc<RwLock<State>>,
     applied: watch::Receiver<u64>,
+    nodes: Arc<NodeWaiters>,
 }
 
 /// The write side, owned by the state machine.
 pub struct StateWriter {
     state: Arc<RwLock<State>>,
     applied: watch::Sender<u64>,
+    nodes: Arc<NodeWaiters>,
+}
+
+/// One wake-up per node for the assignment long polls: with 1,000 nodes
+/// polling, waking every poll on every commit (the `applied` watch) costs
+/// more than the commits; a batch wakes the nodes whose tasks it touched
+/// (`store::hints`).
+#[derive(Default)]
+struct NodeWaiters(Mutex<HashMap<NodeId, Arc<Notify>>>);
+
+impl NodeWaiters {
+    fn get(&self, node: &NodeId) -> Arc<Notify> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(node.clone()).or_default().clone()
+    }
+
+    fn wake(&self, nodes: Option<std::collections::BTreeSet<NodeId>>) {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match nodes {
+            None => map.values().for_each(|n| n.notify_waiters()),
+            Some(nodes) => {
+                for n in nodes.iter().filter_map(|id| map.get(id)) {
+                    n.notify_waiters();
+                }
+            }
+        }
+    }
 }
 
 pub fn shared_state(initial: State, applied: u64) -> (StateWriter, StateReader) {
     let state = Arc::new(RwLock::new(initial));
     let (tx, rx) = watch::channel(applied);
+    let nodes = Arc::new(NodeWaiters::default());
     (
         StateWriter {
             state: state.clone(),
             applied: tx,
+            nodes: nodes.clone(),
         },
-        StateReader { state, applied: rx },
+        StateReader {
+            state,
+            applied: rx,
+            nodes,
+        },
     )
 }
 
@@ -65,6 +100,13 @@ impl StateReader {
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.applied.clone()
     }
+    /// Notified once applied entries touched `node`'s tasks, or anything
+    /// every node's assignments may refer to. Create the `notified()`
+    /// future (and `enable` it) before looking at the state, so that a
+    /// batch applied in between is not missed.
+    pub fn node_waiter(&self, node: &NodeId) -> Arc<Notify> {
+        self.nodes.get(node)
+    }
 }
 
 impl StateWriter {
@@ -72,13 +114,23 @@ impl StateWriter {
         let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
     }
+    /// After a batch (or a snapshot) was applied and the lock released.
     pub fn set_applied(&self, index: u64) {
+        let touched = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .task_index
+            .hints
+            .take_touched();
+        self.nodes.wake(touched);
         self.applied.send_replace(index);
     }
     pub fn reader(&self) -> StateReader {
         StateReader {
             state: self.state.clone(),
             applied: self.applied.subscribe(),
+            nodes: self.nodes.clone(),
         }
     }
 }

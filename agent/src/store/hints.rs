@@ -26,6 +26,10 @@ struct Inner {
     node_epochs: HashMap<NodeId, u64>,
     /// Changes that concern every node (secrets, configs, node removals).
     epoch: u64,
+    /// Nodes whose long polls to wake once the batch being applied is
+    /// visible (see `raft::StateWriter::set_applied`).
+    touched: BTreeSet<NodeId>,
+    touched_all: bool,
 }
 
 /// See the module docs. Interior mutability: the reconciler takes the dirty
@@ -43,6 +47,7 @@ impl Default for Hints {
         Hints {
             inner: Mutex::new(Inner {
                 everything: true,
+                touched_all: true,
                 ..Inner::default()
             }),
         }
@@ -82,6 +87,7 @@ impl Hints {
             let mut g = p.into_inner();
             g.everything = true;
             g.epoch += 1;
+            g.touched_all = true;
             g
         })
     }
@@ -101,12 +107,27 @@ impl Hints {
 
     /// A task on `node` changed (or arrived, or left).
     pub fn node(&self, node: &NodeId) {
-        *self.lock().node_epochs.entry(node.clone()).or_default() += 1;
+        let mut g = self.lock();
+        *g.node_epochs.entry(node.clone()).or_default() += 1;
+        if !g.touched_all {
+            g.touched.insert(node.clone());
+        }
     }
 
     /// Something every node's assignments may refer to changed.
     pub fn all_nodes(&self) {
-        self.lock().epoch += 1;
+        let mut g = self.lock();
+        g.epoch += 1;
+        g.touched_all = true;
+        g.touched.clear();
+    }
+
+    /// The nodes touched since the last call (`None`: maybe all of them).
+    pub fn take_touched(&self) -> Option<BTreeSet<NodeId>> {
+        let mut g = self.lock();
+        let all = std::mem::take(&mut g.touched_all);
+        let nodes = std::mem::take(&mut g.touched);
+        (!all).then_some(nodes)
     }
 
     pub fn take_dirty(&self) -> Dirty {
@@ -158,7 +179,12 @@ mod tests {
         assert_ne!(h.node_epoch(&a), a0);
         assert_eq!(h.node_epoch(&b), b0);
         let b1 = h.node_epoch(&b);
+        assert_eq!(h.take_touched(), None, "a new state may concern anyone");
+        h.node(&a);
+        assert_eq!(h.take_touched(), Some(BTreeSet::from([a.clone()])));
+        assert_eq!(h.take_touched(), Some(BTreeSet::new()));
         h.all_nodes();
         assert_ne!(h.node_epoch(&b), b1);
+        assert_eq!(h.take_touched(), None);
     }
 }

@@ -148,7 +148,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), Error> {
         let db = self.db.clone();
         blocking(Op::WriteLogs, move || {
-            let txn = db.begin_write().or_io(Op::WriteLogs)?;
+            let mut txn = db.begin_write().or_io(Op::WriteLogs)?;
+            // Durable with the next log append (same file): the committed
+            // id only lets a restart apply sooner, and it never points past
+            // entries this node has flushed.
+            txn.set_durability(redb::Durability::None);
             {
                 let mut meta = txn.open_table(META).or_io(Op::WriteLogs)?;
                 write_meta(&mut meta, META_COMMITTED, committed.as_ref(), Op::WriteLogs)?;
