@@ -172,23 +172,29 @@ impl Manager {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.me.raft_id)
+        self.raft.server_metrics().borrow().current_leader == Some(self.me.raft_id)
     }
 
     pub fn leader_raft_id(&self) -> Option<RaftId> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.server_metrics().borrow().current_leader
     }
 
     /// The leader's cluster address, if one is known.
+    ///
+    /// Here and below: the server metrics change only with leadership and
+    /// membership. The full metrics change with every entry applied, which
+    /// woke every forwarded call waiting on a leader change (thousands with
+    /// a busy fleet) on every commit.
     fn leader_addr(&self) -> Option<(RaftId, String)> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.server_metrics();
+        let m = m.borrow();
         let leader = m.current_leader?;
         let node = m.membership_config.membership().get_node(&leader)?;
         Some((leader, node.addr.clone()))
     }
 
     async fn wait_for_leader(&self, patience: Duration) -> Option<RaftId> {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             if let Some(l) = rx.borrow_and_update().current_leader {
@@ -343,7 +349,7 @@ impl Manager {
 
     /// Wait until raft names a leader other than `old` (or `deadline`).
     async fn wait_for_leader_change(&self, old: RaftId, deadline: tokio::time::Instant) {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         loop {
             if rx.borrow_and_update().current_leader != Some(old) {
                 return;
@@ -1213,7 +1219,7 @@ async fn batching_writer(
 /// Runs the leader-only loops while this manager leads, and stops them when
 /// it does not.
 async fn leader_supervisor(m: Arc<Manager>) {
-    let mut metrics = m.raft.metrics();
+    let mut metrics = m.raft.server_metrics();
     let mut running: Option<CancellationToken> = None;
     loop {
         let leading = {
