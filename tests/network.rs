@@ -3,26 +3,31 @@
 //! namespace standing for "the outside world". Shows: a host-mode
 //! published port answering on the node's loopback, outbound NAT, distinct
 //! addresses, idempotent re-attach, the port-in-use error, and that nothing
-//! (namespace, veth, rule, bridge) is left behind.
+//! (namespace, veth, rule, bridge) is left behind. Then, with real agents:
+//! a UDP port published in host mode, what a `kill -9`ed agent leaves
+//! swept at its restart (and only that: its adopted tasks and the other
+//! agent's keep their network), and `swarm leave` clearing the node.
 //!
-//! Needs root, containerd, runc, busybox-static, iproute2 and iptables.
+//! Needs root, containerd, runc, busybox-static, iproute2, iptables, the
+//! docker CLI, and libc6-dev (the UDP echo program is linked statically).
 
 mod harness;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use apiary::executor::{ContainerSpec, Containerd, Executor};
 use apiary::network::ipam::Subnet;
 use apiary::network::{
-    bridge, rules, Bridge, BridgeConfig, NetError, Network, PortMapping, Protocol,
+    bridge, rules, sweep, Bridge, BridgeConfig, NetError, Network, PortMapping, Protocol,
 };
 use apiary::worker::spec::with_attachment;
 use harness::containerd::Daemon;
-use harness::eventually;
+use harness::{eventually, Agent, Cluster, PATIENCE};
 
 fn sh(id: &str, script: &str) -> ContainerSpec {
     ContainerSpec {
@@ -76,16 +81,17 @@ struct HostState {
     outside: String,
     outside_veth: String,
     server: Option<Child>,
+    /// Namespaces a test made by hand.
+    extra_netns: Vec<String>,
 }
 
 impl HostState {
     fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let prefix = format!("{}-", self.bridge);
         if let Ok(rd) = std::fs::read_dir("/run/netns") {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with(&prefix) {
+                if sweep::task_of_netns(&self.bridge, &n).is_some() {
                     out.push(format!("netns {n}"));
                 }
             }
@@ -110,6 +116,9 @@ impl Drop for HostState {
             let _ = c.wait();
         }
         let _ = cmd("ip", &["netns", "del", &self.outside]);
+        for ns in &self.extra_netns {
+            let _ = cmd("ip", &["netns", "del", ns]);
+        }
         let _ = cmd("ip", &["link", "del", &self.outside_veth]);
         harness::remove_bridge(&self.bridge, &self.subnet.to_string());
     }
@@ -125,6 +134,7 @@ fn task_networking_end_to_end() {
         outside: format!("aptest-out-{n}"),
         outside_veth: format!("aptout{n}"),
         server: None,
+        extra_netns: Vec::new(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -295,6 +305,69 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
         "{e}"
     );
 
+    // ---- the agent "crashed": the address table is unreadable, and only
+    // the web task's container still exists. A namespace of another
+    // agent's bridge (whose name extends ours) is not ours to sweep.
+    let foreign = format!("{}-x-foreign", host.bridge);
+    let (ok, out) = cmd("ip", &["netns", "add", &foreign]);
+    assert!(ok, "ip netns add {foreign}: {out}");
+    host.extra_netns.push(foreign.clone());
+    let table = daemon.dir.path().join("network").join("ips.json");
+    std::fs::write(&table, "{not json").expect("spoil ips.json");
+    let swept = net
+        .sweep(&["web".to_string()].into_iter().collect())
+        .await
+        .expect("sweep");
+    assert_eq!(swept.released, vec!["busy", "client"], "{swept:?}");
+    assert_eq!(swept.recovered, vec!["web"], "{swept:?}");
+    assert!(
+        table.with_extension("json.bad").exists(),
+        "the spoilt table kept aside"
+    );
+    assert_eq!(net.attached().expect("allocations"), vec!["web"]);
+    // A table that is readable but wrong: the live task's address is read
+    // back from its namespace, a task without anything else is released.
+    let wrong = host.subnet.base.octets();
+    std::fs::write(
+        &table,
+        format!(
+            r#"{{"tasks":{{"web":"{}.{}.{}.200","ghost":"{}"}}}}"#,
+            wrong[0], wrong[1], wrong[2], web_ip
+        ),
+    )
+    .expect("write a wrong ips.json");
+    let swept = net
+        .sweep(&["web".to_string()].into_iter().collect())
+        .await
+        .expect("sweep again");
+    assert_eq!(swept.released, vec!["ghost"], "{swept:?}");
+    assert_eq!(swept.recovered, vec!["web"], "{swept:?}");
+    let again = net
+        .attach("web", "web")
+        .await
+        .expect("attach after the sweep");
+    assert_eq!(
+        again.ip,
+        Some(web_ip),
+        "the address read back from the namespace"
+    );
+    let left = host.leftovers();
+    assert_eq!(
+        left.len(),
+        3,
+        "web's namespace, veth and rule only: {left:#?}"
+    );
+    assert!(
+        left.iter()
+            .all(|l| l.contains("web") || l.contains(&bridge::veth_name(&host.bridge, "web"))),
+        "{left:#?}"
+    );
+    assert!(std::path::Path::new("/run/netns").join(&foreign).exists());
+    assert!(
+        http_get("127.0.0.1:18080").is_some_and(|a| a.contains("hello-from-web")),
+        "the live task keeps its network"
+    );
+
     // ---- everything goes away
     for id in ["web", "client", "busy"] {
         exec.stop(id, None, Duration::from_secs(2))
@@ -322,4 +395,352 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
         .exists());
     let (_, all) = cmd("iptables-save", &[]);
     assert!(!all.contains(&host.bridge), "rules left: {all}");
+}
+
+/// One datagram to `addr` from a fresh socket (a fresh source port, so no
+/// conntrack entry from an earlier try is reused); the answer, or None.
+fn udp_ask(addr: &str, msg: &str) -> Option<String> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.connect(addr).ok()?;
+    s.send(msg.as_bytes()).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// What one agent's bridge network has on the host, read from the host
+/// itself (`/run/netns`, the bridge's ports, `iptables -S`) and from the
+/// agent's address table.
+#[derive(Debug, Default, PartialEq)]
+struct OnHost {
+    /// Tasks with a namespace `<bridge>-<task>`.
+    netns: BTreeSet<String>,
+    /// Ports of the bridge.
+    ports: BTreeSet<String>,
+    /// Tasks with a DNAT rule.
+    dnat: BTreeSet<String>,
+    /// Tasks in `<data-dir>/network/ips.json`.
+    addresses: BTreeSet<String>,
+}
+
+fn on_host(a: &Agent) -> OnHost {
+    let (bridge, _) = a.bridge.clone().expect("an agent with a bridge");
+    let mut out = OnHost::default();
+    let prefix = format!("{bridge}-");
+    if let Ok(rd) = std::fs::read_dir("/run/netns") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(task) = n.strip_prefix(&prefix) {
+                out.netns.insert(task.to_string());
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif")) {
+        for e in rd.flatten() {
+            out.ports
+                .insert(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    let chain = rules::dnat_chain(&bridge);
+    let (_, text) = cmd("iptables", &["-w", "-t", "nat", "-S", &chain]);
+    out.dnat = rules::parse_dnat(&text, &chain)
+        .into_iter()
+        .filter_map(|r| r.task)
+        .collect();
+    let table = a.data_dir().join("network").join("ips.json");
+    if let Ok(bytes) = std::fs::read(&table) {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("ips.json is JSON");
+        if let Some(tasks) = v["tasks"].as_object() {
+            out.addresses = tasks.keys().cloned().collect();
+        }
+    }
+    out
+}
+
+/// What `swarm leave` must leave of an agent's network: nothing.
+fn nothing_left(a: &Agent) -> Result<(), String> {
+    let (bridge, _) = a.bridge.clone().expect("an agent with a bridge");
+    let mut left = Vec::new();
+    let state = on_host(a);
+    if state != OnHost::default() {
+        left.push(format!("{state:?}"));
+    }
+    if std::path::Path::new("/sys/class/net")
+        .join(&bridge)
+        .exists()
+    {
+        left.push(format!("the bridge {bridge}"));
+    }
+    let (_, all) = cmd("iptables-save", &[]);
+    let chain_suffix = format!("-{bridge}");
+    left.extend(
+        all.lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .any(|w| w == bridge || w.ends_with(&chain_suffix))
+            })
+            .map(|l| format!("rule: {l}")),
+    );
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(left.join("\n"))
+    }
+}
+
+/// The ID of the service's one task that should run, once it runs on `node`.
+fn running_task(c: &Cluster, service: &str, node: &str) -> String {
+    let m = &c.managers[0];
+    let what = format!("{service}'s task running on {node}");
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(&what, PATIENCE, || {
+            let out = m.docker(&[
+                "service",
+                "ps",
+                service,
+                "--no-trunc",
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.ID}}|{{.Node}}|{{.CurrentState}}",
+            ]);
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            match lines.as_slice() {
+                [one] => {
+                    let f: Vec<&str> = one.split('|').collect();
+                    (f.len() == 3 && f[1] == node && f[2].starts_with("Running"))
+                        .then(|| f[0].to_string())
+                }
+                _ => None,
+            }
+        })
+    }));
+    match found {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!(
+                "{}\n{}",
+                m.docker(&["service", "ps", "--no-trunc", service]).stdout,
+                c.logs()
+            );
+            std::panic::resume_unwind(e)
+        }
+    }
+}
+
+/// `docker service create -d --no-resolve-image --mode global` pinned to
+/// one node, with one host-mode port.
+fn pinned_service(m: &Agent, name: &str, node: &str, publish: &str, image_and_cmd: &[&str]) {
+    let constraint = format!("node.hostname=={node}");
+    let mut args = vec![
+        "service",
+        "create",
+        "-d",
+        "--no-resolve-image",
+        "--name",
+        name,
+        "--mode",
+        "global",
+        "--constraint",
+        &constraint,
+        "-p",
+        publish,
+    ];
+    args.extend(image_and_cmd);
+    m.docker(&args).ok();
+}
+
+#[test]
+fn udp_publishing_orphan_sweep_and_leave() {
+    let daemon = Arc::new(Daemon::start());
+    let mut c = Cluster::new("netsweep")
+        .managers(1)
+        .workers(1)
+        .containerd(daemon.clone())
+        .start();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sweep_scenario(&daemon, &mut c)
+    }));
+    if let Err(e) = result {
+        eprintln!("{}", c.logs());
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn sweep_scenario(daemon: &Daemon, c: &mut Cluster) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // wrk1's containers, as containerd has them (behind the agent's back).
+    let wrk1_ns = format!("apiary-test-{}-{}-wrk1", std::process::id(), c.name);
+    let wrk1_exec = rt.block_on(async {
+        Containerd::connect(
+            &daemon.socket(),
+            &wrk1_ns,
+            &c.workers[0].data_dir().join("containers"),
+        )
+        .await
+        .expect("connect to wrk1's containerd namespace")
+    });
+    let containers = |exec: &Containerd| -> Vec<String> {
+        rt.block_on(exec.list())
+            .expect("list containers")
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
+    };
+    // Down quickly after the kill -9 below.
+    c.managers[0]
+        .apiary(&["swarm", "update", "--dispatcher-heartbeat", "1s"])
+        .ok();
+
+    // An image with a UDP echo program (busybox has no UDP server) on wrk1.
+    let tar = c.root.path().join("udpecho.tar");
+    let echo = harness::image::udp_echo(c.root.path());
+    harness::image::busybox_oci_tar_with(&tar, "udpecho:latest", &[("bin/udp-echo", &echo)]);
+    c.workers[0]
+        .apiary(&["image", "load", "-i", tar.to_str().expect("utf-8 path")])
+        .ok();
+
+    let m = &c.managers[0];
+    let httpd = [
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    ];
+    let sleeper = ["busybox", "sleep", "3600"];
+    pinned_service(
+        m,
+        "keep",
+        "wrk1",
+        "published=18191,target=80,mode=host",
+        &httpd,
+    );
+    pinned_service(
+        m,
+        "echo",
+        "wrk1",
+        "published=18192,target=7007,protocol=udp,mode=host",
+        &["udpecho:latest", "udp-echo", "7007"],
+    );
+    pinned_service(
+        m,
+        "lost",
+        "wrk1",
+        "published=18193,target=80,mode=host",
+        &sleeper,
+    );
+    pinned_service(
+        m,
+        "other",
+        "mgr1",
+        "published=18194,target=80,mode=host",
+        &sleeper,
+    );
+    let keep = running_task(c, "keep", "wrk1");
+    let echo = running_task(c, "echo", "wrk1");
+    let lost = running_task(c, "lost", "wrk1");
+    let other = running_task(c, "other", "mgr1");
+    let wrk1_ip = c.workers[0].ip.clone();
+    let web = format!("{wrk1_ip}:18191");
+    let udp = format!("{wrk1_ip}:18192");
+
+    // ---- UDP published in host mode answers on the node's (loopback) address
+    let answer = eventually("the UDP echo on wrk1's port 18192", PATIENCE, || {
+        udp_ask(&udp, "ping")
+    });
+    assert_eq!(answer, "echo:ping");
+    let ps = m
+        .docker(&["service", "ps", "--format", "{{.Ports}}", "echo"])
+        .ok()
+        .to_string();
+    assert!(ps.contains("18192->7007/udp"), "PORTS column: {ps}");
+    eventually("keep's web page on wrk1's port 18191", PATIENCE, || {
+        http_get(&web).filter(|a| a.contains("hello-from-"))
+    });
+
+    let all3: BTreeSet<String> = [&keep, &echo, &lost].into_iter().cloned().collect();
+    let before = on_host(&c.workers[0]);
+    assert_eq!(before.netns, all3, "{before:?}");
+    assert_eq!(before.dnat, all3, "{before:?}");
+    assert_eq!(before.addresses, all3, "{before:?}");
+    assert_eq!(before.ports.len(), 3, "{before:?}");
+    let lost_veth = bridge::veth_name(&c.workers[0].bridge.clone().expect("bridge").0, &lost);
+    assert!(before.ports.contains(&lost_veth), "{before:?}");
+    let mgr1_before = on_host(&c.managers[0]);
+    assert_eq!(mgr1_before.netns, BTreeSet::from([other.clone()]));
+
+    // ---- kill -9 wrk1; its "lost" container disappears behind its back,
+    // and the swarm forgets the task while wrk1 is down.
+    c.workers[0].kill();
+    rt.block_on(async {
+        wrk1_exec
+            .stop(&lost, None, Duration::from_secs(1))
+            .await
+            .expect("stop lost's container");
+        wrk1_exec
+            .remove(&lost)
+            .await
+            .expect("remove lost's container");
+    });
+    eventually("wrk1 down", PATIENCE, || {
+        let out = m.docker(&["node", "inspect", "wrk1", "--format", "{{.Status.State}}"]);
+        (out.stdout.trim() == "down").then_some(())
+    });
+    m.docker(&["service", "rm", "lost"]).ok();
+    eventually("lost's task deleted", PATIENCE, || {
+        let out = m.docker(&["node", "ps", "wrk1", "--format", "{{.Name}}"]);
+        (out.status == 0 && !out.stdout.contains("lost.")).then_some(())
+    });
+    // Nothing has touched wrk1's network meanwhile.
+    assert_eq!(on_host(&c.workers[0]), before);
+
+    // ---- restart: lost's leftovers go, the adopted tasks keep theirs
+    c.workers[0].start();
+    let kept: BTreeSet<String> = [&keep, &echo].into_iter().cloned().collect();
+    let after = eventually("lost's network swept on wrk1", PATIENCE, || {
+        let s = on_host(&c.workers[0]);
+        (s.netns == kept && s.dnat == kept && s.addresses == kept && s.ports.len() == 2)
+            .then_some(s)
+    });
+    assert!(!after.ports.contains(&lost_veth), "{after:?}");
+    assert!(
+        c.workers[0]
+            .log()
+            .contains("cleaned up the network of tasks gone while the agent was down"),
+        "{}",
+        c.workers[0].log()
+    );
+    assert_eq!(containers(&wrk1_exec).len(), 2, "keep and echo adopted");
+    assert_eq!(udp_ask(&udp, "again").as_deref(), Some("echo:again"));
+    assert!(http_get(&web).is_some_and(|a| a.contains("hello-from-")));
+    // The other agent's network is not this agent's to sweep.
+    assert_eq!(on_host(&c.managers[0]), mgr1_before);
+
+    // ---- an adopted task detaches as any other
+    m.docker(&["service", "rm", "echo"]).ok();
+    let only_keep: BTreeSet<String> = BTreeSet::from([keep.clone()]);
+    eventually("echo's network released on wrk1", PATIENCE, || {
+        let s = on_host(&c.workers[0]);
+        (s.netns == only_keep && s.dnat == only_keep && s.addresses == only_keep).then_some(())
+    });
+    assert!(udp_ask(&udp, "gone").is_none(), "nothing answers on 18192");
+
+    // ---- swarm leave: no task, no bridge, no rule left
+    c.workers[0].docker(&["swarm", "leave"]).ok();
+    assert_eq!(containers(&wrk1_exec), Vec::<String>::new());
+    if let Err(left) = nothing_left(&c.workers[0]) {
+        panic!("wrk1 left the swarm but not its network:\n{left}");
+    }
+    assert!(http_get(&web).is_none(), "nothing answers on 18191");
+    // The manager's own bridge is untouched by wrk1 leaving ...
+    assert_eq!(on_host(&c.managers[0]), mgr1_before);
+    // ... and goes when it leaves (--force: the last manager).
+    c.managers[0].docker(&["swarm", "leave", "--force"]).ok();
+    if let Err(left) = nothing_left(&c.managers[0]) {
+        panic!("mgr1 left the swarm but not its network:\n{left}");
+    }
 }

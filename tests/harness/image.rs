@@ -57,6 +57,11 @@ fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) {
 /// The one layer: busybox, its applet links, /etc/passwd, /etc/group,
 /// /tmp. Deterministic bytes (mtime 0), so its digest is stable.
 pub fn busybox_layer() -> Vec<u8> {
+    busybox_layer_with(&[])
+}
+
+/// The busybox layer plus `extra` executables (path in the image, bytes).
+pub fn busybox_layer_with(extra: &[(&str, &[u8])]) -> Vec<u8> {
     let busybox =
         std::fs::read(BUSYBOX).expect("read /bin/busybox (apt-get install busybox-static)");
     let mut b = tar::Builder::new(Vec::new());
@@ -84,6 +89,9 @@ pub fn busybox_layer() -> Vec<u8> {
         0o644,
         b"root:x:0:\napp:x:1000:\nstaff:x:50:\nnogroup:x:65534:\n",
     );
+    for (path, data) in extra {
+        add_file(&mut b, path.trim_start_matches('/'), 0o755, data);
+    }
     b.into_inner().expect("finish layer tar")
 }
 
@@ -105,7 +113,12 @@ fn config(layer_digest: &str) -> Vec<u8> {
 /// An OCI image-layout tarball of busybox named `name` (e.g.
 /// `busybox:latest`; stored normalised as docker.io/library/busybox:latest).
 pub fn busybox_oci_tar(dest: &Path, name: &str) {
-    let layer = busybox_layer();
+    busybox_oci_tar_with(dest, name, &[]);
+}
+
+/// The same with `extra` executables in the image (see `busybox_layer_with`).
+pub fn busybox_oci_tar_with(dest: &Path, name: &str, extra: &[(&str, &[u8])]) {
+    let layer = busybox_layer_with(extra);
     let ld = sha256(&layer);
     let cfg = config(&ld);
     let cd = sha256(&cfg);
@@ -167,4 +180,41 @@ pub fn busybox_docker_save_tar(dest: &Path, name: &str) {
     add_file(&mut b, &format!("{cd}.json"), 0o644, &cfg);
     add_file(&mut b, "manifest.json", 0o644, &manifest);
     std::fs::write(dest, b.into_inner().expect("finish tar")).expect("write docker-save tarball");
+}
+
+/// A static `udp-echo <port>` program (`udp_echo.rs`) for test images:
+/// busybox-static's `nc` has no UDP mode and no applet answers UDP. Built
+/// in `dir` by the rustc of the toolchain running the tests, linked
+/// statically (needs the C library's static archive, libc6-dev).
+pub fn udp_echo(dir: &Path) -> Vec<u8> {
+    let src = dir.join("udp_echo.rs");
+    let out = dir.join("udp-echo");
+    std::fs::write(&src, include_str!("udp_echo.rs")).expect("write udp_echo.rs");
+    let rustc = std::env::var_os("RUSTC")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let cargo = std::path::PathBuf::from(std::env::var_os("CARGO")?);
+            Some(cargo.with_file_name("rustc")).filter(|p| p.exists())
+        })
+        .unwrap_or_else(|| "rustc".into());
+    let built = std::process::Command::new(&rustc)
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+        ])
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("run {} to build udp-echo: {e}", rustc.display()));
+    assert!(
+        built.status.success(),
+        "building udp-echo with {} failed (a static build needs libc6-dev):\n{}",
+        rustc.display(),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    std::fs::read(&out).expect("read the udp-echo binary")
 }

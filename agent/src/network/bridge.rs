@@ -15,16 +15,19 @@
 //! Every step checks before it acts, so `attach`, `publish` and `detach`
 //! can be re-run at any point after a crash.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::Mutex;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::ipam::{Allocations, Subnet};
-use super::{files, io_err, rules, Attachment, NetError, NetResult, Network, PortMapping};
+use super::{
+    files, io_err, rules, sweep, Attachment, NetError, NetResult, Network, PortMapping, Swept,
+};
 
 /// Where `ip netns add` puts its namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -49,6 +52,17 @@ pub struct Bridge {
 
 /// Linux's interface name limit (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
+
+fn check_task(task: &str) -> NetResult<()> {
+    if sweep::is_task_id(task) {
+        Ok(())
+    } else {
+        Err(NetError::Invalid(format!(
+            "invalid task ID {task:?}: use at most {} letters, digits, '_' or '.'",
+            sweep::TASK_ID_MAX
+        )))
+    }
+}
 
 fn check_name(what: &str, s: &str, max: usize) -> NetResult<()> {
     let ok = !s.is_empty()
@@ -151,20 +165,21 @@ fn write_atomic(path: &Path, data: &[u8]) -> NetResult<()> {
 }
 
 impl Bridge {
-    /// Check the tools, create the bridge and its rules (idempotent).
+    /// Check the configuration and the tools; the bridge itself is made by
+    /// the first `attach` (a node in no swarm has no network of ours).
     pub async fn new(cfg: BridgeConfig) -> NetResult<Bridge> {
         check_name("bridge name", &cfg.bridge, IFNAME_MAX)?;
         for (tool, arg) in [("ip", "-V"), ("iptables", "-V")] {
             run(tool, &sv(&[arg])).await?;
         }
+        // Reads only; fails as `attach` would without root or a nat table.
+        iptables("nat", &sv(&["-n", "-L", "POSTROUTING"])).await?;
         let tasks = cfg.state_dir.join("tasks");
         std::fs::create_dir_all(&tasks).map_err(|e| io_err("create directory", &tasks, e))?;
-        let b = Bridge {
+        Ok(Bridge {
             cfg,
             lock: Mutex::new(()),
-        };
-        b.ensure_bridge().await?;
-        Ok(b)
+        })
     }
 
     pub fn config(&self) -> &BridgeConfig {
@@ -291,7 +306,7 @@ impl Bridge {
     }
 
     async fn do_attach(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
-        check_name("task ID", task, 64)?;
+        check_task(task)?;
         let _g = self.lock.lock().await;
         self.ensure_bridge().await?;
         let mut a = self.load()?;
@@ -349,7 +364,7 @@ impl Bridge {
         if ports.is_empty() {
             return Ok(vec![]);
         }
-        check_name("task ID", task, 64)?;
+        check_task(task)?;
         let _g = self.lock.lock().await;
         let addr = self.load()?.get(task).ok_or_else(|| {
             NetError::Invalid(format!(
@@ -394,13 +409,29 @@ impl Bridge {
     }
 
     async fn do_detach(&self, task: &str) -> NetResult<()> {
-        check_name("task ID", task, 64)?;
+        check_task(task)?;
         let _g = self.lock.lock().await;
+        let rules = self.dnat_rules().await?;
+        let mut a = self.load()?;
+        self.undo(task, &rules, &mut a).await?;
+        debug!(task.id = task, "task network detached");
+        Ok(())
+    }
+
+    /// Undo a task's attachment: its DNAT rules (among `rules`), namespace,
+    /// veth, address (in `a`, saved if it changed) and /etc files. Under
+    /// the lock.
+    async fn undo(
+        &self,
+        task: &str,
+        rules: &[rules::DnatRule],
+        a: &mut Allocations,
+    ) -> NetResult<()> {
         let chain = rules::dnat_chain(&self.cfg.bridge);
-        for r in self.dnat_rules().await? {
+        for r in rules {
             if r.task.as_deref() == Some(task) {
                 let mut del = vec!["-D".to_string(), chain.clone()];
-                del.extend(r.spec);
+                del.extend(r.spec.iter().cloned());
                 iptables("nat", &del).await?;
             }
         }
@@ -414,18 +445,126 @@ impl Bridge {
         if link_exists(&veth) {
             let _ = ip(&["link", "del", &veth]).await;
         }
-        let mut a = self.load()?;
         if a.release(task) {
-            self.save(&a)?;
+            self.save(a)?;
         }
         let dir = self.task_dir(task);
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &dir, e)),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &dir, e)),
         }
-        debug!(task.id = task, "task network detached");
-        Ok(())
+    }
+
+    /// The bridge's DNAT rules; none if its chain does not exist (yet).
+    async fn dnat_rules_if_any(&self) -> NetResult<Vec<rules::DnatRule>> {
+        let chain = rules::dnat_chain(&self.cfg.bridge);
+        if iptables("nat", &sv(&["-n", "-L", &chain])).await.is_err() {
+            return Ok(Vec::new());
+        }
+        self.dnat_rules().await
+    }
+
+    /// What the network has on the host (see `sweep`).
+    async fn found(&self) -> NetResult<(sweep::Found, bool)> {
+        let names = |dir: &Path| -> NetResult<Vec<String>> {
+            match std::fs::read_dir(dir) {
+                Ok(rd) => Ok(rd
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(io_err("list", dir, e)),
+            }
+        };
+        let brif = Path::new("/sys/class/net")
+            .join(&self.cfg.bridge)
+            .join("brif");
+        // An unreadable table is rebuilt from the namespaces of live tasks.
+        let (allocations, table_ok) = match self.load() {
+            Ok(a) => (a, true),
+            Err(e) => {
+                warn!("the address table is unreadable ({e}); rebuilding it from the running tasks' namespaces");
+                (Allocations::default(), false)
+            }
+        };
+        Ok((
+            sweep::Found {
+                netns: names(Path::new(NETNS_DIR))?,
+                ports: names(&brif)?,
+                dnat: self.dnat_rules_if_any().await?,
+                allocations,
+                task_dirs: names(&self.cfg.state_dir.join("tasks"))?,
+            },
+            table_ok,
+        ))
+    }
+
+    /// The address a live task's namespace gives its eth0, if any.
+    async fn netns_addr(&self, task: &str) -> Option<Ipv4Addr> {
+        let ns = netns_name(&self.cfg.bridge, task);
+        let out = ip(&["-n", &ns, "-4", "-o", "addr", "show", "dev", "eth0"])
+            .await
+            .ok()?;
+        sweep::parse_inet(&out)
+    }
+
+    async fn do_sweep(&self, live: &HashSet<String>) -> NetResult<Swept> {
+        let _g = self.lock.lock().await;
+        let (found, table_ok) = self.found().await?;
+        let plan = sweep::plan(&self.cfg.bridge, &found, live);
+        let mut a = found.allocations.clone();
+        let mut errors = Vec::new();
+        for task in &plan.orphans {
+            if let Err(e) = self.undo(task, &found.dnat, &mut a).await {
+                errors.push(format!("task {task}: {e}"));
+            }
+        }
+        for veth in &plan.stray_veths {
+            if link_exists(veth) {
+                if let Err(e) = ip(&["link", "del", veth]).await {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        for task in &plan.live_netns {
+            if let Some(addr) = self.netns_addr(task).await {
+                seen.insert(task.clone(), addr);
+            }
+        }
+        let fixed = sweep::reconcile(&a, &self.cfg.subnet, live, &seen);
+        let recovered: Vec<String> = fixed
+            .tasks
+            .iter()
+            .filter(|(t, ip)| found.allocations.get(t) != Some(**ip))
+            .map(|(t, _)| t.clone())
+            .collect();
+        if !table_ok || fixed != a {
+            if !table_ok {
+                let bad = self.ips_file().with_extension("json.bad");
+                if let Err(e) = std::fs::rename(self.ips_file(), &bad) {
+                    warn!(
+                        "could not keep the unreadable address table as {}: {e}",
+                        bad.display()
+                    );
+                }
+            }
+            if let Err(e) = self.save(&fixed) {
+                errors.push(e.to_string());
+            }
+        }
+        if !errors.is_empty() {
+            return Err(NetError::Command {
+                command: format!("sweeping bridge {}", self.cfg.bridge),
+                stderr: errors.join("; "),
+            });
+        }
+        Ok(Swept {
+            released: plan.orphans.into_iter().collect(),
+            stray_veths: plan.stray_veths,
+            recovered,
+        })
     }
 
     /// Tasks holding an address (for tests and leftover checks).
@@ -463,5 +602,16 @@ impl Network for Bridge {
     }
     fn detach<'a>(&'a self, task: &'a str) -> BoxFuture<'a, NetResult<()>> {
         self.do_detach(task).boxed()
+    }
+    fn sweep<'a>(&'a self, live: &'a HashSet<String>) -> BoxFuture<'a, NetResult<Swept>> {
+        self.do_sweep(live).boxed()
+    }
+    fn teardown(&self) -> BoxFuture<'_, NetResult<()>> {
+        async move {
+            let swept = self.do_sweep(&HashSet::new()).await;
+            let removed = self.remove().await;
+            swept.and(removed)
+        }
+        .boxed()
     }
 }

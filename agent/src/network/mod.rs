@@ -12,8 +12,12 @@
 //!
 //! Every call is idempotent: the worker re-drives its tasks after an agent
 //! restart or a lost answer, and re-adopts running containers by calling
-//! `attach` and `publish` again.
+//! `attach` and `publish` again. An agent killed while tasks ran cannot
+//! detach the ones whose containers vanish meanwhile: the worker `sweep`s
+//! at start with the tasks whose containers it found. Leaving the swarm
+//! ends with `teardown`.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
@@ -23,6 +27,7 @@ pub mod bridge;
 pub mod files;
 pub mod ipam;
 pub mod rules;
+pub mod sweep;
 
 pub use bridge::{Bridge, BridgeConfig};
 
@@ -80,6 +85,25 @@ impl std::fmt::Display for PortMapping {
             self.target,
             self.protocol.as_str()
         )
+    }
+}
+
+/// What a sweep did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Swept {
+    /// Tasks whose leftovers were removed (namespace, veth, rules,
+    /// address, files).
+    pub released: Vec<String>,
+    /// Veths on the bridge that no task owned.
+    pub stray_veths: Vec<String>,
+    /// Live tasks whose address was missing from (or wrong in) the
+    /// address table and was read back from their namespace.
+    pub recovered: Vec<String>,
+}
+
+impl Swept {
+    pub fn is_empty(&self) -> bool {
+        self.released.is_empty() && self.stray_veths.is_empty() && self.recovered.is_empty()
     }
 }
 
@@ -149,6 +173,16 @@ pub trait Network: Send + Sync + 'static {
     ) -> BoxFuture<'a, NetResult<Vec<PortMapping>>>;
     /// Undo `attach` and `publish`; Ok if there is nothing to undo.
     fn detach<'a>(&'a self, task: &'a str) -> BoxFuture<'a, NetResult<()>>;
+    /// After a restart: undo what is held for any task not in `live` (the
+    /// tasks whose containers still exist), and make the table of
+    /// addresses agree with the live tasks' namespaces, so that detaching
+    /// them later releases what they really hold. Call before attaching
+    /// anything.
+    fn sweep<'a>(&'a self, live: &'a HashSet<String>) -> BoxFuture<'a, NetResult<Swept>>;
+    /// Leaving the swarm: undo every task's attachment and remove what the
+    /// network itself made on the node. The tasks' containers must have
+    /// ended.
+    fn teardown(&self) -> BoxFuture<'_, NetResult<()>>;
 }
 
 /// Tasks share the host's network (Docker's `--network host`): the
@@ -205,6 +239,12 @@ impl Network for HostNetwork {
         Box::pin(futures::future::ready(r))
     }
     fn detach<'a>(&'a self, _task: &'a str) -> BoxFuture<'a, NetResult<()>> {
+        Box::pin(futures::future::ready(Ok(())))
+    }
+    fn sweep<'a>(&'a self, _live: &'a HashSet<String>) -> BoxFuture<'a, NetResult<Swept>> {
+        Box::pin(futures::future::ready(Ok(Swept::default())))
+    }
+    fn teardown(&self) -> BoxFuture<'_, NetResult<()>> {
         Box::pin(futures::future::ready(Ok(())))
     }
 }

@@ -183,3 +183,126 @@ async fn host_network_refuses_remapped_ports() {
     let r = super::Network::publish(&n, "t", &[port(8080, 80)]).await;
     assert!(matches!(r, Err(NetError::Unsupported(_))), "{r:?}");
 }
+
+fn live(tasks: &[&str]) -> std::collections::HashSet<String> {
+    tasks.iter().map(|t| t.to_string()).collect()
+}
+
+fn dnat(task: &str, port: u16) -> rules::DnatRule {
+    let spec = rules::dnat_rule(task, None, &port_udp(port), Ipv4Addr::new(10, 213, 0, 9));
+    let line = format!("-A APY-DNAT-apiary0 {}", spec.join(" "));
+    rules::parse_dnat(&line, "APY-DNAT-apiary0").remove(0)
+}
+
+fn port_udp(p: u16) -> PortMapping {
+    PortMapping {
+        protocol: Protocol::Udp,
+        published: p,
+        target: p,
+    }
+}
+
+#[test]
+fn task_ids_never_blur_into_bridge_names() {
+    use super::sweep::task_of_netns;
+    assert_eq!(task_of_netns("apiary0", "apiary0-x7k2m9"), Some("x7k2m9"));
+    // Another agent's bridge whose name extends ours, either way round.
+    assert_eq!(task_of_netns("apiary0", "apiary0-x-x7k2m9"), None);
+    assert_eq!(task_of_netns("apiary0-x", "apiary0-x7k2m9"), None);
+    assert_eq!(
+        task_of_netns("apiary0-x", "apiary0-x-x7k2m9"),
+        Some("x7k2m9")
+    );
+    assert_eq!(task_of_netns("apb1x1", "apb1x10-x7k2m9"), None);
+    assert_eq!(task_of_netns("apiary0", "apiary0-"), None);
+    assert_eq!(task_of_netns("apiary0", "apiary0"), None);
+    assert_eq!(task_of_netns("apiary0", "cni-1234"), None);
+    assert!(!super::sweep::is_task_id("a-b"));
+    assert!(!super::sweep::is_task_id(&"a".repeat(65)));
+}
+
+#[test]
+fn sweep_plan_releases_only_what_no_live_task_owns() {
+    use super::bridge::veth_name;
+    use super::sweep::{plan, Found};
+    let s = sub("10.213.0.0/16");
+    let mut allocations = Allocations::default();
+    for t in ["kept", "gone", "halfmade"] {
+        allocations.allocate(&s, t).expect("room");
+    }
+    let found = Found {
+        netns: vec![
+            "apiary0-kept".into(),
+            "apiary0-gone".into(),
+            "apiary0-onlyns".into(),
+            // Another agent's (bridge apiary0-x), and someone else's.
+            "apiary0-x-other".into(),
+            "cni-1234".into(),
+        ],
+        ports: vec![
+            veth_name("apiary0", "kept"),
+            veth_name("apiary0", "gone"),
+            // Not one of ours: a port someone added by hand.
+            "eth1".into(),
+        ],
+        dnat: vec![dnat("kept", 53), dnat("gone", 54), dnat("onlyrule", 55)],
+        allocations,
+        task_dirs: vec!["kept".into(), "gone".into(), "onlydir".into()],
+    };
+    let p = plan("apiary0", &found, &live(&["kept", "unattached"]));
+    assert_eq!(
+        p.orphans.iter().map(String::as_str).collect::<Vec<_>>(),
+        vec!["gone", "halfmade", "onlydir", "onlyns", "onlyrule"]
+    );
+    assert_eq!(p.stray_veths, vec![veth_name("apiary0", "gone")]);
+    assert_eq!(
+        p.live_netns.iter().map(String::as_str).collect::<Vec<_>>(),
+        vec!["kept"]
+    );
+    // Nothing live: everything of ours goes, nothing of anyone else's.
+    let all = plan("apiary0", &found, &live(&[]));
+    assert!(all.orphans.contains("kept"));
+    assert!(!all
+        .orphans
+        .iter()
+        .any(|t| t.contains("other") || t.contains("cni")));
+    assert_eq!(all.stray_veths.len(), 2, "{:?}", all.stray_veths);
+}
+
+#[test]
+fn sweep_rebuilds_the_address_table_from_live_namespaces() {
+    use super::sweep::{parse_inet, reconcile};
+    let s = sub("10.213.0.0/24");
+    let mut old = Allocations::default();
+    old.tasks
+        .insert("kept".into(), Ipv4Addr::new(10, 213, 0, 2));
+    old.tasks
+        .insert("moved".into(), Ipv4Addr::new(10, 213, 0, 3));
+    old.tasks
+        .insert("gone".into(), Ipv4Addr::new(10, 213, 0, 4));
+    let mut seen = std::collections::BTreeMap::new();
+    // The table lost one, has another wrong, and one from another subnet.
+    seen.insert("lost".to_string(), Ipv4Addr::new(10, 213, 0, 7));
+    seen.insert("moved".to_string(), Ipv4Addr::new(10, 213, 0, 8));
+    seen.insert("elsewhere".to_string(), Ipv4Addr::new(10, 9, 0, 2));
+    let fixed = reconcile(
+        &old,
+        &s,
+        &live(&["kept", "moved", "lost", "elsewhere"]),
+        &seen,
+    );
+    let got: Vec<(String, Ipv4Addr)> = fixed.tasks.into_iter().collect();
+    assert_eq!(
+        got,
+        vec![
+            ("kept".to_string(), Ipv4Addr::new(10, 213, 0, 2)),
+            ("lost".to_string(), Ipv4Addr::new(10, 213, 0, 7)),
+            ("moved".to_string(), Ipv4Addr::new(10, 213, 0, 8)),
+        ]
+    );
+    assert_eq!(
+        parse_inet("5: eth0    inet 10.213.0.7/24 brd 10.213.0.255 scope global eth0\\       valid_lft forever preferred_lft forever\n"),
+        Some(Ipv4Addr::new(10, 213, 0, 7))
+    );
+    assert_eq!(parse_inet(""), None);
+}

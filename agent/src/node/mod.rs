@@ -500,6 +500,12 @@ impl NodeHandle {
         ));
     }
 
+    /// A node that leaves keeps no task: containers, their network and
+    /// the node's bridge go (the worker has stopped, or never ran).
+    async fn clear_tasks(&self) {
+        crate::worker::clear(self.inner.executor.clone(), self.inner.network.clone()).await;
+    }
+
     async fn resume(&self, file: NodeFile, certs: Certs) -> ControlResult<Arc<Running>> {
         self.resume_with(file, certs, None).await
     }
@@ -1274,6 +1280,7 @@ impl Control for NodeHandle {
                     "This manager is locked. Unlock it with `apiary swarm unlock`, or leave with `--force`, which erases its copy of the swarm's state".into(),
                 ));
             }
+            self.clear_tasks().await;
             self.inner
                 .dir
                 .wipe()
@@ -1322,6 +1329,7 @@ impl Control for NodeHandle {
             session::notify_leave(&running).await;
         }
         running.stop().await;
+        self.clear_tasks().await;
         self.inner
             .dir
             .wipe()

@@ -17,7 +17,10 @@
 //! ended — not when it is removed, which waits for the task's deletion:
 //! a finished task must not keep its address or its host ports.
 
+mod cleanup;
 pub mod spec;
+
+pub use cleanup::clear;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +75,10 @@ pub async fn run(
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report_loop(cluster.clone(), rx, stop.clone()));
     // Containers from before a restart, by task ID.
-    let mut adoptable: HashMap<String, ContainerState> = match executor.list().await {
+    let listing = executor.list().await;
+    // Without the list, every network would look orphaned: no sweep then.
+    let listed = listing.is_ok();
+    let mut adoptable: HashMap<String, ContainerState> = match listing {
         Ok(list) => list
             .into_iter()
             .filter_map(|c| {
@@ -90,6 +96,9 @@ pub async fn run(
             containers = adoptable.len(),
             "found containers from before the restart"
         );
+    }
+    if listed {
+        cleanup::sweep(&host, &adoptable).await;
     }
     let mut runners: HashMap<TaskId, Runner> = HashMap::new();
     // Containers of finished tasks: kept (with their logs, for `service
