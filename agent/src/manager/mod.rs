@@ -555,6 +555,30 @@ impl Manager {
                     Err(e) => Err(control_to_rpc(e)),
                 }
             }
+            // Any manager answers these from its own state: a long poll
+            // forwarded to the leader was cut off by the forwarding timeout
+            // and sent again, over and over (found with 1,000 nodes).
+            Request::Assignments { known } => {
+                let node = caller.node_id.clone().ok_or_else(|| {
+                    RpcError::PermissionDenied("asking for tasks needs a node certificate".into())
+                })?;
+                Ok(Reply::Assignments(
+                    assignments::wait_for(self, &node, known).await?,
+                ))
+            }
+            // `propose` sends the write on to the leader.
+            Request::ReportTasks { updates } => {
+                let node = caller.node_id.clone().ok_or_else(|| {
+                    RpcError::PermissionDenied("reporting tasks needs a node certificate".into())
+                })?;
+                self.propose(Command::SetTaskStatus {
+                    updates,
+                    reporter: Some(node),
+                })
+                .await
+                .map_err(control_to_rpc)?;
+                Ok(Reply::Ok)
+            }
             // The rest only the leader can answer: forward, vouching for the caller.
             req if !self.is_leader() => match self.forward(req.clone(), Some(caller.clone())).await
             {
@@ -587,26 +611,6 @@ impl Manager {
                 .await
                 .map(Reply::Renewed),
             Request::Leave => self.handle_leave(caller).await.map(|_| Reply::Ok),
-            Request::Assignments { known } => {
-                let node = caller.node_id.clone().ok_or_else(|| {
-                    RpcError::PermissionDenied("asking for tasks needs a node certificate".into())
-                })?;
-                Ok(Reply::Assignments(
-                    assignments::wait_for(self, &node, known).await?,
-                ))
-            }
-            Request::ReportTasks { updates } => {
-                let node = caller.node_id.clone().ok_or_else(|| {
-                    RpcError::PermissionDenied("reporting tasks needs a node certificate".into())
-                })?;
-                self.propose(Command::SetTaskStatus {
-                    updates,
-                    reporter: Some(node),
-                })
-                .await
-                .map_err(control_to_rpc)?;
-                Ok(Reply::Ok)
-            }
             Request::TaskLogs(_) => Err(RpcError::Other(
                 "task logs are served by the node that runs the task".into(),
             )),
