@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use apiary::executor::pull::Progress;
+use apiary::executor::pull::{Progress, PullOptions};
 use apiary::executor::{ContainerSpec, Containerd, ExecError, Executor};
 use harness::containerd::{run_to_exit, Daemon};
 use harness::registry::Registry;
@@ -75,7 +75,11 @@ async fn scenario(daemon: &Daemon, registry: &Registry) {
     let events = Mutex::new(Vec::<Progress>::new());
     let record = |p: Progress| events.lock().unwrap_or_else(|e| e.into_inner()).push(p);
     let name = exec
-        .pull(&format!("{reg}/busybox:latest"), &record)
+        .pull(
+            &format!("{reg}/busybox:latest"),
+            &PullOptions::default(),
+            &record,
+        )
         .await
         .expect("pull by tag");
     assert_eq!(name, format!("{reg}/busybox:latest"));
@@ -109,7 +113,11 @@ async fn scenario(daemon: &Daemon, registry: &Registry) {
 
     // ---- pull by digest
     let pinned = exec
-        .pull(&format!("{reg}/busybox@{digest}"), &|_| {})
+        .pull(
+            &format!("{reg}/busybox@{digest}"),
+            &PullOptions::default(),
+            &|_| {},
+        )
         .await
         .expect("pull by digest");
     assert_eq!(pinned, format!("{reg}/busybox@{digest}"));

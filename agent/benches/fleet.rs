@@ -245,6 +245,8 @@ async fn run(
                     data_dir: dir,
                     hostname: Some(format!("sim{i}")),
                     executor: Some(Arc::new(SimulatedExecutor::new())),
+                    network: None,
+                    registries: Default::default(),
                 })
                 .await
                 .map_err(anyhow::Error::msg)?;

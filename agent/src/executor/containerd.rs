@@ -41,7 +41,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::image::{self, SNAPSHOTTER};
-use super::pull::{self, ProgressFn, RegistryConfig};
+use super::pull::{self, ProgressFn, PullError, PullOptions, Pulled, RegistryConfig};
 use super::spec;
 use super::{
     ContainerSpec, ContainerState, ContainerStatus, ExecError, ExecResult, Executor, Exit,
@@ -230,10 +230,64 @@ impl Containerd {
         self
     }
 
-    /// Pull `reference` from its registry, reporting per-layer progress
-    /// (see `pull::pull`); returns the image's name. Concurrent pulls of
-    /// the same name wait for one another, and the second finds the image.
-    pub async fn pull(&self, reference: &str, progress: ProgressFn<'_>) -> ExecResult<String> {
+    /// Make sure `reference` is here, pulling it from its registry if it
+    /// is not (see `pull::pull`, which reports per-layer progress);
+    /// returns the image's name. Concurrent pulls of the same name wait
+    /// for one another, and the second finds the image.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: ProgressFn<'_>,
+    ) -> ExecResult<String> {
+        self.one_pull_at_a_time(reference, async {
+            match image::lookup(&self.api, reference).await? {
+                Some((name, _)) => Ok(name),
+                None => self
+                    .pull_now(reference, opts, progress)
+                    .await
+                    .map(|p| p.name)
+                    .map_err(|e| e.into_exec(reference)),
+            }
+        })
+        .await
+    }
+
+    /// Pull `reference` from its registry even if an image of that name is
+    /// here (`image pull`: the tag may have moved).
+    pub async fn pull_image(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<Pulled, PullError> {
+        self.one_pull_at_a_time(reference, self.pull_now(reference, opts, progress))
+            .await
+    }
+
+    async fn pull_now(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<Pulled, PullError> {
+        pull::pull(
+            &self.channel,
+            &self.namespace,
+            reference,
+            &self.registries,
+            opts,
+            progress,
+        )
+        .await
+    }
+
+    /// Run `work` while holding the gate of `reference`'s name.
+    async fn one_pull_at_a_time<T>(
+        &self,
+        reference: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
         let key = image::normalize(reference);
         let gate = {
             let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
@@ -241,18 +295,7 @@ impl Containerd {
         };
         let result = {
             let _turn = gate.lock().await;
-            match image::lookup(&self.api, reference).await? {
-                Some((name, _)) => Ok(name),
-                None => pull::pull(
-                    &self.channel,
-                    &self.namespace,
-                    reference,
-                    &self.registries,
-                    progress,
-                )
-                .await
-                .map_err(|e| e.into_exec(reference)),
-            }
+            work.await
         };
         // Forget the gate once nobody else holds it.
         let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
@@ -374,8 +417,13 @@ impl Containerd {
         let (name, target) = match image::lookup(&api, &spec.image).await? {
             Some(found) => found,
             None => {
+                let opts = PullOptions {
+                    credentials: spec.registry_auth.clone(),
+                    platform: None,
+                };
                 self.pull(
                     &spec.image,
+                    &opts,
                     &|p| tracing::debug!(task.id = %spec.id, "pull: {p:?}"),
                 )
                 .await?;
@@ -741,6 +789,15 @@ impl Executor for Containerd {
 
     fn images(&self) -> BoxFuture<'_, ExecResult<Vec<image::ImageInfo>>> {
         Box::pin(Containerd::images(self))
+    }
+
+    fn pull_image<'a>(
+        &'a self,
+        reference: &'a str,
+        opts: &'a PullOptions,
+        progress: ProgressFn<'a>,
+    ) -> BoxFuture<'a, Result<Pulled, PullError>> {
+        Box::pin(Containerd::pull_image(self, reference, opts, progress))
     }
 }
 

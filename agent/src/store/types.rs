@@ -401,6 +401,9 @@ pub enum Command {
         id: ServiceId,
         version: u64,
         spec: ServiceSpec,
+        /// New credentials for the service's pulls; None keeps the current.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        registry_auth: Option<RegistryAuth>,
         now: String,
     },
     /// `service rm`: its tasks are asked to go (desired state remove).
