@@ -1131,8 +1131,10 @@ async fn pull_with(
     while let Some(done) = stream.next().await {
         done?;
     }
-    image::put_image(api, &name, &target).await?;
+    // Checked (and labelled for GC) before it is recorded: an image for
+    // another platform than asked must not take the name.
     let img = image::resolve_for(api, &name, &target, true, &want).await?;
+    image::put_image(api, &name, &target).await?;
     // Layers for another platform are kept, not unpacked: nothing here
     // could run them.
     if Platform::host().runs(&want) {
