@@ -41,7 +41,7 @@ pub fn service_to_api(v: &ServiceView, with_status: bool) -> m::Service {
             virtual_ips: None,
         }),
         update_status: None,
-        service_status: with_status.then(|| m::ServiceServiceStatus {
+        service_status: with_status.then_some(m::ServiceServiceStatus {
             running_tasks: Some(v.running),
             desired_tasks: Some(v.desired),
             completed_tasks: Some(v.completed),

@@ -1360,7 +1360,7 @@ async fn services_keep_registry_auth_out_of_their_spec() {
             Method::POST,
             "/services/create",
             Some(spec.as_bytes().to_vec()),
-            &[header.clone()],
+            std::slice::from_ref(&header),
         )
         .await
         .unwrap();

@@ -124,6 +124,7 @@ fn progress_bar(detail: &Value) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
 mod tests {
     use super::*;
     use serde_json::json;

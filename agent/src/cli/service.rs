@@ -407,18 +407,18 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
         || a.reserve_cpu.is_some()
         || a.reserve_memory.is_some())
     .then(|| m::TaskSpecResources {
-        limits: (a.limit_cpu.is_some() || a.limit_memory.is_some()).then(|| m::Limit {
+        limits: (a.limit_cpu.is_some() || a.limit_memory.is_some()).then_some(m::Limit {
             nano_cpus: a.limit_cpu,
             memory_bytes: a.limit_memory,
             pids: None,
         }),
-        reservations: (a.reserve_cpu.is_some() || a.reserve_memory.is_some()).then(|| {
+        reservations: (a.reserve_cpu.is_some() || a.reserve_memory.is_some()).then_some(
             m::ResourceObject {
                 nano_cpus: a.reserve_cpu,
                 memory_bytes: a.reserve_memory,
                 generic_resources: None,
-            }
-        }),
+            },
+        ),
     });
     let restart = (a.restart_condition.is_some()
         || a.restart_delay.is_some()

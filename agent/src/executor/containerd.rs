@@ -414,7 +414,7 @@ impl Containerd {
     }
 
     async fn prepare_with(&self, api: &Api, spec: &ContainerSpec) -> ExecResult<()> {
-        let (name, target) = match image::lookup(&api, &spec.image).await? {
+        let (name, target) = match image::lookup(api, &spec.image).await? {
             Some(found) => found,
             None => {
                 let opts = PullOptions {
@@ -427,7 +427,7 @@ impl Containerd {
                     &|p| tracing::debug!(task.id = %spec.id, "pull: {p:?}"),
                 )
                 .await?;
-                image::lookup(&api, &spec.image).await?.ok_or_else(|| {
+                image::lookup(api, &spec.image).await?.ok_or_else(|| {
                     ExecError::Image(format!(
                         "image {} was pulled but is not recorded in containerd",
                         spec.image
@@ -435,9 +435,9 @@ impl Containerd {
                 })?
             }
         };
-        let img = image::resolve(&api, &name, &target, false).await?;
+        let img = image::resolve(api, &name, &target, false).await?;
         // Images written by other tools may not be unpacked yet.
-        image::unpack(&api, &img, false).await?;
+        image::unpack(api, &img, false).await?;
         let mounts = match self
             .api
             .snapshots()
@@ -457,7 +457,7 @@ impl Containerd {
         let created = self.create_container(api, spec, &img, &mounts).await;
         if created.is_err() {
             // Leave nothing half-made behind; the worker may retry.
-            let _ = image::remove_snapshot(&api, &spec.id).await;
+            let _ = image::remove_snapshot(api, &spec.id).await;
             let _ = unmount_tmpfs(&self.secrets_dir(&spec.id));
         }
         created

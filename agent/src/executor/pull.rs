@@ -1168,13 +1168,7 @@ pub async fn inspect(
     let r = Reference::parse(reference)?;
     let mut reg = Registry::new(&r, cfg, credentials)?;
     let (body, mt) = reg.manifest(r.manifest_ref(), r.digest.as_deref()).await?;
-    let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| reg.protocol(format!("manifest is not JSON: {e}")))?;
-    let descriptor = Desc {
-        media_type: mt.clone(),
-        digest: format!("sha256:{}", image::sha256_hex(&body)),
-        size: body.len() as i64,
-    };
+    let (descriptor, doc) = describe(&reg, &body, &mt)?;
     let platform_of = |v: &Value| {
         let os = v["os"].as_str().unwrap_or("");
         let architecture = v["architecture"].as_str().unwrap_or("");
@@ -1237,16 +1231,22 @@ async fn store_json(
     body: Vec<u8>,
     media_type: &str,
 ) -> PullResult<(Desc, Value)> {
-    let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| reg.protocol(format!("manifest is not JSON: {e}")))?;
-    let desc = Desc {
-        media_type: media_type.to_string(),
-        digest: format!("sha256:{}", image::sha256_hex(&body)),
-        size: body.len() as i64,
-    };
+    let (desc, doc) = describe(reg, &body, media_type)?;
     if !has_blob(api, &desc.digest).await? {
         store_blob(api, reg, &desc, Bytes::from(body)).await?;
     }
+    Ok((desc, doc))
+}
+
+/// A manifest or index body: its descriptor and its parsed JSON.
+fn describe(reg: &Registry, body: &[u8], media_type: &str) -> PullResult<(Desc, Value)> {
+    let doc: Value = serde_json::from_slice(body)
+        .map_err(|e| reg.protocol(format!("manifest is not JSON: {e}")))?;
+    let desc = Desc {
+        media_type: media_type.to_string(),
+        digest: format!("sha256:{}", image::sha256_hex(body)),
+        size: body.len() as i64,
+    };
     Ok((desc, doc))
 }
 

@@ -1180,7 +1180,7 @@ impl Control for NodeHandle {
                         })
                     })
                     .collect();
-                if managers.len() % 2 == 0 {
+                if managers.len().is_multiple_of(2) {
                     info.warnings.push(format!(
                         "WARNING: the swarm has an even number of managers ({}): it tolerates no more failures than {} would. Use an odd number (3, 5 or 7).",
                         managers.len(),

@@ -22,9 +22,10 @@ impl fmt::Display for NodeId {
 /// that came back with its old ID could vote twice in one term).
 pub type RaftId = u64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    #[default]
     Worker,
     Manager,
 }
@@ -130,12 +131,6 @@ pub struct NodeSpec {
     pub role: Role,
     #[serde(default)]
     pub availability: Availability,
-}
-
-impl Default for Role {
-    fn default() -> Self {
-        Role::Worker
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

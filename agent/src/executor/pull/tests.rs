@@ -419,17 +419,23 @@ async fn basic_registry() -> String {
                     .to_vec(),
             );
         }
-        match req.uri().path() {
-            "/v2/" => answer(200, &[], b"{}".to_vec()),
-            "/v2/team/app/manifests/1" => answer(
-                200,
-                &[("content-type", MT_OCI_MANIFEST.to_string())],
-                br#"{"schemaVersion":2,"config":{},"layers":[]}"#.to_vec(),
-            ),
-            _ => answer(404, &[], Vec::new()),
-        }
+        team_app(req.uri().path())
     })
     .await
+}
+
+/// What the fake registries hold, once a request is let in: `/v2/` and
+/// the manifest of `team/app:1`.
+fn team_app(path: &str) -> axum::response::Response {
+    match path {
+        "/v2/" => answer(200, &[], b"{}".to_vec()),
+        "/v2/team/app/manifests/1" => answer(
+            200,
+            &[("content-type", MT_OCI_MANIFEST.to_string())],
+            br#"{"schemaVersion":2,"config":{},"layers":[]}"#.to_vec(),
+        ),
+        _ => answer(404, &[], Vec::new()),
+    }
 }
 
 fn basic(user: &str, password: &str) -> Credentials {
@@ -540,15 +546,7 @@ async fn tokens_are_asked_for_with_the_credentials() {
                     Vec::new(),
                 );
             }
-            match req.uri().path() {
-                "/v2/" => answer(200, &[], Vec::new()),
-                "/v2/team/app/manifests/1" => answer(
-                    200,
-                    &[("content-type", MT_OCI_MANIFEST.to_string())],
-                    br#"{"schemaVersion":2,"config":{},"layers":[]}"#.to_vec(),
-                ),
-                _ => answer(404, &[], Vec::new()),
-            }
+            team_app(req.uri().path())
         })
         .await
     };
