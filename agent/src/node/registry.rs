@@ -11,10 +11,12 @@ use crate::executor::pull::{
 };
 use crate::executor::ExecError;
 
-/// `docker service create` waits for `/distribution` before it creates the
-/// service; a registry that does not answer by then costs the service its
-/// pinned digest (the CLI warns and goes on), not the user's patience.
-const DISTRIBUTION_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a registry gets to answer a look-up or a login (dockerd's
+/// login client allows 15 s too). `docker service create` waits for
+/// `/distribution` before it creates the service: a registry that does not
+/// answer by then costs the service its pinned digest (the CLI warns and
+/// goes on), not the user's patience.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The credentials in a client's `AuthConfig`, if any.
 pub fn credentials(auth: Option<&AuthConfig>) -> ControlResult<Option<Credentials>> {
@@ -48,7 +50,7 @@ pub async fn distribution(
 ) -> ControlResult<Distribution> {
     let creds = credentials(auth)?;
     match tokio::time::timeout(
-        DISTRIBUTION_TIMEOUT,
+        REGISTRY_TIMEOUT,
         pull::inspect(reference, registries, creds.as_ref()),
     )
     .await
@@ -56,7 +58,7 @@ pub async fn distribution(
         Ok(r) => r.map_err(pull_error),
         Err(_) => Err(ControlError::Unavailable(format!(
             "the registry of {reference} did not answer within {} s",
-            DISTRIBUTION_TIMEOUT.as_secs()
+            REGISTRY_TIMEOUT.as_secs()
         ))),
     }
 }
@@ -67,11 +69,17 @@ pub async fn login(registries: &RegistryConfig, auth: &AuthConfig) -> ControlRes
             "no credentials given: a login needs a user name and password (or a token)".into(),
         )
     })?;
-    auth::login(&auth.serveraddress, &creds, registries)
-        .await
-        .map_err(|e| match e {
+    let server = &auth.serveraddress;
+    match tokio::time::timeout(REGISTRY_TIMEOUT, auth::login(server, &creds, registries)).await {
+        Ok(r) => r.map_err(|e| match e {
             LoginError::Refused(m) => ControlError::Unauthorized(m),
             LoginError::InvalidServer(m) => ControlError::InvalidArgument(m),
             LoginError::Failed(e) => pull_error(e),
-        })
+        }),
+        Err(_) => Err(ControlError::Unavailable(format!(
+            "the registry {} did not answer the login within {} s",
+            auth::registry_of_server(server),
+            REGISTRY_TIMEOUT.as_secs()
+        ))),
+    }
 }
