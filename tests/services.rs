@@ -12,54 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harness::containerd::Daemon;
-use harness::{eventually, Agent, Cluster, PATIENCE};
-
-/// `(node hostname, current state)` of a service's tasks that should run.
-fn wanted(m: &Agent, service: &str) -> Vec<(String, String)> {
-    let out = m.docker(&[
-        "service",
-        "ps",
-        service,
-        "--filter",
-        "desired-state=running",
-        "--format",
-        "{{.Node}}|{{.CurrentState}}",
-    ]);
-    if out.status != 0 {
-        return Vec::new();
-    }
-    out.stdout
-        .lines()
-        .filter_map(|l| l.split_once('|'))
-        .map(|(n, s)| (n.to_string(), s.to_string()))
-        .collect()
-}
-
-/// Hostnames of the nodes running the service's tasks, once exactly `n`
-/// tasks are wanted and all of them run.
-fn running_on(c: &Cluster, m: &Agent, service: &str, n: usize) -> Vec<String> {
-    let what = format!("{n} running tasks of {service}");
-    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        eventually(&what, PATIENCE, || {
-            let w = wanted(m, service);
-            (w.len() == n && w.iter().all(|(_, s)| s.starts_with("Running")))
-                .then(|| w.into_iter().map(|(n, _)| n).collect::<Vec<_>>())
-        })
-    }));
-    match found {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!(
-                "{}\n{}",
-                c.managers[0]
-                    .docker(&["service", "ps", "--no-trunc", service])
-                    .stdout,
-                c.logs()
-            );
-            std::panic::resume_unwind(e)
-        }
-    }
-}
+use harness::{eventually, running_on, wanted, Cluster, PATIENCE};
 
 /// `GET /` over plain TCP: the whole answer, or None.
 fn http_get(addr: &str) -> Option<String> {

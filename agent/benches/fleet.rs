@@ -247,6 +247,7 @@ async fn run(
                     executor: Some(Arc::new(SimulatedExecutor::new())),
                     // The host's network: nothing is set up per task.
                     network: None,
+                    registries: Default::default(),
                 })
                 .await
                 .map_err(anyhow::Error::msg)?;

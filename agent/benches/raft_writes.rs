@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             hostname: Some(format!("m{i}")),
             executor: None,
             network: None,
+            registries: Default::default(),
         })
         .await
         .map_err(anyhow::Error::msg)?;

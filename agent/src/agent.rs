@@ -131,9 +131,7 @@ async fn executor(args: &AgentArgs) -> anyhow::Result<Option<Arc<dyn crate::exec
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?
-    .with_registries(crate::executor::pull::RegistryConfig {
-        insecure: args.insecure_registries.clone(),
-    });
+    .with_registries(registries(args));
     let images = args
         .images_dir
         .clone()
@@ -146,6 +144,13 @@ async fn executor(args: &AgentArgs) -> anyhow::Result<Option<Arc<dyn crate::exec
         Err(e) => tracing::warn!("preloading images from {}: {e}", images.display()),
     }
     Ok(Some(Arc::new(c)))
+}
+
+/// How this agent reaches registries, for its pulls and its logins.
+fn registries(args: &AgentArgs) -> crate::executor::pull::RegistryConfig {
+    crate::executor::pull::RegistryConfig {
+        insecure: args.insecure_registries.clone(),
+    }
 }
 
 /// Bind the API socket, refusing to steal it from a running agent.
@@ -180,6 +185,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         hostname: args.hostname.clone(),
         executor,
         network: Some(network(&args, real_containers).await?),
+        registries: registries(&args),
     })
     .await
     .map_err(anyhow::Error::msg)

@@ -7,9 +7,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use crate::executor::image::Platform;
+use crate::executor::pull::{AuthConfig, Distribution, Progress, Pulled};
 use crate::store::{Availability, Cluster, ClusterSpec, Node, NodeId, NodeSpec};
 use crate::store::{Config, ConfigId, ConfigSpec, Secret, SecretId, SecretSpec};
-use crate::store::{Service, ServiceId, ServiceSpec, Task};
+use crate::store::{RegistryAuth, Service, ServiceId, ServiceSpec, Task};
 
 /// A service with its task counts (`service ls` REPLICAS).
 #[derive(Clone, Debug)]
@@ -100,6 +102,9 @@ pub enum ControlError {
     /// Bad input from the caller. (400)
     #[error("{0}")]
     InvalidArgument(String),
+    /// A registry wants credentials, or refused the ones given. (401)
+    #[error("{0}")]
+    Unauthorized(String),
     /// A rule of the cluster forbids it (last manager, Ready node rm). (400 or 412 in Docker; we use 400)
     #[error("{0}")]
     FailedPrecondition(String),
@@ -218,6 +223,17 @@ pub struct SwarmUpdate {
     pub rotate_unlock_key: bool,
 }
 
+/// `POST /images/create` (`image pull`): what to pull, for which platform,
+/// with whose credentials.
+#[derive(Clone, Debug)]
+pub struct ImagePull {
+    pub reference: String,
+    /// None: this node's platform.
+    pub platform: Option<Platform>,
+    /// From the client's `X-Registry-Auth`; None pulls anonymously.
+    pub auth: Option<AuthConfig>,
+}
+
 /// Everything the local API can ask of the node. Implemented by
 /// `node::NodeHandle`; a fake backs the API layer's unit tests.
 pub trait Control: Send + Sync + 'static {
@@ -288,17 +304,22 @@ pub trait Control: Send + Sync + 'static {
 
     /// Validates the spec (image, replicas, constraints, ports, secrets),
     /// then stores it; returns the new ID.
+    /// `registry_auth` (from `--with-registry-auth`) is kept beside the
+    /// spec, never in it, and handed to the service's tasks.
     fn service_create(
         &self,
         spec: ServiceSpec,
+        registry_auth: Option<RegistryAuth>,
     ) -> impl Future<Output = ControlResult<ServiceId>> + Send;
     fn services(&self) -> impl Future<Output = ControlResult<Vec<ServiceView>>> + Send;
     fn service(&self, id: &str) -> impl Future<Output = ControlResult<ServiceView>> + Send;
+    /// `registry_auth` None keeps the service's current credentials.
     fn service_update(
         &self,
         id: &str,
         version: u64,
         spec: ServiceSpec,
+        registry_auth: Option<RegistryAuth>,
     ) -> impl Future<Output = ControlResult<()>> + Send;
     fn service_remove(&self, id: &str) -> impl Future<Output = ControlResult<()>> + Send;
     fn tasks(
@@ -320,4 +341,22 @@ pub trait Control: Send + Sync + 'static {
     fn images(
         &self,
     ) -> impl Future<Output = ControlResult<Vec<crate::executor::image::ImageInfo>>> + Send;
+    /// Pull an image from its registry into this node's runtime (like
+    /// `docker pull`, per node), sending per-layer progress on `progress`
+    /// as it goes.
+    fn image_pull(
+        &self,
+        req: ImagePull,
+        progress: tokio::sync::mpsc::UnboundedSender<Progress>,
+    ) -> impl Future<Output = ControlResult<Pulled>> + Send;
+    /// What a registry holds under `reference` (digest and platforms),
+    /// without pulling it.
+    fn distribution(
+        &self,
+        reference: &str,
+        auth: Option<AuthConfig>,
+    ) -> impl Future<Output = ControlResult<Distribution>> + Send;
+    /// Check credentials against their registry (`docker login`); the
+    /// agent keeps nothing, the client stores them.
+    fn registry_login(&self, auth: AuthConfig) -> impl Future<Output = ControlResult<()>> + Send;
 }

@@ -147,12 +147,34 @@ impl Agent {
         self.child.is_some()
     }
 
-    /// Run `apiary <args>` against this agent.
-    pub fn apiary(&self, args: &[&str]) -> Out {
-        let out = Command::new(APIARY)
-            .arg("-H")
+    /// Where both CLIs keep registry logins for this agent's user (as on
+    /// a real machine, `apiary login` and `docker login` share it).
+    pub fn docker_config(&self) -> PathBuf {
+        self.dir.join("docker-config")
+    }
+
+    fn apiary_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(APIARY);
+        cmd.arg("-H")
             .arg(self.host())
             .args(args)
+            .env("DOCKER_CONFIG", self.docker_config());
+        cmd
+    }
+
+    fn docker_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.args(args)
+            .env("DOCKER_HOST", self.host())
+            .env_remove("DOCKER_CONTEXT")
+            .env("DOCKER_CONFIG", self.docker_config());
+        cmd
+    }
+
+    /// Run `apiary <args>` against this agent.
+    pub fn apiary(&self, args: &[&str]) -> Out {
+        let out = self
+            .apiary_cmd(args)
             .stdin(Stdio::null())
             .output()
             .expect("run apiary CLI");
@@ -161,31 +183,48 @@ impl Agent {
 
     /// Run the real docker CLI against this agent's socket.
     pub fn docker(&self, args: &[&str]) -> Out {
-        let out = Command::new("docker")
-            .args(args)
-            .env("DOCKER_HOST", self.host())
-            .env_remove("DOCKER_CONTEXT")
-            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
+        let out = self
+            .docker_cmd(args)
             .stdin(Stdio::null())
             .output()
             .expect("run docker CLI (is it installed?)");
         Out::from(out, format!("docker {}", args.join(" ")))
     }
 
+    /// Run the real docker CLI on a terminal of its own (util-linux
+    /// `script` gives it a pty), to see what a user at a terminal sees.
+    pub fn docker_tty(&self, args: &[&str]) -> Out {
+        let quoted: Vec<String> = std::iter::once("docker")
+            .chain(args.iter().copied())
+            .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+            .collect();
+        // The docker command's environment, for `script` to pass on.
+        let docker = self.docker_cmd(&[]);
+        let env = docker
+            .get_envs()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned())));
+        // A terminal of a real size: docker leaves the bars out when it
+        // cannot tell the width.
+        let line = format!("stty cols 150 rows 50; {}", quoted.join(" "));
+        let out = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .envs(env)
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker under script (util-linux)");
+        Out::from(out, format!("docker {} (on a terminal)", args.join(" ")))
+    }
+
     /// Run `apiary <args>` with `input` on its stdin (`secret create NAME -`).
     pub fn apiary_stdin(&self, args: &[&str], input: &[u8]) -> Out {
-        let mut cmd = Command::new(APIARY);
-        cmd.arg("-H").arg(self.host()).args(args);
+        let cmd = self.apiary_cmd(args);
         with_stdin(cmd, input, format!("apiary {}", args.join(" ")))
     }
 
     /// Run the real docker CLI with `input` on its stdin.
     pub fn docker_stdin(&self, args: &[&str], input: &[u8]) -> Out {
-        let mut cmd = Command::new("docker");
-        cmd.args(args)
-            .env("DOCKER_HOST", self.host())
-            .env_remove("DOCKER_CONTEXT")
-            .env("DOCKER_CONFIG", self.dir.join("docker-config"));
+        let cmd = self.docker_cmd(args);
         with_stdin(cmd, input, format!("docker {}", args.join(" ")))
     }
 
@@ -543,4 +582,51 @@ impl Agent {
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// `(node hostname, current state)` of a service's tasks that should run.
+pub fn wanted(m: &Agent, service: &str) -> Vec<(String, String)> {
+    let out = m.docker(&[
+        "service",
+        "ps",
+        service,
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Node}}|{{.CurrentState}}",
+    ]);
+    if out.status != 0 {
+        return Vec::new();
+    }
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect()
+}
+
+/// Hostnames of the nodes running the service's tasks, once exactly `n`
+/// tasks are wanted and all of them run.
+pub fn running_on(c: &Cluster, m: &Agent, service: &str, n: usize) -> Vec<String> {
+    let what = format!("{n} running tasks of {service}");
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(&what, PATIENCE, || {
+            let w = wanted(m, service);
+            (w.len() == n && w.iter().all(|(_, s)| s.starts_with("Running")))
+                .then(|| w.into_iter().map(|(n, _)| n).collect::<Vec<_>>())
+        })
+    }));
+    match found {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "{}\n{}",
+                c.managers[0]
+                    .docker(&["service", "ps", "--no-trunc", service])
+                    .stdout,
+                c.logs()
+            );
+            std::panic::resume_unwind(e)
+        }
+    }
 }

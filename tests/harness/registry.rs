@@ -1,6 +1,8 @@
 //! A registry of the test's own: Debian's `docker-registry` (distribution
 //! 2.x) on a free loopback port, storing in a temp dir; images are pushed
 //! to it with `skopeo`. Killed and cleaned up on drop, even on panic.
+//! `Registry::private` puts it behind htpasswd basic auth (one user, its
+//! bcrypt hash made with apache2-utils' `htpasswd`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,11 +14,24 @@ pub struct Registry {
     pub dir: tempfile::TempDir,
     /// `127.0.0.1:<port>`.
     pub addr: String,
+    /// The one user of a private registry: (name, password).
+    pub user: Option<(String, String)>,
     child: Option<Child>,
 }
 
 impl Registry {
+    /// Anyone may pull and push.
     pub fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// Only `user` with `password` may pull and push (HTTP basic auth, as
+    /// docker-registry's htpasswd access controller asks for it).
+    pub fn private(user: &str, password: &str) -> Registry {
+        Registry::start_with(Some((user.to_string(), password.to_string())))
+    }
+
+    fn start_with(user: Option<(String, String)>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("apiary-registry-")
             .tempdir()
@@ -27,10 +42,27 @@ impl Registry {
             .expect("free port")
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             root = dir.path().join("data").display(),
         );
+        if let Some((name, password)) = &user {
+            let out = Command::new("htpasswd")
+                .args(["-nbB", name, password])
+                .output()
+                .expect("run htpasswd (apt-get install apache2-utils)");
+            assert!(
+                out.status.success(),
+                "htpasswd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, &out.stdout).expect("write htpasswd");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: apiary-test\n    path: {}\n",
+                file.display()
+            ));
+        }
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).expect("registry config");
         let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
@@ -44,6 +76,7 @@ impl Registry {
         let reg = Registry {
             dir,
             addr,
+            user,
             child: Some(child),
         };
         eventually("the registry's port", Duration::from_secs(20), || {
@@ -62,9 +95,13 @@ impl Registry {
     /// the manifest digest the registry stores it under.
     pub fn push_oci_archive(&self, tar: &Path, repo_tag: &str) -> String {
         let digest_file = self.dir.path().join("pushed.digest");
-        let out = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
-            .arg(&digest_file)
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
+            .arg(&digest_file);
+        if let Some((name, password)) = &self.user {
+            cmd.arg(format!("--dest-creds={name}:{password}"));
+        }
+        let out = cmd
             .arg(format!("oci-archive:{}", tar.display()))
             .arg(format!("docker://{}/{repo_tag}", self.addr))
             .output()
@@ -85,7 +122,11 @@ impl Registry {
     pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
         let file = self.dir.path().join("manifest.put");
         std::fs::write(&file, body).expect("write manifest");
-        let out = Command::new("curl")
+        let mut cmd = Command::new("curl");
+        if let Some((name, password)) = &self.user {
+            cmd.arg("-u").arg(format!("{name}:{password}"));
+        }
+        let out = cmd
             .args(["-sS", "--fail-with-body", "-X", "PUT", "-H"])
             .arg(format!("Content-Type: {media_type}"))
             .arg("--data-binary")

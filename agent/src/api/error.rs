@@ -48,6 +48,7 @@ pub fn status_of(err: &ControlError) -> StatusCode {
         ControlError::InvalidArgument(_) | ControlError::FailedPrecondition(_) => {
             StatusCode::BAD_REQUEST
         }
+        ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -93,6 +94,7 @@ mod tests {
             (ControlError::Conflict("c".into()), 409),
             (ControlError::InvalidArgument("i".into()), 400),
             (ControlError::FailedPrecondition("f".into()), 400),
+            (ControlError::Unauthorized("a".into()), 401),
             (ControlError::Internal("x".into()), 500),
         ];
         for (err, code) in cases {

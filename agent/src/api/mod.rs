@@ -7,6 +7,7 @@
 //! [`error`].
 
 pub mod error;
+pub mod images;
 pub mod models;
 mod routes;
 mod services;

@@ -89,9 +89,15 @@ pub fn router<C: Control>(control: Arc<C>) -> Router {
         )
         .route(
             "/images/load",
-            post(super::services::images_load::<C>).layer(DefaultBodyLimit::max(IMAGE_BODY_LIMIT)),
+            post(super::images::images_load::<C>).layer(DefaultBodyLimit::max(IMAGE_BODY_LIMIT)),
         )
-        .route("/images/json", get(super::services::images_list::<C>))
+        .route("/images/json", get(super::images::images_list::<C>))
+        .route("/images/create", post(super::images::images_create::<C>))
+        .route(
+            "/distribution/{*name}",
+            get(super::images::distribution::<C>),
+        )
+        .route("/auth", post(super::images::auth::<C>))
         .route("/tasks", get(super::services::tasks_list::<C>))
         .route("/tasks/{id}", get(super::services::task_inspect::<C>))
         .route("/tasks/{id}/logs", get(super::services::task_logs::<C>))

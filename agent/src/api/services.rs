@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bollard_stubs::models as m;
 
 use super::error::{ApiError, ApiResult};
+use super::images::service_registry_auth;
 use super::models::Filters;
 use super::routes::{bool_param, json_body, query, version_param};
 use crate::control::{
@@ -40,7 +41,7 @@ pub fn service_to_api(v: &ServiceView, with_status: bool) -> m::Service {
             virtual_ips: None,
         }),
         update_status: None,
-        service_status: with_status.then(|| m::ServiceServiceStatus {
+        service_status: with_status.then_some(m::ServiceServiceStatus {
             running_tasks: Some(v.running),
             desired_tasks: Some(v.desired),
             completed_tasks: Some(v.completed),
@@ -148,10 +149,12 @@ pub async fn services_list<C: Control>(
 
 pub async fn service_create<C: Control>(
     State(c): Ctl<C>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<m::ServiceCreateResponse>)> {
     let spec: m::ServiceSpec = json_body(&body)?;
-    let id = c.service_create(spec).await?;
+    let auth = service_registry_auth(&headers)?;
+    let id = c.service_create(spec, auth).await?;
     Ok((
         StatusCode::CREATED,
         Json(m::ServiceCreateResponse {
@@ -175,18 +178,22 @@ pub async fn service_update<C: Control>(
     State(c): Ctl<C>,
     Path(id): Path<String>,
     uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<m::ServiceUpdateResponse>> {
     let q = query(&uri)?;
     let version = version_param(&q, "service")?;
     let mut spec: m::ServiceSpec = json_body(&body)?;
+    // Without new credentials the service keeps its own (Docker's
+    // `registryAuthFrom=spec`; apiary keeps no previous ones to roll back to).
+    let auth = service_registry_auth(&headers)?;
     if q.get("rollback").map(String::as_str) == Some("previous") {
         let current = c.service(&id).await?;
         spec = current.service.previous_spec.clone().ok_or_else(|| {
             ApiError::bad_request(format!("service {id} has no previous spec to roll back to"))
         })?;
     }
-    c.service_update(&id, version, spec).await?;
+    c.service_update(&id, version, spec, auth).await?;
     Ok(Json(m::ServiceUpdateResponse { warnings: None }))
 }
 
@@ -331,52 +338,4 @@ pub fn frame(l: &LogLine, timestamps: bool, details: bool) -> Vec<u8> {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload.as_bytes());
     out
-}
-
-/// `POST /images/load` (`docker load`): the body is the tarball; the answer
-/// is Docker's JSON message stream.
-pub async fn images_load<C: Control>(State(c): Ctl<C>, body: Bytes) -> ApiResult<Response> {
-    if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "the request body is empty: send an image tarball (apiary image load -i FILE)",
-        ));
-    }
-    let names = c.image_load(body.to_vec()).await?;
-    let mut out = String::new();
-    for n in names {
-        out.push_str(&serde_json::json!({ "stream": format!("Loaded image: {n}\n") }).to_string());
-        out.push('\n');
-    }
-    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
-}
-
-/// `GET /images/json` (`docker image ls`).
-pub async fn images_list<C: Control>(State(c): Ctl<C>) -> ApiResult<Json<Vec<serde_json::Value>>> {
-    let images = c.images().await?;
-    Ok(Json(
-        images
-            .iter()
-            .map(|i| {
-                serde_json::json!({
-                    "Id": i.digest,
-                    "ParentId": "",
-                    "RepoTags": [docker_name(&i.name)],
-                    "RepoDigests": [],
-                    "Created": 0,
-                    "Size": i.size,
-                    "SharedSize": -1,
-                    "Labels": {},
-                    "Containers": -1,
-                })
-            })
-            .collect(),
-    ))
-}
-
-/// `docker.io/library/busybox:latest` → `busybox:latest`, as Docker shows it.
-fn docker_name(n: &str) -> String {
-    n.strip_prefix("docker.io/library/")
-        .or_else(|| n.strip_prefix("docker.io/"))
-        .unwrap_or(n)
-        .to_string()
 }

@@ -34,6 +34,7 @@ pub(crate) struct FakeState {
     pub last_init: Option<InitRequest>,
     pub last_join: Option<JoinRequest>,
     pub last_update: Option<SwarmUpdate>,
+    pub last_pull: Option<ImagePull>,
     /// Secrets and configs live in a real store state, changed by `apply`
     /// with a counter as the log index.
     pub objects: State,
@@ -118,13 +119,14 @@ impl Fake {
                 last_init: None,
                 last_join: None,
                 last_update: None,
+                last_pull: None,
                 objects: State::default(),
                 index: 100,
             }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -419,6 +421,7 @@ impl Control for Fake {
     async fn service_create(
         &self,
         spec: crate::store::ServiceSpec,
+        registry_auth: Option<crate::store::RegistryAuth>,
     ) -> ControlResult<crate::store::ServiceId> {
         self.manager_only()?;
         let spec = crate::node::services_validate(&self.lock().objects, spec)?;
@@ -432,6 +435,7 @@ impl Control for Fake {
                 spec,
                 previous_spec: None,
                 spec_version: 0,
+                registry_auth,
             },
         })?;
         Ok(id)
@@ -464,12 +468,14 @@ impl Control for Fake {
         id: &str,
         version: u64,
         spec: crate::store::ServiceSpec,
+        registry_auth: Option<crate::store::RegistryAuth>,
     ) -> ControlResult<()> {
         let v = self.service(id).await?;
         self.apply(Command::UpdateService {
             id: v.service.id,
             version,
             spec,
+            registry_auth,
             now: "2026-01-01T00:00:01Z".into(),
         })
     }
@@ -510,7 +516,112 @@ impl Control for Fake {
     async fn images(&self) -> ControlResult<Vec<crate::executor::image::ImageInfo>> {
         Ok(Vec::new())
     }
+
+    /// A scripted pull: `reg.test/fail:now` fails before any progress,
+    /// `reg.test/fail:later` after it; anything else pulls one 3 MB layer
+    /// (and one already here), needing the user `u` when the repository is
+    /// `private`.
+    async fn image_pull(
+        &self,
+        req: ImagePull,
+        progress: tokio::sync::mpsc::UnboundedSender<crate::executor::pull::Progress>,
+    ) -> ControlResult<crate::executor::pull::Pulled> {
+        use crate::executor::pull::{Progress, Pulled};
+        self.lock().last_pull = Some(req.clone());
+        let r = crate::executor::pull::Reference::parse(&req.reference)
+            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        if r.repository == "fail" && r.tag.as_deref() == Some("now") {
+            return Err(ControlError::NotFound(
+                "manifest unknown from registry reg.test".into(),
+            ));
+        }
+        if r.repository == "private" {
+            let user = req.auth.as_ref().map(|a| a.username.as_str());
+            if user != Some("u") {
+                return Err(ControlError::Unauthorized(
+                    "authentication required from registry reg.test".into(),
+                ));
+            }
+        }
+        let layer = format!("sha256:{}", "a".repeat(64));
+        let here = format!("sha256:{}", "b".repeat(64));
+        let send = |p: Progress| {
+            let _ = progress.send(p);
+        };
+        send(Progress::Resolved {
+            reference: r.to_string(),
+            digest: FAKE_DIGEST.into(),
+            layers: vec![(here.clone(), 10), (layer.clone(), 3_000_000)],
+        });
+        if r.repository == "fail" {
+            return Err(ControlError::Unavailable(
+                "cannot reach registry reg.test: connection reset".into(),
+            ));
+        }
+        send(Progress::LayerExists { digest: here });
+        for done in [1_000_000, 3_000_000] {
+            send(Progress::Layer {
+                digest: layer.clone(),
+                done,
+                total: 3_000_000,
+            });
+        }
+        send(Progress::LayerDone {
+            digest: layer.clone(),
+        });
+        send(Progress::Done {
+            name: r.to_string(),
+        });
+        Ok(Pulled {
+            name: r.to_string(),
+            digest: FAKE_DIGEST.into(),
+            updated: true,
+        })
+    }
+
+    async fn distribution(
+        &self,
+        reference: &str,
+        auth: Option<crate::executor::pull::AuthConfig>,
+    ) -> ControlResult<crate::executor::pull::Distribution> {
+        use crate::executor::image::{Desc, Platform};
+        if reference.contains("missing") {
+            return Err(ControlError::NotFound(
+                "manifest unknown from registry reg.test".into(),
+            ));
+        }
+        if reference.contains("private") && auth.map(|a| a.username) != Some("u".into()) {
+            return Err(ControlError::Unauthorized(
+                "authentication required from registry reg.test".into(),
+            ));
+        }
+        Ok(crate::executor::pull::Distribution {
+            descriptor: Desc {
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                digest: FAKE_DIGEST.into(),
+                size: 321,
+            },
+            platforms: vec![
+                Platform::parse("linux/amd64").map_err(ControlError::Internal)?,
+                Platform::parse("linux/arm/v7").map_err(ControlError::Internal)?,
+            ],
+        })
+    }
+
+    async fn registry_login(&self, auth: crate::executor::pull::AuthConfig) -> ControlResult<()> {
+        if auth.username == "u" && auth.password == "right" {
+            return Ok(());
+        }
+        Err(ControlError::Unauthorized(format!(
+            "login attempt to http://{}/v2/ failed with status: 401 Unauthorized: authentication required",
+            auth.serveraddress
+        )))
+    }
 }
+
+/// The digest the fake registry resolves every reference to.
+pub(crate) const FAKE_DIGEST: &str =
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 /// A served API on a socket in a temp dir; stops when dropped.
 pub(crate) struct Served {
@@ -1008,4 +1119,322 @@ async fn configs_show_their_data() {
     assert_eq!(a.status, 204);
     let v = json(&raw(&s, Method::GET, "/configs", None).await);
     assert_eq!(v, serde_json::json!([]));
+}
+
+// ------------------------------------------------------ images, registries
+
+fn auth_header(user: &str, password: &str) -> (&'static str, String) {
+    let a = crate::executor::pull::AuthConfig {
+        username: user.into(),
+        password: password.into(),
+        serveraddress: "reg.test".into(),
+        ..Default::default()
+    };
+    ("X-Registry-Auth", a.to_header())
+}
+
+/// The JSON lines of a streamed answer.
+fn lines(a: &Answer) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&a.body)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn image_create_streams_dockers_progress_messages() {
+    let s = start(Fake::new()).await;
+    let a = s
+        .client()
+        .raw_with(
+            Method::POST,
+            "/v1.49/images/create?fromImage=reg.test%2Fteam%2Fapp&tag=1&platform=linux%2Farm%2Fv7",
+            None,
+            &[auth_header("u", "p")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    let want = serde_json::json!([
+        {"status": "Pulling from team/app", "id": "1"},
+        {"status": "Pulling fs layer", "progressDetail": {}, "id": "bbbbbbbbbbbb"},
+        {"status": "Pulling fs layer", "progressDetail": {}, "id": "aaaaaaaaaaaa"},
+        {"status": "Already exists", "progressDetail": {}, "id": "bbbbbbbbbbbb"},
+        {"status": "Downloading", "progressDetail": {"current": 1_000_000, "total": 3_000_000}, "id": "aaaaaaaaaaaa"},
+        {"status": "Downloading", "progressDetail": {"current": 3_000_000, "total": 3_000_000}, "id": "aaaaaaaaaaaa"},
+        {"status": "Download complete", "progressDetail": {}, "id": "aaaaaaaaaaaa"},
+        {"status": "Pull complete", "progressDetail": {}, "id": "aaaaaaaaaaaa"},
+        {"status": format!("Digest: {FAKE_DIGEST}")},
+        {"status": "Status: Downloaded newer image for reg.test/team/app:1"},
+    ]);
+    assert_eq!(serde_json::Value::Array(lines(&a)), want);
+    let req = s.fake.lock().last_pull.clone().unwrap();
+    assert_eq!(req.reference, "reg.test/team/app:1");
+    let p = req.platform.unwrap();
+    assert_eq!(
+        (p.architecture.as_str(), p.variant.as_deref()),
+        ("arm", Some("v7"))
+    );
+    assert_eq!(req.auth.unwrap().username, "u");
+
+    // A digest arrives as the tag.
+    let d = format!("sha256:{}", "c".repeat(64));
+    raw(
+        &s,
+        Method::POST,
+        &format!("/images/create?fromImage=busybox&tag={d}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        s.fake.lock().last_pull.clone().unwrap().reference,
+        format!("busybox@{d}")
+    );
+}
+
+#[tokio::test]
+async fn image_create_failures_before_and_during_the_pull() {
+    let s = start(Fake::new()).await;
+    // Before any progress: an HTTP error, as Docker answers.
+    let a = raw(
+        &s,
+        Method::POST,
+        "/images/create?fromImage=reg.test/fail&tag=now",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    assert_eq!(
+        json(&a)["message"],
+        "manifest unknown from registry reg.test"
+    );
+    let a = raw(
+        &s,
+        Method::POST,
+        "/images/create?fromImage=reg.test/private&tag=1",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    // During it: the stream's last message.
+    let a = raw(
+        &s,
+        Method::POST,
+        "/images/create?fromImage=reg.test/fail&tag=later",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let l = lines(&a);
+    let last = l.last().unwrap();
+    let m = "cannot reach registry reg.test: connection reset";
+    assert_eq!(last["error"], m);
+    assert_eq!(last["errorDetail"]["message"], m);
+    // Refused before the pull starts.
+    for (path, why) in [
+        ("/images/create", "fromImage is missing"),
+        (
+            "/images/create?fromImage=Bad/Name",
+            "invalid reference format",
+        ),
+        (
+            "/images/create?fromImage=busybox&platform=linux",
+            "invalid platform",
+        ),
+        ("/images/create?fromSrc=-", "not supported"),
+    ] {
+        let a = raw(&s, Method::POST, path, None).await;
+        assert_eq!(a.status, 400, "{path}");
+        let m = json(&a)["message"].as_str().unwrap().to_string();
+        assert!(m.contains(why), "{path}: {m}");
+    }
+    let a = s
+        .client()
+        .raw_with(
+            Method::POST,
+            "/images/create?fromImage=busybox",
+            None,
+            &[("X-Registry-Auth", "%%%".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400);
+    assert!(json(&a)["message"]
+        .as_str()
+        .unwrap()
+        .contains("X-Registry-Auth"));
+}
+
+#[tokio::test]
+async fn distribution_answers_descriptor_and_platforms() {
+    let s = start(Fake::new()).await;
+    let a = raw(
+        &s,
+        Method::GET,
+        "/v1.49/distribution/reg.test:5000/team/app:1/json",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(
+        json(&a),
+        serde_json::json!({
+            "Descriptor": {
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": FAKE_DIGEST,
+                "size": 321,
+            },
+            "Platforms": [
+                {"os": "linux", "architecture": "amd64"},
+                {"os": "linux", "architecture": "arm", "variant": "v7"},
+            ],
+        })
+    );
+    let a = raw(
+        &s,
+        Method::GET,
+        "/distribution/reg.test/missing:1/json",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    let a = raw(
+        &s,
+        Method::GET,
+        "/distribution/reg.test/private:1/json",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    let a = s
+        .client()
+        .raw_with(
+            Method::GET,
+            "/distribution/reg.test/private:1/json",
+            None,
+            &[auth_header("u", "p")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    let a = raw(&s, Method::GET, "/distribution/reg.test/app", None).await;
+    assert_eq!(a.status, 404);
+}
+
+#[tokio::test]
+async fn auth_checks_logins() {
+    let s = start(Fake::new()).await;
+    let a = raw(
+        &s,
+        Method::POST,
+        "/v1.49/auth",
+        Some(r#"{"username":"u","password":"right","serveraddress":"reg.test"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(json(&a)["Status"], "Login Succeeded");
+    let a = raw(
+        &s,
+        Method::POST,
+        "/auth",
+        Some(r#"{"username":"u","password":"wrong","serveraddress":"reg.test"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        json(&a)["message"],
+        "login attempt to http://reg.test/v2/ failed with status: 401 Unauthorized: authentication required"
+    );
+    let a = raw(&s, Method::POST, "/auth", Some("")).await;
+    assert_eq!(a.status, 400);
+}
+
+#[tokio::test]
+async fn services_keep_registry_auth_out_of_their_spec() {
+    let s = start(Fake::new()).await;
+    let spec = r#"{"Name":"priv","TaskTemplate":{"ContainerSpec":{"Image":"reg.test/private:1"}}}"#;
+    let header = auth_header("u", "s3cret");
+    let a = s
+        .client()
+        .raw_with(
+            Method::POST,
+            "/services/create",
+            Some(spec.as_bytes().to_vec()),
+            std::slice::from_ref(&header),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let stored = || {
+        let st = s.fake.lock();
+        let svc = st.objects.services.values().next().unwrap().clone();
+        svc.registry_auth
+    };
+    let kept = stored().expect("credentials kept with the service");
+    let decoded = crate::executor::pull::AuthConfig::from_header(&kept.0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (decoded.username.as_str(), decoded.password.as_str()),
+        ("u", "s3cret")
+    );
+    assert!(!format!("{kept:?}").contains(&kept.0));
+    // Inspect shows neither the password nor the encoded header.
+    let a = raw(&s, Method::GET, "/services/priv", None).await;
+    let body = String::from_utf8_lossy(&a.body).to_string();
+    assert!(
+        !body.contains("s3cret") && !body.contains(&header.1),
+        "{body}"
+    );
+    // An update without the header keeps them; with one, replaces them.
+    let v = json(&a)["Version"]["Index"].as_u64().unwrap();
+    let a = raw(
+        &s,
+        Method::POST,
+        &format!("/services/priv/update?version={v}"),
+        Some(spec),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(stored(), Some(kept.clone()));
+    let a = raw(&s, Method::GET, "/services/priv", None).await;
+    let v = json(&a)["Version"]["Index"].as_u64().unwrap();
+    let a = s
+        .client()
+        .raw_with(
+            Method::POST,
+            &format!("/services/priv/update?version={v}"),
+            Some(spec.as_bytes().to_vec()),
+            &[auth_header("u", "n3w")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    assert_ne!(stored(), Some(kept));
+    // A header without credentials (`{}`, as the docker CLI sends for a
+    // registry it has no login for) stores nothing.
+    let empty = (
+        "X-Registry-Auth",
+        crate::executor::pull::AuthConfig::default().to_header(),
+    );
+    let other = r#"{"Name":"open","TaskTemplate":{"ContainerSpec":{"Image":"busybox"}}}"#;
+    let a = s
+        .client()
+        .raw_with(
+            Method::POST,
+            "/services/create",
+            Some(other.as_bytes().to_vec()),
+            &[empty],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201);
+    let st = s.fake.lock();
+    let open = st
+        .objects
+        .services
+        .values()
+        .find(|s| s.name() == "open")
+        .unwrap();
+    assert_eq!(open.registry_auth, None);
 }

@@ -69,6 +69,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
     ) -> Result<
         (
             hyper::Response<hyper::body::Incoming>,
@@ -90,6 +91,9 @@ impl Client {
         if body.is_some() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CliError::Client(format!("building request for {path}: {e}")))?;
@@ -107,7 +111,18 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Answer, CliError> {
-        let (resp, conn) = self.send(method, path, body).await?;
+        self.raw_with(method, path, body, &[]).await
+    }
+
+    /// One request with extra headers (`X-Registry-Auth`).
+    pub(crate) async fn raw_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<Answer, CliError> {
+        let (resp, conn) = self.send(method, path, body, headers).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
@@ -127,9 +142,20 @@ impl Client {
     /// A GET whose body is read as it arrives (`logs -f` prints lines as
     /// they come instead of waiting for the end of the stream).
     pub async fn get_stream(&mut self, path: &str) -> Result<Streaming, CliError> {
+        self.stream(Method::GET, path, &[]).await
+    }
+
+    /// A request whose answer is read as it arrives (`logs -f`, a pull's
+    /// progress); a 4xx/5xx answer is a daemon error.
+    pub async fn stream(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<Streaming, CliError> {
         self.negotiate().await?;
         let full = format!("{}{}", self.prefix.as_deref().unwrap_or(""), path);
-        let (resp, conn) = self.send(Method::GET, &full, None).await?;
+        let (resp, conn) = self.send(method, &full, None, headers).await?;
         let status = resp.status();
         if status.is_client_error() || status.is_server_error() {
             let headers = resp.headers().clone();
@@ -190,9 +216,20 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Answer, CliError> {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    /// `call` with extra headers.
+    pub async fn call_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<Answer, CliError> {
         self.negotiate().await?;
         let full = format!("{}{}", self.prefix.as_deref().unwrap_or(""), path);
-        let ans = self.raw(method, &full, body).await?;
+        let ans = self.raw_with(method, &full, body, headers).await?;
         if ans.status.is_client_error() || ans.status.is_server_error() {
             return Err(CliError::Daemon(error_message(&ans)));
         }
@@ -211,9 +248,20 @@ impl Client {
     }
 
     pub async fn post<B: Serialize>(&mut self, path: &str, body: &B) -> Result<Answer, CliError> {
+        self.post_with(path, body, &[]).await
+    }
+
+    /// `post` with extra headers.
+    pub async fn post_with<B: Serialize>(
+        &mut self,
+        path: &str,
+        body: &B,
+        headers: &[(&str, String)],
+    ) -> Result<Answer, CliError> {
         let json = serde_json::to_vec(body)
             .map_err(|e| CliError::Client(format!("encoding request: {e}")))?;
-        self.call(Method::POST, path, Some(json)).await
+        self.call_with(Method::POST, path, Some(json), headers)
+            .await
     }
 
     pub async fn post_empty(&mut self, path: &str) -> Result<Answer, CliError> {

@@ -1,12 +1,16 @@
-//! `apiary image ...`: load and ls (this node's images; like `docker load`
-//! and `docker image ls`, they are per node, not per swarm).
+//! `apiary image ...`: load, ls and pull (this node's images; like
+//! `docker load`, `docker image ls` and `docker pull`, they are per node,
+//! not per swarm).
 
-use std::io::Read;
+use std::io::{IsTerminal, Read, Write};
 
 use clap::{Args, Subcommand};
 use hyper::Method;
 
+use super::client::encode_query;
+use super::jsonmessage::Display;
 use super::{table, CliError, Client, Output};
+use crate::executor::pull::{familiar, Reference};
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
@@ -15,6 +19,21 @@ pub enum ImageCommand {
     /// List this node's images
     #[command(visible_alias = "list")]
     Ls(LsArgs),
+    /// Download an image from a registry into this node
+    Pull(PullArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Pull the image for this platform (os/arch[/variant]) instead of the node's
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Suppress verbose output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// NAME[:TAG|@DIGEST]
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 #[derive(Args, Debug)]
@@ -38,7 +57,64 @@ pub async fn run(c: &mut Client, cmd: ImageCommand, out: &mut Output) -> Result<
     match cmd {
         ImageCommand::Load(a) => load(c, a, out).await,
         ImageCommand::Ls(a) => ls(c, a, out).await,
+        ImageCommand::Pull(a) => pull(c, a, out).await,
     }
+}
+
+/// `docker pull`: the agent pulls into this node's containerd and streams
+/// Docker's progress messages, shown as the docker CLI shows them; the
+/// stored login of the image's registry (`apiary login`) goes along.
+pub async fn pull(c: &mut Client, a: PullArgs, out: &mut Output) -> Result<(), CliError> {
+    let headers = super::login::registry_auth_header(&a.name)?;
+    let tty = std::io::stdout().is_terminal();
+    pull_to(c, a, &headers, &mut std::io::stdout(), tty, out).await
+}
+
+/// `pull`, drawing the progress on `screen` (a terminal when `tty`).
+pub async fn pull_to(
+    c: &mut Client,
+    a: PullArgs,
+    headers: &[(&str, String)],
+    screen: &mut dyn Write,
+    tty: bool,
+    out: &mut Output,
+) -> Result<(), CliError> {
+    let r = Reference::parse(&a.name).map_err(|e| CliError::Client(e.to_string()))?;
+    // As the docker CLI splits it: the name, and the tag or digest.
+    let from = format!("{}/{}", r.registry, r.repository);
+    let mut path = format!(
+        "/images/create?fromImage={}&tag={}",
+        encode_query(&from),
+        encode_query(r.manifest_ref())
+    );
+    if let Some(p) = &a.platform {
+        path.push_str(&format!("&platform={}", encode_query(p)));
+    }
+    let mut body = c.stream(Method::POST, &path, headers).await?;
+    let mut display = Display::new(tty);
+    let mut pending = Vec::new();
+    let mut result = Ok(());
+    while let Some(chunk) = body.chunk().await? {
+        pending.extend_from_slice(&chunk);
+        // Whole lines only: a message may arrive in pieces.
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
+            match display.show(&msg) {
+                Ok(text) if !a.quiet => {
+                    let _ = screen.write_all(text.as_bytes());
+                    let _ = screen.flush();
+                }
+                Ok(_) => {}
+                Err(e) => result = Err(e),
+            }
+        }
+    }
+    result?;
+    out.println(familiar(&r.to_string()));
+    Ok(())
 }
 
 async fn load(c: &mut Client, a: LoadArgs, out: &mut Output) -> Result<(), CliError> {

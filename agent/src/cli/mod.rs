@@ -7,6 +7,8 @@ pub mod client;
 mod config;
 mod image;
 mod info;
+mod jsonmessage;
+mod login;
 mod node;
 mod objects;
 pub mod opts;
@@ -52,6 +54,12 @@ pub enum Command {
     /// Manage this node's images
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Download an image from a registry into this node (apiary image pull)
+    Pull(image::PullArgs),
+    /// Log in to a registry (the login is kept in ~/.docker/config.json, as docker keeps it)
+    Login(login::LoginArgs),
+    /// Log out from a registry
+    Logout(login::LogoutArgs),
     /// Display system-wide information
     Info(InfoArgs),
     /// Show the apiary version information
@@ -106,6 +114,18 @@ impl Output {
         self.err.push_str(s.as_ref());
         self.err.push('\n');
     }
+    /// Write what the command printed so far to the terminal now, before
+    /// output that goes straight there (progress, prompts), so the order
+    /// is the one the user expects.
+    pub fn flush(&mut self) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(self.out.as_bytes());
+        let _ = stdout.flush();
+        self.out.clear();
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(self.err.as_bytes());
+        self.err.clear();
+    }
 }
 
 /// The host to talk to: the flag, then `APIARY_HOST`, then the default socket.
@@ -124,6 +144,9 @@ pub async fn execute(client: &mut Client, cmd: Command, out: &mut Output) -> Res
         Command::Secret(c) => secret::run(client, c, out).await,
         Command::Config(c) => config::run(client, c, out).await,
         Command::Image(c) => image::run(client, c, out).await,
+        Command::Pull(a) => image::pull(client, a, out).await,
+        Command::Login(a) => login::login(client, a, out).await,
+        Command::Logout(a) => login::logout(a, out),
         Command::Info(a) => info::run_info(client, a, out).await,
         Command::Version(a) => info::run_version(client, a, out).await,
     }

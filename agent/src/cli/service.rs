@@ -139,6 +139,9 @@ pub struct CreateArgs {
     /// Do not query the registry to resolve image digest (accepted; apiary never does)
     #[arg(long = "no-resolve-image")]
     pub no_resolve_image: bool,
+    /// Send registry authentication details (from `apiary login`) to swarm agents
+    #[arg(long = "with-registry-auth")]
+    pub with_registry_auth: bool,
     #[arg(value_name = "IMAGE")]
     pub image: String,
     /// Command and arguments (docker sets them as the container's Args)
@@ -296,6 +299,9 @@ pub struct UpdateArgs {
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
+    /// Send registry authentication details (from `apiary login`) to swarm agents
+    #[arg(long = "with-registry-auth")]
+    pub with_registry_auth: bool,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -401,18 +407,18 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
         || a.reserve_cpu.is_some()
         || a.reserve_memory.is_some())
     .then(|| m::TaskSpecResources {
-        limits: (a.limit_cpu.is_some() || a.limit_memory.is_some()).then(|| m::Limit {
+        limits: (a.limit_cpu.is_some() || a.limit_memory.is_some()).then_some(m::Limit {
             nano_cpus: a.limit_cpu,
             memory_bytes: a.limit_memory,
             pids: None,
         }),
-        reservations: (a.reserve_cpu.is_some() || a.reserve_memory.is_some()).then(|| {
+        reservations: (a.reserve_cpu.is_some() || a.reserve_memory.is_some()).then_some(
             m::ResourceObject {
                 nano_cpus: a.reserve_cpu,
                 memory_bytes: a.reserve_memory,
                 generic_resources: None,
-            }
-        }),
+            },
+        ),
     });
     let restart = (a.restart_condition.is_some()
         || a.restart_delay.is_some()
@@ -499,7 +505,12 @@ async fn create(c: &mut Client, a: CreateArgs, out: &mut Output) -> Result<(), C
         cs.secrets = (!secrets.is_empty()).then_some(secrets);
         cs.configs = (!configs.is_empty()).then_some(configs);
     }
-    let ans = c.post("/services/create", &spec).await?;
+    let headers = if a.with_registry_auth {
+        super::login::registry_auth_header(&a.image)?
+    } else {
+        Vec::new()
+    };
+    let ans = c.post_with("/services/create", &spec, &headers).await?;
     let created: m::ServiceCreateResponse = decode(&ans.body, "/services/create")?;
     let id = created.id.unwrap_or_default();
     for w in created.warnings.unwrap_or_default() {
@@ -507,7 +518,7 @@ async fn create(c: &mut Client, a: CreateArgs, out: &mut Output) -> Result<(), C
     }
     out.println(&id);
     if !a.detach && !a.quiet {
-        progress::flush(out);
+        out.flush();
         progress::wait(c, &id).await?;
     }
     Ok(())
@@ -994,16 +1005,28 @@ async fn update_spec(
     c: &mut Client,
     name: &str,
     change: &mut dyn FnMut(&mut m::ServiceSpec) -> Result<(), CliError>,
+    with_registry_auth: bool,
 ) -> Result<String, CliError> {
     let svc = get_service(c, name).await?;
     let id = svc.id.clone().unwrap_or_else(|| name.to_string());
     let version = svc.version.as_ref().and_then(|v| v.index).unwrap_or(0);
     let mut spec = svc.spec.unwrap_or_default();
     change(&mut spec)?;
+    // The login of the registry of the image as updated.
+    let headers = match spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.container_spec.as_ref())
+        .and_then(|c| c.image.as_deref())
+    {
+        Some(image) if with_registry_auth => super::login::registry_auth_header(image)?,
+        _ => Vec::new(),
+    };
     let ans = c
-        .post(
+        .post_with(
             &format!("/services/{}/update?version={version}", encode_segment(&id)),
             &spec,
+            &headers,
         )
         .await?;
     if let Ok(resp) = decode::<m::ServiceUpdateResponse>(&ans.body, "/services/update") {
@@ -1064,7 +1087,7 @@ async fn scale(c: &mut Client, a: ScaleArgs, out: &mut Output) -> Result<(), Cli
                 )),
             }
         };
-        match update_spec(c, &name, &mut change).await {
+        match update_spec(c, &name, &mut change, false).await {
             Ok(id) => {
                 out.println(format!("{name} scaled to {replicas}"));
                 done.push(id);
@@ -1077,7 +1100,7 @@ async fn scale(c: &mut Client, a: ScaleArgs, out: &mut Output) -> Result<(), Cli
     }
     if !a.detach {
         for id in &done {
-            progress::flush(out);
+            out.flush();
             progress::wait(c, id).await?;
         }
     }
@@ -1144,10 +1167,10 @@ pub fn apply_update(a: &UpdateArgs, spec: &mut m::ServiceSpec) -> Result<(), Cli
 
 async fn update(c: &mut Client, a: UpdateArgs, out: &mut Output) -> Result<(), CliError> {
     let mut change = |spec: &mut m::ServiceSpec| apply_update(&a, spec);
-    let id = update_spec(c, &a.service, &mut change).await?;
+    let id = update_spec(c, &a.service, &mut change, a.with_registry_auth).await?;
     out.println(&a.service);
     if !a.detach && !a.quiet {
-        progress::flush(out);
+        out.flush();
         progress::wait(c, &id).await?;
     }
     Ok(())

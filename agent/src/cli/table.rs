@@ -90,14 +90,31 @@ pub fn pretty(s: &str) -> String {
 
 /// go-units `BytesSize`: binary units, 4 significant digits, no space ("7.952GiB").
 pub fn bytes_size(bytes: f64) -> String {
-    const UNITS: [&str; 9] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"];
+    scaled(
+        bytes,
+        1024.0,
+        &["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"],
+    )
+}
+
+/// Docker's `units.HumanSize`: decimal units, four significant digits
+/// (`1.2MB`, `772.8kB`), as pull progress shows sizes.
+pub fn human_size(bytes: f64) -> String {
+    scaled(
+        bytes,
+        1000.0,
+        &["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"],
+    )
+}
+
+fn scaled(bytes: f64, base: f64, units: &[&str]) -> String {
     let mut size = bytes;
     let mut i = 0;
-    while size >= 1024.0 && i + 1 < UNITS.len() {
-        size /= 1024.0;
+    while size >= base && i + 1 < units.len() {
+        size /= base;
         i += 1;
     }
-    format!("{}{}", sig4(size), UNITS[i])
+    format!("{}{}", sig4(size), units[i])
 }
 
 /// `%.4g` for 0 <= v < 10000.

@@ -882,3 +882,205 @@ mod services {
         );
     }
 }
+
+// ------------------------------------------------------- pull and logins
+
+#[tokio::test]
+async fn image_pull_prints_one_line_per_layer_event() {
+    let s = start(Fake::new()).await;
+    let headers = [(
+        "X-Registry-Auth",
+        crate::executor::pull::AuthConfig {
+            username: "u".into(),
+            password: "p".into(),
+            ..Default::default()
+        }
+        .to_header(),
+    )];
+    let args = image::PullArgs {
+        platform: None,
+        quiet: false,
+        name: "reg.test/private:1".into(),
+    };
+    let mut screen = Vec::new();
+    let mut out = Output::default();
+    image::pull_to(
+        &mut s.client(),
+        args,
+        &headers,
+        &mut screen,
+        false,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(screen).unwrap(),
+        format!(
+            "1: Pulling from private\n\
+             bbbbbbbbbbbb: Pulling fs layer\n\
+             aaaaaaaaaaaa: Pulling fs layer\n\
+             bbbbbbbbbbbb: Already exists\n\
+             aaaaaaaaaaaa: Download complete\n\
+             aaaaaaaaaaaa: Pull complete\n\
+             Digest: {}\n\
+             Status: Downloaded newer image for reg.test/private:1\n",
+            crate::api::tests::FAKE_DIGEST
+        )
+    );
+    assert_eq!(out.out, "reg.test/private:1\n");
+    let req = s.fake.lock().last_pull.clone().unwrap();
+    assert_eq!(req.auth.unwrap().username, "u");
+
+    // Without the login, the registry's reason.
+    let args = image::PullArgs {
+        platform: None,
+        quiet: true,
+        name: "reg.test/private:1".into(),
+    };
+    let e = image::pull_to(&mut s.client(), args, &[], &mut Vec::new(), false, &mut out)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Error response from daemon: authentication required from registry reg.test"
+    );
+    // A failure in the middle of the stream is the command's error.
+    let args = image::PullArgs {
+        platform: Some("linux/arm64".into()),
+        quiet: false,
+        name: "reg.test/fail:later".into(),
+    };
+    let e = image::pull_to(&mut s.client(), args, &[], &mut Vec::new(), true, &mut out)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("connection reset"), "{e}");
+    let p = s.fake.lock().last_pull.clone().unwrap().platform.unwrap();
+    assert_eq!(p.architecture, "arm64");
+}
+
+#[tokio::test]
+async fn login_checks_with_the_agent_and_keeps_dockers_config_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = start(Fake::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    // Settings of the docker CLI's own are kept as they are.
+    std::fs::write(
+        &path,
+        r#"{"psFormat":"table {{.ID}}","auths":{"other.io":{"auth":"eDp5"}}}"#,
+    )
+    .unwrap();
+    let args = |password: &str| login::LoginArgs {
+        username: Some("u".into()),
+        password: Some(password.into()),
+        password_stdin: false,
+        server: Some("reg.test".into()),
+    };
+    let mut out = Output::default();
+    let e = login::login_at(&mut s.client(), args("wrong"), &path, &mut out)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Error response from daemon: login attempt to http://reg.test/v2/ failed with status: 401 Unauthorized: authentication required"
+    );
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("reg.test"));
+
+    let mut out = Output::default();
+    login::login_at(&mut s.client(), args("right"), &path, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out.out, "Login Succeeded\n");
+    assert!(out.err.contains("--password-stdin"), "{}", out.err);
+    assert!(out.err.contains("stored unencrypted"), "{}", out.err);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["psFormat"], "table {{.ID}}");
+    assert_eq!(v["auths"]["other.io"]["auth"], "eDp5");
+    assert_eq!(
+        v["auths"]["reg.test"]["auth"],
+        crate::executor::pull::auth::join_auth("u", "right")
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Pulls and --with-registry-auth send it.
+    let h = login::registry_auth_header_from(&path, "reg.test/app:1").unwrap();
+    assert_eq!(h.len(), 1);
+    let a = crate::executor::pull::AuthConfig::from_header(&h[0].1)
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.username.as_str(), a.password.as_str()), ("u", "right"));
+    assert!(login::registry_auth_header_from(&path, "busybox")
+        .unwrap()
+        .is_empty());
+
+    // Logging in again needs nothing typed: the stored login is checked.
+    let mut out = Output::default();
+    let stored = login::LoginArgs {
+        username: None,
+        password: None,
+        password_stdin: false,
+        server: Some("http://reg.test/".into()),
+    };
+    login::login_at(&mut s.client(), stored, &path, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.out,
+        "Authenticating with existing credentials... [Username: u]\nLogin Succeeded\n"
+    );
+
+    let logout = || login::LogoutArgs {
+        server: Some("reg.test".into()),
+    };
+    let mut out = Output::default();
+    login::logout_at(logout(), &path, &mut out).unwrap();
+    assert_eq!(out.out, "Removing login credentials for reg.test\n");
+    assert!(login::registry_auth_header_from(&path, "reg.test/app:1")
+        .unwrap()
+        .is_empty());
+    let mut out = Output::default();
+    login::logout_at(logout(), &path, &mut out).unwrap();
+    assert_eq!(out.out, "Not logged in to reg.test\n");
+}
+
+#[test]
+fn docker_config_entries_match_however_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub").join("config.json");
+    let hub = crate::executor::pull::auth::join_auth("hubuser", "pw");
+    let mut cfg = login::DockerConfig::load(&path).unwrap();
+    assert!(cfg.auth_for("docker.io").unwrap().is_none());
+    cfg.set_login("https://index.docker.io/v1/", "hubuser", "pw");
+    cfg.set_login("https://reg.example.com/", "a", "b");
+    cfg.save().unwrap();
+    let cfg = login::DockerConfig::load(&path).unwrap();
+    let a = cfg.auth_for("docker.io").unwrap().unwrap();
+    assert_eq!(a.username, "hubuser");
+    assert_eq!(a.serveraddress, "https://index.docker.io/v1/");
+    assert_eq!(
+        cfg.auth_for("reg.example.com").unwrap().unwrap().password,
+        "b"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&hub), "{text}");
+    // A login for the same registry written another way replaces it.
+    let mut cfg = login::DockerConfig::load(&path).unwrap();
+    cfg.set_login("reg.example.com", "c", "d");
+    assert_eq!(
+        cfg.auth_for("reg.example.com").unwrap().unwrap().username,
+        "c"
+    );
+    assert!(cfg.remove_login("reg.example.com"));
+    assert!(!cfg.remove_login("reg.example.com"));
+    // A broken entry says where it is.
+    std::fs::write(&path, r#"{"auths":{"r.io":{"auth":"!!"}}}"#).unwrap();
+    let e = login::DockerConfig::load(&path)
+        .unwrap()
+        .auth_for("r.io")
+        .unwrap_err();
+    assert!(e.to_string().contains("log in again"), "{e}");
+    std::fs::write(&path, "[").unwrap();
+    assert!(login::DockerConfig::load(&path).is_err());
+}

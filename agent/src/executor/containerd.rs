@@ -41,7 +41,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::image::{self, SNAPSHOTTER};
-use super::pull::{self, ProgressFn, RegistryConfig};
+use super::pull::{self, ProgressFn, PullError, PullOptions, Pulled, RegistryConfig};
 use super::spec;
 use super::{
     ContainerSpec, ContainerState, ContainerStatus, ExecError, ExecResult, Executor, Exit,
@@ -230,10 +230,64 @@ impl Containerd {
         self
     }
 
-    /// Pull `reference` from its registry, reporting per-layer progress
-    /// (see `pull::pull`); returns the image's name. Concurrent pulls of
-    /// the same name wait for one another, and the second finds the image.
-    pub async fn pull(&self, reference: &str, progress: ProgressFn<'_>) -> ExecResult<String> {
+    /// Make sure `reference` is here, pulling it from its registry if it
+    /// is not (see `pull::pull`, which reports per-layer progress);
+    /// returns the image's name. Concurrent pulls of the same name wait
+    /// for one another, and the second finds the image.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: ProgressFn<'_>,
+    ) -> ExecResult<String> {
+        self.one_pull_at_a_time(reference, async {
+            match image::lookup(&self.api, reference).await? {
+                Some((name, _)) => Ok(name),
+                None => self
+                    .pull_now(reference, opts, progress)
+                    .await
+                    .map(|p| p.name)
+                    .map_err(|e| e.into_exec(reference)),
+            }
+        })
+        .await
+    }
+
+    /// Pull `reference` from its registry even if an image of that name is
+    /// here (`image pull`: the tag may have moved).
+    pub async fn pull_image(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<Pulled, PullError> {
+        self.one_pull_at_a_time(reference, self.pull_now(reference, opts, progress))
+            .await
+    }
+
+    async fn pull_now(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<Pulled, PullError> {
+        pull::pull(
+            &self.channel,
+            &self.namespace,
+            reference,
+            &self.registries,
+            opts,
+            progress,
+        )
+        .await
+    }
+
+    /// Run `work` while holding the gate of `reference`'s name.
+    async fn one_pull_at_a_time<T>(
+        &self,
+        reference: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
         let key = image::normalize(reference);
         let gate = {
             let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
@@ -241,18 +295,7 @@ impl Containerd {
         };
         let result = {
             let _turn = gate.lock().await;
-            match image::lookup(&self.api, reference).await? {
-                Some((name, _)) => Ok(name),
-                None => pull::pull(
-                    &self.channel,
-                    &self.namespace,
-                    reference,
-                    &self.registries,
-                    progress,
-                )
-                .await
-                .map_err(|e| e.into_exec(reference)),
-            }
+            work.await
         };
         // Forget the gate once nobody else holds it.
         let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
@@ -371,15 +414,20 @@ impl Containerd {
     }
 
     async fn prepare_with(&self, api: &Api, spec: &ContainerSpec) -> ExecResult<()> {
-        let (name, target) = match image::lookup(&api, &spec.image).await? {
+        let (name, target) = match image::lookup(api, &spec.image).await? {
             Some(found) => found,
             None => {
+                let opts = PullOptions {
+                    credentials: spec.registry_auth.clone(),
+                    platform: None,
+                };
                 self.pull(
                     &spec.image,
+                    &opts,
                     &|p| tracing::debug!(task.id = %spec.id, "pull: {p:?}"),
                 )
                 .await?;
-                image::lookup(&api, &spec.image).await?.ok_or_else(|| {
+                image::lookup(api, &spec.image).await?.ok_or_else(|| {
                     ExecError::Image(format!(
                         "image {} was pulled but is not recorded in containerd",
                         spec.image
@@ -387,9 +435,9 @@ impl Containerd {
                 })?
             }
         };
-        let img = image::resolve(&api, &name, &target, false).await?;
+        let img = image::resolve(api, &name, &target, false).await?;
         // Images written by other tools may not be unpacked yet.
-        image::unpack(&api, &img, false).await?;
+        image::unpack(api, &img, false).await?;
         let mounts = match self
             .api
             .snapshots()
@@ -409,7 +457,7 @@ impl Containerd {
         let created = self.create_container(api, spec, &img, &mounts).await;
         if created.is_err() {
             // Leave nothing half-made behind; the worker may retry.
-            let _ = image::remove_snapshot(&api, &spec.id).await;
+            let _ = image::remove_snapshot(api, &spec.id).await;
             let _ = unmount_tmpfs(&self.secrets_dir(&spec.id));
         }
         created
@@ -741,6 +789,15 @@ impl Executor for Containerd {
 
     fn images(&self) -> BoxFuture<'_, ExecResult<Vec<image::ImageInfo>>> {
         Box::pin(Containerd::images(self))
+    }
+
+    fn pull_image<'a>(
+        &'a self,
+        reference: &'a str,
+        opts: &'a PullOptions,
+        progress: ProgressFn<'a>,
+    ) -> BoxFuture<'a, Result<Pulled, PullError>> {
+        Box::pin(Containerd::pull_image(self, reference, opts, progress))
     }
 }
 

@@ -186,6 +186,53 @@ impl Platform {
         }
     }
 
+    /// `os/arch[/variant]` as `--platform` takes it (Docker's aliases for
+    /// the architecture are accepted: x86_64, aarch64, armhf, …).
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.trim().split('/').collect();
+        let bad = || {
+            format!(
+                "invalid platform {s:?}: use os/arch[/variant], e.g. linux/amd64, linux/arm64 or linux/arm/v7"
+            )
+        };
+        if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+            return Err(bad());
+        }
+        let os = parts[0].to_ascii_lowercase();
+        let (architecture, default_variant) = match parts[1].to_ascii_lowercase().as_str() {
+            "x86_64" | "x86-64" | "amd64" => ("amd64".to_string(), None),
+            "aarch64" | "arm64" => ("arm64".to_string(), None),
+            "armhf" | "armel" | "arm" => ("arm".to_string(), None),
+            "armv7" | "armv7l" => ("arm".to_string(), Some("v7")),
+            "armv6" | "armv6l" => ("arm".to_string(), Some("v6")),
+            "i386" | "i686" | "386" => ("386".to_string(), None),
+            other => (other.to_string(), None),
+        };
+        let variant = parts
+            .get(2)
+            .map(|v| v.to_ascii_lowercase())
+            .or(default_variant.map(String::from));
+        Ok(Platform {
+            os,
+            architecture,
+            variant,
+        })
+    }
+
+    /// This platform's JSON, as index entries and image configs write it.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({"os": self.os, "architecture": self.architecture});
+        if let Some(variant) = &self.variant {
+            v["variant"] = Value::from(variant.as_str());
+        }
+        v
+    }
+
+    /// Whether a host of this platform runs `other`'s binaries.
+    pub fn runs(&self, other: &Platform) -> bool {
+        self.score(Some(&other.to_json())).is_some()
+    }
+
     /// The index entry to run here: the best-scoring manifest.
     pub fn select<'a>(&self, index: &'a Value) -> Option<&'a Value> {
         index["manifests"]
@@ -517,7 +564,17 @@ pub(crate) async fn resolve(
     target: &Desc,
     label: bool,
 ) -> ExecResult<Resolved> {
-    let host = Platform::host();
+    resolve_for(api, name, target, label, &Platform::host()).await
+}
+
+/// `resolve` for a given platform (`image pull --platform`).
+pub(crate) async fn resolve_for(
+    api: &Api,
+    name: &str,
+    target: &Desc,
+    label: bool,
+    host: &Platform,
+) -> ExecResult<Resolved> {
     let mut manifest_desc = target.clone();
     let mut doc = read_json(api, &target.digest).await?;
     let mt = doc["mediaType"]
@@ -544,7 +601,7 @@ pub(crate) async fn resolve(
         }
         let entry = host.select(&doc).ok_or_else(|| {
             ExecError::Image(format!(
-                "image {name} has no variant for this node's platform ({}/{}{})",
+                "image {name} has no variant for the platform {}/{}{}",
                 host.os,
                 host.architecture,
                 host.variant
@@ -581,7 +638,7 @@ pub(crate) async fn resolve(
     if let Some(arch) = cfg["architecture"].as_str() {
         if host.score(Some(&cfg)).is_none() {
             return Err(ExecError::Image(format!(
-                "image {name} is for {}/{arch}, this node is {}/{}",
+                "image {name} is for {}/{arch}, not {}/{}",
                 cfg["os"].as_str().unwrap_or("?"),
                 host.os,
                 host.architecture
@@ -947,7 +1004,7 @@ async fn load_with(api: &Api, reader: impl Read + Send + 'static) -> ExecResult<
             Ok(img) => unpack(api, &img, true).await?,
             // Another platform's image is kept (it may be re-exported) but
             // cannot be unpacked here.
-            Err(ExecError::Image(e)) if e.contains("platform") || e.contains("this node is") => {
+            Err(ExecError::Image(e)) if e.contains("platform") || e.contains(", not ") => {
                 tracing::warn!("loaded {name} without unpacking: {e}");
             }
             Err(e) => return Err(e),

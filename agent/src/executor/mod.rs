@@ -113,6 +113,9 @@ pub struct ContainerSpec {
     /// /run/netns/<bridge>-<id>, see `network`); None = the host's network.
     pub netns: Option<PathBuf>,
     pub labels: HashMap<String, String>,
+    /// Credentials for pulling the image (the service's
+    /// `--with-registry-auth`); None pulls anonymously.
+    pub registry_auth: Option<pull::Credentials>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -222,6 +225,20 @@ pub trait Executor: Send + Sync + 'static {
     /// The images this node holds.
     fn images(&self) -> BoxFuture<'_, ExecResult<Vec<image::ImageInfo>>> {
         Box::pin(futures::future::ready(Ok(Vec::new())))
+    }
+    /// Pull an image from its registry now, even if one of that name is
+    /// here (`image pull`), reporting per-layer progress.
+    fn pull_image<'a>(
+        &'a self,
+        _reference: &'a str,
+        _opts: &'a pull::PullOptions,
+        _progress: pull::ProgressFn<'a>,
+    ) -> BoxFuture<'a, Result<pull::Pulled, pull::PullError>> {
+        Box::pin(futures::future::ready(Err(pull::PullError::Store(
+            ExecError::Runtime(
+                "this node has no container runtime to pull images into: start its agent with --containerd <socket>".into(),
+            ),
+        ))))
     }
 }
 

@@ -16,8 +16,13 @@
 //! `localhost`, as Docker does) and for those named with the agent's
 //! `--insecure-registry`; HTTPS otherwise, verified against the Mozilla
 //! roots compiled in (`webpki-roots`: a static agent has no system store).
-//! Authentication: anonymous, with the bearer-token dance for registries
-//! that ask for it (`WWW-Authenticate: Bearer realm=…`); no credentials yet.
+//! Authentication: anonymous unless credentials are given (`auth`: a user
+//! and password, or tokens, as Docker's `AuthConfig` carries them). A
+//! registry that answers 401 with `WWW-Authenticate: Bearer realm=…` gets
+//! the token dance (the token server asked with basic auth when there are
+//! credentials); one that asks for `Basic` gets basic auth. Credentials go
+//! only to the registry and its token server, never to the storage blobs
+//! are redirected to.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,9 +34,9 @@ use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::Code;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
@@ -41,6 +46,9 @@ use super::image::{
     MT_OCI_MANIFEST,
 };
 use super::ExecError;
+
+pub mod auth;
+pub use auth::{AuthConfig, Credentials};
 
 /// Docker Hub's name in references, and where its API really answers.
 const DOCKER_HUB: &str = "docker.io";
@@ -64,6 +72,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REDIRECTS: usize = 5;
 /// Layers fetched at once, like Docker's default `max-concurrent-downloads`.
 const CONCURRENT_LAYERS: usize = 3;
+/// Who asks a token server for a refresh-token grant.
+const TOKEN_CLIENT_ID: &str = "apiary";
 /// Blob bytes sent to containerd per Content.Write message (below gRPC's
 /// 4 MiB limit; fewer, larger messages).
 const CHUNK: usize = 1024 * 1024;
@@ -86,6 +96,14 @@ pub enum PullError {
         registry: String,
         status: u16,
         message: String,
+    },
+    /// The registry wants credentials, or refused the ones given;
+    /// `advice` says what to do about it.
+    #[error("{message} from registry {registry}: {advice}")]
+    Unauthorized {
+        registry: String,
+        message: String,
+        advice: String,
     },
     /// The registry answered something that is not a usable image.
     #[error("registry {registry}: {detail}")]
@@ -275,6 +293,16 @@ impl std::fmt::Display for Reference {
     }
 }
 
+/// Docker's short form of a name (`FamiliarString`):
+/// `docker.io/library/busybox:latest` → `busybox:latest`,
+/// `docker.io/me/app` → `me/app`; other registries' names stay whole.
+pub fn familiar(name: &str) -> String {
+    name.strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name)
+        .to_string()
+}
+
 // ------------------------------------------------------------ configuration
 
 /// How this agent reaches registries.
@@ -383,9 +411,18 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
 }
 
 /// The token endpoint's URL for a bearer challenge (`scope` defaults to
-/// pulling `repository`).
+/// pulling `repository`; a login, with no repository, asks for no scope).
 pub fn token_url(ch: &Challenge, repository: &str) -> Option<String> {
     let realm = ch.params.get("realm")?;
+    let sep = if realm.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{realm}{sep}{}",
+        token_params(ch, repository).join("&")
+    ))
+}
+
+/// `service=…&scope=…` of a token request, percent-encoded.
+fn token_params(ch: &Challenge, repository: &str) -> Vec<String> {
     let mut q = Vec::new();
     if let Some(s) = ch.params.get("service") {
         q.push(format!("service={}", percent(s)));
@@ -394,10 +431,11 @@ pub fn token_url(ch: &Challenge, repository: &str) -> Option<String> {
         .params
         .get("scope")
         .cloned()
-        .unwrap_or_else(|| format!("repository:{repository}:pull"));
-    q.push(format!("scope={}", percent(&scope)));
-    let sep = if realm.contains('?') { '&' } else { '?' };
-    Some(format!("{realm}{sep}{}", q.join("&")))
+        .or_else(|| (!repository.is_empty()).then(|| format!("repository:{repository}:pull")));
+    if let Some(scope) = scope {
+        q.push(format!("scope={}", percent(&scope)));
+    }
+    q
 }
 
 fn percent(s: &str) -> String {
@@ -475,10 +513,21 @@ struct Registry {
     insecure: RegistryConfig,
     tls: Arc<rustls::ClientConfig>,
     token: Option<String>,
+    credentials: Option<Credentials>,
+    /// The registry asked for basic auth: send the credentials with
+    /// every request to it.
+    basic: bool,
 }
 
+/// A request body: (content type, bytes).
+type Form = (&'static str, String);
+
 impl Registry {
-    fn new(r: &Reference, cfg: &RegistryConfig) -> PullResult<Registry> {
+    fn new(
+        r: &Reference,
+        cfg: &RegistryConfig,
+        credentials: Option<&Credentials>,
+    ) -> PullResult<Registry> {
         let tls = tls_config().map_err(|e| PullError::Connect {
             registry: r.registry.clone(),
             reason: format!("TLS setup: {e}"),
@@ -488,13 +537,20 @@ impl Registry {
         } else {
             "https"
         };
+        // A registry token is the bearer token itself: no dance.
+        let token = match credentials {
+            Some(Credentials::RegistryToken(t)) => Some(t.clone()),
+            _ => None,
+        };
         Ok(Registry {
             name: r.registry.clone(),
             base: format!("{scheme}://{}", r.api_host()),
             repository: r.repository.clone(),
             insecure: cfg.clone(),
             tls,
-            token: None,
+            token,
+            credentials: credentials.cloned(),
+            basic: false,
         })
     }
 
@@ -512,8 +568,37 @@ impl Registry {
         }
     }
 
-    /// One GET on a fresh connection.
-    async fn send(&self, url: &Uri, accept: &str, auth: Option<&str>) -> PullResult<Answer> {
+    /// A 401 that answering the challenge did not get past: the registry's
+    /// reason, and what to do about it.
+    fn unauthorized(&self, message: String) -> PullError {
+        let advice = match &self.credentials {
+            None => format!(
+                "the image may be private: log in with `apiary login {}` (or `docker login`), \
+                 and give services --with-registry-auth",
+                self.name
+            ),
+            Some(c) => format!(
+                "the registry refused {}: check them with `apiary login {}`",
+                c.who(),
+                self.name
+            ),
+        };
+        PullError::Unauthorized {
+            registry: self.name.clone(),
+            message,
+            advice,
+        }
+    }
+
+    /// One request on a fresh connection.
+    async fn send(
+        &self,
+        method: Method,
+        url: &Uri,
+        accept: &str,
+        auth: Option<&str>,
+        form: Option<Form>,
+    ) -> PullResult<Answer> {
         let scheme = url.scheme_str().unwrap_or("https");
         let host = url
             .host()
@@ -531,7 +616,9 @@ impl Registry {
         .map_err(|_| self.connect_err(format!("connecting to {authority} timed out")))?
         .map_err(|e| self.connect_err(format!("connecting to {authority}: {e}")))?;
         let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let mut req = Request::get(path)
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, authority)
             .header(
                 hyper::header::USER_AGENT,
@@ -543,8 +630,15 @@ impl Registry {
         if let Some(a) = auth {
             req = req.header(hyper::header::AUTHORIZATION, a);
         }
+        let body = match form {
+            Some((content_type, body)) => {
+                req = req.header(hyper::header::CONTENT_TYPE, content_type);
+                Bytes::from(body)
+            }
+            None => Bytes::new(),
+        };
         let req = req
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| self.protocol(format!("building a request for {url}: {e}")))?;
         let send = async {
             if https {
@@ -564,7 +658,7 @@ impl Registry {
             .map_err(|_| self.connect_err(format!("{authority} did not answer in time")))?
     }
 
-    async fn exchange<T>(&self, io: TokioIo<T>, req: Request<Empty<Bytes>>) -> PullResult<Answer>
+    async fn exchange<T>(&self, io: TokioIo<T>, req: Request<Full<Bytes>>) -> PullResult<Answer>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
@@ -582,23 +676,38 @@ impl Registry {
         Ok(Answer { resp, _conn: conn })
     }
 
-    /// GET a registry path (or an absolute redirect target), with the
-    /// bearer-token dance on 401 and redirects followed; the answer is
-    /// successful or turned into the registry's reason.
+    /// What to authorize a request to the registry itself with: its
+    /// bearer token, or basic auth once it asked for that.
+    fn authorization(&self) -> Option<String> {
+        if let Some(t) = &self.token {
+            return Some(format!("Bearer {t}"));
+        }
+        if self.basic {
+            return self
+                .credentials
+                .as_ref()
+                .and_then(Credentials::basic_header);
+        }
+        None
+    }
+
+    /// GET a registry path (or an absolute redirect target), answering a
+    /// 401's challenge once (bearer token or basic auth) and following
+    /// redirects; the answer is successful or turned into the registry's
+    /// reason.
     async fn get(&mut self, path: &str, accept: &str) -> PullResult<Answer> {
         let mut url = self.parse_url(&format!("{}{path}", self.base))?;
-        let mut tried_token = false;
+        // A registry token is all there is to offer.
+        let mut tried_auth = matches!(self.credentials, Some(Credentials::RegistryToken(_)));
         let mut hops = 0;
         loop {
             // Credentials go only to the registry itself, never to the
             // storage a blob is redirected to.
             let own = url.authority().map(|a| a.as_str()) == Some(self.authority());
-            let auth = self
-                .token
-                .as_ref()
-                .filter(|_| own)
-                .map(|t| format!("Bearer {t}"));
-            let answer = self.send(&url, accept, auth.as_deref()).await?;
+            let auth = if own { self.authorization() } else { None };
+            let answer = self
+                .send(Method::GET, &url, accept, auth.as_deref(), None)
+                .await?;
             let status = answer.resp.status();
             if status.is_redirection() {
                 hops += 1;
@@ -614,28 +723,34 @@ impl Registry {
                 url = self.resolve_location(&url, loc)?;
                 continue;
             }
-            if status == StatusCode::UNAUTHORIZED && !tried_token && own {
+            if status == StatusCode::UNAUTHORIZED && !tried_auth && own {
                 let challenge = answer
                     .resp
                     .headers()
                     .get(hyper::header::WWW_AUTHENTICATE)
                     .and_then(|h| h.to_str().ok())
                     .and_then(parse_challenge);
-                if let Some(ch) = challenge.filter(|c| c.scheme == "bearer") {
-                    tried_token = true;
-                    self.token = Some(self.fetch_token(&ch).await?);
-                    continue;
+                match challenge {
+                    Some(ch) if ch.scheme == "bearer" => {
+                        tried_auth = true;
+                        self.token = Some(self.fetch_token(&ch).await?);
+                        continue;
+                    }
+                    Some(ch) if ch.scheme == "basic" && self.basic_credentials() => {
+                        tried_auth = true;
+                        self.basic = true;
+                        continue;
+                    }
+                    _ => {}
                 }
             }
             if !status.is_success() {
                 let body = read_all(answer, MAX_ERROR_QUOTE * 64, self)
                     .await
                     .unwrap_or_default();
-                let mut message = error_message(status, &body);
+                let message = error_message(status, &body);
                 if status == StatusCode::UNAUTHORIZED {
-                    message.push_str(
-                        " (apiary pulls anonymously: private images are not supported yet)",
-                    );
+                    return Err(self.unauthorized(message));
                 }
                 return Err(PullError::Registry {
                     registry: self.name.clone(),
@@ -645,6 +760,10 @@ impl Registry {
             }
             return Ok(answer);
         }
+    }
+
+    fn basic_credentials(&self) -> bool {
+        matches!(self.credentials, Some(Credentials::Basic { .. }))
     }
 
     fn authority(&self) -> &str {
@@ -677,7 +796,9 @@ impl Registry {
         self.parse_url(&format!("{scheme}://{authority}{dir}/{loc}"))
     }
 
-    /// Anonymous token for pulling this repository.
+    /// A token for pulling this repository (for a login: for no scope):
+    /// anonymous, asked with basic auth when there is a user and password,
+    /// or an OAuth2 refresh-token grant for an identity token.
     async fn fetch_token(&mut self, ch: &Challenge) -> PullResult<String> {
         let url = token_url(ch, &self.repository)
             .ok_or_else(|| self.protocol("bearer challenge without a realm"))?;
@@ -692,14 +813,42 @@ impl Registry {
                 )));
             }
         }
-        let answer = self.send(&uri, "application/json", None).await?;
+        let answer = match &self.credentials {
+            Some(Credentials::IdentityToken(refresh)) => {
+                // Posted to the realm itself, the parameters in the body.
+                let realm = ch.params.get("realm").cloned().unwrap_or_default();
+                let realm = self.parse_url(&realm)?;
+                let mut form = token_params(ch, &self.repository);
+                form.push("grant_type=refresh_token".into());
+                form.push(format!("refresh_token={}", percent(refresh)));
+                form.push(format!("client_id={TOKEN_CLIENT_ID}"));
+                let form = ("application/x-www-form-urlencoded", form.join("&"));
+                self.send(Method::POST, &realm, "application/json", None, Some(form))
+                    .await?
+            }
+            c => {
+                let basic = c.as_ref().and_then(Credentials::basic_header);
+                self.send(
+                    Method::GET,
+                    &uri,
+                    "application/json",
+                    basic.as_deref(),
+                    None,
+                )
+                .await?
+            }
+        };
         let status = answer.resp.status();
         let body = read_all(answer, MAX_TOKEN, self).await?;
         if !status.is_success() {
+            let message = format!("token server: {}", error_message(status, &body));
+            if status == StatusCode::UNAUTHORIZED {
+                return Err(self.unauthorized(message));
+            }
             return Err(PullError::Registry {
                 registry: self.name.clone(),
                 status: status.as_u16(),
-                message: format!("token server: {}", error_message(status, &body)),
+                message,
             });
         }
         let v: Value = serde_json::from_slice(&body)
@@ -855,55 +1004,101 @@ pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
 
 // -------------------------------------------------------------------- pull
 
+/// How to pull: with whose credentials, for which platform.
+#[derive(Clone, Debug, Default)]
+pub struct PullOptions {
+    pub credentials: Option<Credentials>,
+    /// `--platform`: pull this platform's image and record it under the
+    /// name (unpacked only if this node can run it). None: this node's.
+    pub platform: Option<Platform>,
+}
+
+/// What a pull recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pulled {
+    /// The image record's name (as `image::normalize` names it).
+    pub name: String,
+    /// The record's target: the index, or with `--platform` the chosen
+    /// platform's manifest.
+    pub digest: String,
+    /// False when the name already pointed at this target ("Image is up
+    /// to date").
+    pub updated: bool,
+}
+
 /// Pull `reference` into containerd (namespace `namespace`), unpack it for
-/// this platform and return the image's name (as `image::normalize` names
-/// it, so `prepare` finds it).
+/// this platform and record it (under the name `image::normalize` gives,
+/// so `prepare` finds it).
 pub async fn pull(
     channel: &Channel,
     namespace: &str,
     reference: &str,
     cfg: &RegistryConfig,
+    opts: &PullOptions,
     progress: ProgressFn<'_>,
-) -> PullResult<String> {
+) -> PullResult<Pulled> {
     let r = Reference::parse(reference)?;
     let base = Api::new(channel.clone(), namespace)?;
     // The lease keeps the blobs from GC until the image record and its
     // labels hold them.
     let lease = base.create_lease().await?;
     let api = base.with_lease(&lease);
-    let result = pull_with(&api, &r, cfg, progress).await;
+    let result = pull_with(&api, &r, cfg, opts, progress).await;
     base.delete_lease(&lease).await;
     result
+}
+
+/// `linux/amd64` or `linux/arm/v7`, for messages.
+fn platform_text(p: &Platform) -> String {
+    let variant = p
+        .variant
+        .as_deref()
+        .map(|v| format!("/{v}"))
+        .unwrap_or_default();
+    format!("{}/{}{variant}", p.os, p.architecture)
 }
 
 async fn pull_with(
     api: &Api,
     r: &Reference,
     cfg: &RegistryConfig,
+    opts: &PullOptions,
     progress: ProgressFn<'_>,
-) -> PullResult<String> {
-    let mut reg = Registry::new(r, cfg)?;
+) -> PullResult<Pulled> {
+    let mut reg = Registry::new(r, cfg, opts.credentials.as_ref())?;
     let name = r.to_string();
+    let before = image::lookup(api, &name).await?.map(|(_, d)| d.digest);
+    let want = opts.platform.clone().unwrap_or_else(Platform::host);
     let (body, mt) = reg.manifest(r.manifest_ref(), r.digest.as_deref()).await?;
-    let (target, mut doc) = store_json(api, &reg, body, &mt).await?;
+    let (mut target, mut doc) = store_json(api, &reg, body, &mt).await?;
+    let resolved_digest = target.digest.clone();
     if is_index(&mt) || (doc.get("manifests").is_some() && doc.get("layers").is_none()) {
-        let host = Platform::host();
-        let entry = host.select(&doc).ok_or_else(|| {
+        let entry = want.select(&doc).ok_or_else(|| {
+            let whose = if opts.platform.is_some() {
+                "the requested platform"
+            } else {
+                "this node's platform"
+            };
             reg.protocol(format!(
-                "{name} has no image for this node's platform ({}/{}{})",
-                host.os,
-                host.architecture,
-                host.variant
-                    .as_deref()
-                    .map(|v| format!("/{v}"))
-                    .unwrap_or_default()
+                "{name} has no image for {whose} ({})",
+                platform_text(&want)
             ))
         })?;
         let chosen = Desc::from_json(entry)
             .ok_or_else(|| reg.protocol(format!("{name}: bad index entry {entry}")))?;
         let (body, mt) = reg.manifest(&chosen.digest, Some(&chosen.digest)).await?;
-        let mt = if mt.is_empty() { chosen.media_type } else { mt };
-        doc = store_json(api, &reg, body, &mt).await?.1;
+        let mt = if mt.is_empty() {
+            chosen.media_type.clone()
+        } else {
+            mt
+        };
+        let (manifest, d) = store_json(api, &reg, body, &mt).await?;
+        doc = d;
+        // A chosen platform is recorded by its manifest: the record's
+        // index would lead `prepare` to this node's entry instead.
+        if opts.platform.is_some() {
+            target = manifest;
+        }
     }
     let config = Desc::from_json(&doc["config"])
         .ok_or_else(|| reg.protocol(format!("{name}: manifest has no config")))?;
@@ -913,7 +1108,7 @@ async fn pull_with(
         .unwrap_or_default();
     progress(Progress::Resolved {
         reference: name.clone(),
-        digest: target.digest.clone(),
+        digest: resolved_digest,
         layers: layers
             .iter()
             .map(|l| (l.digest.clone(), l.size.max(0) as u64))
@@ -936,11 +1131,81 @@ async fn pull_with(
     while let Some(done) = stream.next().await {
         done?;
     }
+    // Checked (and labelled for GC) before it is recorded: an image for
+    // another platform than asked must not take the name.
+    let img = image::resolve_for(api, &name, &target, true, &want).await?;
     image::put_image(api, &name, &target).await?;
-    let img = image::resolve(api, &name, &target, true).await?;
-    image::unpack(api, &img, true).await?;
+    // Layers for another platform are kept, not unpacked: nothing here
+    // could run them.
+    if Platform::host().runs(&want) {
+        image::unpack(api, &img, true).await?;
+    }
     progress(Progress::Done { name: name.clone() });
-    Ok(name)
+    Ok(Pulled {
+        name,
+        updated: before.as_deref() != Some(target.digest.as_str()),
+        digest: target.digest,
+    })
+}
+
+/// What a registry holds under a reference (`GET /distribution/{name}/json`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Distribution {
+    /// The manifest or index the reference names.
+    pub descriptor: Desc,
+    /// The platforms it has images for (an index's entries, or a single
+    /// manifest's config).
+    pub platforms: Vec<Platform>,
+}
+
+/// Ask the registry what `reference` is, without pulling it: the digest a
+/// service can be pinned to and the platforms it runs on.
+pub async fn inspect(
+    reference: &str,
+    cfg: &RegistryConfig,
+    credentials: Option<&Credentials>,
+) -> PullResult<Distribution> {
+    let r = Reference::parse(reference)?;
+    let mut reg = Registry::new(&r, cfg, credentials)?;
+    let (body, mt) = reg.manifest(r.manifest_ref(), r.digest.as_deref()).await?;
+    let (descriptor, doc) = describe(&reg, &body, &mt)?;
+    let platform_of = |v: &Value| {
+        let os = v["os"].as_str().unwrap_or("");
+        let architecture = v["architecture"].as_str().unwrap_or("");
+        // Attestation manifests (buildkit) say unknown/unknown.
+        (!os.is_empty() && os != "unknown" && !architecture.is_empty()).then(|| Platform {
+            os: os.to_string(),
+            architecture: architecture.to_string(),
+            variant: v["variant"].as_str().map(String::from),
+        })
+    };
+    let platforms = if is_index(&mt) || doc.get("manifests").is_some() {
+        doc["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| platform_of(&m["platform"]))
+            .collect()
+    } else {
+        let config = Desc::from_json(&doc["config"])
+            .ok_or_else(|| reg.protocol(format!("{r}: manifest has no config")))?;
+        let answer = reg.blob(&config.digest).await?;
+        let body = read_all(answer, MAX_CONFIG, &reg).await?;
+        let got = format!("sha256:{}", image::sha256_hex(&body));
+        if got != config.digest {
+            return Err(reg.protocol(format!(
+                "config {} arrived with digest {got}",
+                config.digest
+            )));
+        }
+        let cfg: Value = serde_json::from_slice(&body)
+            .map_err(|e| reg.protocol(format!("config is not JSON: {e}")))?;
+        platform_of(&cfg).into_iter().collect()
+    };
+    Ok(Distribution {
+        descriptor,
+        platforms,
+    })
 }
 
 impl Registry {
@@ -953,6 +1218,8 @@ impl Registry {
             insecure: self.insecure.clone(),
             tls: self.tls.clone(),
             token: self.token.clone(),
+            credentials: self.credentials.clone(),
+            basic: self.basic,
         }
     }
 }
@@ -964,16 +1231,22 @@ async fn store_json(
     body: Vec<u8>,
     media_type: &str,
 ) -> PullResult<(Desc, Value)> {
-    let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| reg.protocol(format!("manifest is not JSON: {e}")))?;
-    let desc = Desc {
-        media_type: media_type.to_string(),
-        digest: format!("sha256:{}", image::sha256_hex(&body)),
-        size: body.len() as i64,
-    };
+    let (desc, doc) = describe(reg, &body, media_type)?;
     if !has_blob(api, &desc.digest).await? {
         store_blob(api, reg, &desc, Bytes::from(body)).await?;
     }
+    Ok((desc, doc))
+}
+
+/// A manifest or index body: its descriptor and its parsed JSON.
+fn describe(reg: &Registry, body: &[u8], media_type: &str) -> PullResult<(Desc, Value)> {
+    let doc: Value = serde_json::from_slice(body)
+        .map_err(|e| reg.protocol(format!("manifest is not JSON: {e}")))?;
+    let desc = Desc {
+        media_type: media_type.to_string(),
+        digest: format!("sha256:{}", image::sha256_hex(body)),
+        size: body.len() as i64,
+    };
     Ok((desc, doc))
 }
 

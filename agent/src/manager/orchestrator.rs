@@ -165,6 +165,7 @@ impl Orchestrator<'_> {
                 &self.now_text,
             ),
             attempt,
+            registry_auth: service.registry_auth.clone(),
         });
     }
 

@@ -6,6 +6,7 @@ mod ca_rotation;
 mod host;
 mod keys;
 pub mod persist;
+mod registry;
 pub(crate) mod secrets;
 mod services;
 
@@ -51,6 +52,9 @@ pub struct NodeConfig {
     pub executor: Option<Arc<dyn crate::executor::Executor>>,
     /// Gives tasks their network; None: the host's (`HostNetwork`).
     pub network: Option<Arc<dyn crate::network::Network>>,
+    /// How registries are reached for logins and `/distribution` (the
+    /// executor has its own copy for pulls).
+    pub registries: crate::executor::pull::RegistryConfig,
 }
 
 /// The API's handle on the node.
@@ -72,6 +76,7 @@ struct Inner {
     locked: RwLock<Option<(NodeFile, Certs)>>,
     executor: Arc<dyn crate::executor::Executor>,
     network: Arc<dyn crate::network::Network>,
+    registries: crate::executor::pull::RegistryConfig,
 }
 
 /// A node that is in a swarm.
@@ -346,6 +351,7 @@ impl NodeHandle {
                 .network
                 .clone()
                 .unwrap_or_else(|| Arc::new(crate::network::HostNetwork::unchecked())),
+            registries: cfg.registries.clone(),
         });
         let handle = NodeHandle { inner };
         if let Some((file, certs)) = dir.load().map_err(|e| e.to_string())? {
@@ -1180,7 +1186,7 @@ impl Control for NodeHandle {
                         })
                     })
                     .collect();
-                if managers.len() % 2 == 0 {
+                if managers.len().is_multiple_of(2) {
                     info.warnings.push(format!(
                         "WARNING: the swarm has an even number of managers ({}): it tolerates no more failures than {} would. Use an odd number (3, 5 or 7).",
                         managers.len(),
@@ -1618,6 +1624,7 @@ impl Control for NodeHandle {
     async fn service_create(
         &self,
         spec: crate::store::ServiceSpec,
+        registry_auth: Option<crate::store::RegistryAuth>,
     ) -> ControlResult<crate::store::ServiceId> {
         let m = self.manager_or_err()?;
         let spec = services::validate(&m.state.read(), spec)?;
@@ -1630,6 +1637,7 @@ impl Control for NodeHandle {
             spec,
             previous_spec: None,
             spec_version: 0,
+            registry_auth,
         };
         let id = service.id.clone();
         m.propose(Command::CreateService { service }).await?;
@@ -1658,6 +1666,7 @@ impl Control for NodeHandle {
         id: &str,
         version: u64,
         spec: crate::store::ServiceSpec,
+        registry_auth: Option<crate::store::RegistryAuth>,
     ) -> ControlResult<()> {
         let m = self.manager_or_err()?;
         let (sid, spec) = {
@@ -1675,6 +1684,7 @@ impl Control for NodeHandle {
             id: sid,
             version,
             spec,
+            registry_auth,
             now: crate::util::now_rfc3339(),
         })
         .await?;
@@ -1736,6 +1746,38 @@ impl Control for NodeHandle {
             .images()
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))
+    }
+
+    async fn image_pull(
+        &self,
+        req: crate::control::ImagePull,
+        progress: tokio::sync::mpsc::UnboundedSender<crate::executor::pull::Progress>,
+    ) -> ControlResult<crate::executor::pull::Pulled> {
+        let opts = crate::executor::pull::PullOptions {
+            credentials: registry::credentials(req.auth.as_ref())?,
+            platform: req.platform,
+        };
+        self.inner
+            .executor
+            .pull_image(&req.reference, &opts, &|p| {
+                // The receiver goes when the client hangs up; the pull
+                // goes on regardless.
+                let _ = progress.send(p);
+            })
+            .await
+            .map_err(registry::pull_error)
+    }
+
+    async fn distribution(
+        &self,
+        reference: &str,
+        auth: Option<crate::executor::pull::AuthConfig>,
+    ) -> ControlResult<crate::executor::pull::Distribution> {
+        registry::distribution(&self.inner.registries, reference, auth.as_ref()).await
+    }
+
+    async fn registry_login(&self, auth: crate::executor::pull::AuthConfig) -> ControlResult<()> {
+        registry::login(&self.inner.registries, &auth).await
     }
 }
 

@@ -14,6 +14,7 @@ async fn node(dir: &std::path::Path, name: &str) -> NodeHandle {
         hostname: Some(name.into()),
         executor: None,
         network: None,
+        registries: Default::default(),
     })
     .await
     .expect("node starts")

@@ -17,8 +17,8 @@ mod undo;
 
 pub use ca::{CaRotation, NodeTls};
 pub use services::{
-    PublishedPort, RestartPolicy, Service, ServiceId, ServiceSpec, Task, TaskId, TaskIndex,
-    TaskSpec, TaskState, TaskStatus, TaskStatusUpdate,
+    PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId, ServiceSpec, Task, TaskId,
+    TaskIndex, TaskSpec, TaskState, TaskStatus, TaskStatusUpdate,
 };
 pub use state::{Change, State, StoreError, StoreErrorKind};
 pub use types::*;

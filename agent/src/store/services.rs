@@ -38,6 +38,21 @@ impl fmt::Display for TaskId {
     }
 }
 
+/// Registry credentials a service's tasks pull with: the Engine API's
+/// `X-Registry-Auth` value as the client sent it (base64url JSON), kept as
+/// Swarm keeps it (`ContainerSpec.PullOptions.RegistryAuth`). It is not part
+/// of the spec, so `service inspect` never shows it, and its `Debug` is
+/// redacted, so no log line carries it. Workers decode it when they pull.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RegistryAuth(pub String);
+
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RegistryAuth(<redacted>)")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub id: ServiceId,
@@ -50,6 +65,9 @@ pub struct Service {
     /// Bumped whenever the task template or the published ports change:
     /// tasks made from an older one are replaced (rolling update).
     pub spec_version: u64,
+    /// Given with `--with-registry-auth`; copied into each new task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
 }
 
 impl Service {
@@ -232,6 +250,10 @@ pub struct Task {
     /// the restart policy's window (for `--restart-max-attempts`).
     #[serde(default)]
     pub attempt: u64,
+    /// The service's registry credentials when the task was made: the
+    /// worker pulls the image with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
 }
 
 impl Task {
@@ -482,6 +504,7 @@ impl State {
         id: &ServiceId,
         version: u64,
         spec: &ServiceSpec,
+        registry_auth: Option<&RegistryAuth>,
         now: &str,
     ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
         let current = self
@@ -510,6 +533,12 @@ impl State {
         let tasks_change = s.spec.task_template != spec.task_template
             || s.spec.endpoint_spec != spec.endpoint_spec;
         s.previous_spec = Some(std::mem::replace(&mut s.spec, spec.clone()));
+        // An update without credentials keeps the ones the service has
+        // (Docker's rule): `service scale` must not make a private image
+        // unreachable. New credentials reach the tasks made from now on.
+        if let Some(auth) = registry_auth {
+            s.registry_auth = Some(auth.clone());
+        }
         if tasks_change {
             s.spec_version = index;
         }

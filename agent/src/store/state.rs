@@ -368,8 +368,9 @@ impl State {
                 id,
                 version,
                 spec,
+                registry_auth,
                 now,
-            } => self.update_service(index, id, *version, spec, now),
+            } => self.update_service(index, id, *version, spec, registry_auth.as_ref(), now),
             Command::RemoveService { id, now } => self.remove_service(index, id, now),
             Command::CreateTasks { tasks } => Ok((None, self.create_tasks(index, tasks))),
             Command::AssignTasks { assignments, now } => {

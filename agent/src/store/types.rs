@@ -22,9 +22,10 @@ impl fmt::Display for NodeId {
 /// that came back with its old ID could vote twice in one term).
 pub type RaftId = u64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    #[default]
     Worker,
     Manager,
 }
@@ -130,12 +131,6 @@ pub struct NodeSpec {
     pub role: Role,
     #[serde(default)]
     pub availability: Availability,
-}
-
-impl Default for Role {
-    fn default() -> Self {
-        Role::Worker
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -401,6 +396,9 @@ pub enum Command {
         id: ServiceId,
         version: u64,
         spec: ServiceSpec,
+        /// New credentials for the service's pulls; None keeps the current.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        registry_auth: Option<RegistryAuth>,
         now: String,
     },
     /// `service rm`: its tasks are asked to go (desired state remove).

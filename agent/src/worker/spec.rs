@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bollard_stubs::models::MountTypeEnum;
 
+use crate::executor::pull::AuthConfig;
 use crate::executor::{ContainerSpec, FileMount, Mount, MountKind};
 use crate::network::{Attachment, PortMapping, Protocol};
 use crate::rpc::Assignments;
@@ -117,6 +118,18 @@ pub fn container_spec(task: &Task, a: &Assignments) -> Result<ContainerSpec, Str
         });
     }
     let limits = task.spec.resources.as_ref().and_then(|r| r.limits.as_ref());
+    // Checked by the manager when the service was given them; a task that
+    // still carries undecodable ones is refused rather than pulled
+    // anonymously under a misleading "unauthorized".
+    let registry_auth = match &task.registry_auth {
+        None => None,
+        Some(a) => AuthConfig::from_header(&a.0)
+            .and_then(|c| c.map(|c| c.credentials()).transpose())
+            .map(Option::flatten)
+            .map_err(|e| {
+                format!("{e}: update the service with --with-registry-auth after logging in again")
+            })?,
+    };
     Ok(ContainerSpec {
         id: task.id.0.clone(),
         name,
@@ -140,6 +153,7 @@ pub fn container_spec(task: &Task, a: &Assignments) -> Result<ContainerSpec, Str
         ),
         netns: None,
         labels,
+        registry_auth,
     })
 }
 

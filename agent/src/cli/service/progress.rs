@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bollard_stubs::models as m;
 
 use crate::cli::client::{encode_query, encode_segment};
-use crate::cli::{CliError, Client, Output};
+use crate::cli::{CliError, Client};
 
 /// How often the service and its tasks are polled (docker polls at 200 ms;
 /// 500 ms keeps the load on a small manager low).
@@ -37,15 +37,6 @@ const STATES: [&str; 9] = [
     "starting",
     "running",
 ];
-
-/// Writes what the command printed so far (the service ID) before the
-/// progress, so the order matches docker's.
-pub fn flush(out: &mut Output) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(out.out.as_bytes());
-    let _ = stdout.flush();
-    out.out.clear();
-}
 
 /// `1/3: running   [=====…>] ` — the state padded to the longest one, the
 /// bar at the state's rank (docker's `numberedStates`, new = 1 … running = 9).

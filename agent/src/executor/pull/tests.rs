@@ -369,7 +369,7 @@ async fn bearer_token_dance_and_redirects_without_credentials() {
     addr_cell.set(registry.clone()).expect("set address once");
 
     let r = Reference::parse(&format!("{registry}/team/app:1")).expect("reference");
-    let mut reg = Registry::new(&r, &RegistryConfig::default()).expect("registry");
+    let mut reg = Registry::new(&r, &RegistryConfig::default(), None).expect("registry");
     assert!(reg.base.starts_with("http://"), "loopback is plain HTTP");
     let (body, mt) = reg.manifest("1", None).await.expect("manifest");
     assert_eq!((body, mt.as_str()), (manifest, MT_OCI_MANIFEST));
@@ -391,4 +391,329 @@ async fn bearer_token_dance_and_redirects_without_credentials() {
         ),
         Ok(_) => panic!("tag 2 should not exist"),
     }
+}
+
+// ------------------------------------------------------------ credentials
+
+/// A registry behind HTTP basic auth (as docker-registry with htpasswd):
+/// `u`/`p` may read `team/app:1`.
+async fn basic_registry() -> String {
+    let good = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "u:p")
+    );
+    serve(move |req| {
+        let authed = req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            == Some(good.as_str());
+        if !authed {
+            return answer(
+                401,
+                &[(
+                    "www-authenticate",
+                    r#"Basic realm="Registry Realm""#.to_string(),
+                )],
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+                    .to_vec(),
+            );
+        }
+        team_app(req.uri().path())
+    })
+    .await
+}
+
+/// What the fake registries hold, once a request is let in: `/v2/` and
+/// the manifest of `team/app:1`.
+fn team_app(path: &str) -> axum::response::Response {
+    match path {
+        "/v2/" => answer(200, &[], b"{}".to_vec()),
+        "/v2/team/app/manifests/1" => answer(
+            200,
+            &[("content-type", MT_OCI_MANIFEST.to_string())],
+            br#"{"schemaVersion":2,"config":{},"layers":[]}"#.to_vec(),
+        ),
+        _ => answer(404, &[], Vec::new()),
+    }
+}
+
+fn basic(user: &str, password: &str) -> Credentials {
+    Credentials::Basic {
+        username: user.into(),
+        password: password.into(),
+    }
+}
+
+#[tokio::test]
+async fn basic_auth_when_the_registry_asks_for_it() {
+    let registry = basic_registry().await;
+    let r = Reference::parse(&format!("{registry}/team/app:1")).expect("reference");
+    let cfg = RegistryConfig::default();
+
+    let mut anonymous = Registry::new(&r, &cfg, None).expect("registry");
+    match anonymous.manifest("1", None).await {
+        Err(e @ PullError::Unauthorized { .. }) => {
+            let m = e.to_string();
+            assert!(
+                m.starts_with(&format!(
+                    "authentication required from registry {registry}: "
+                )),
+                "{m}"
+            );
+            assert!(m.contains(&format!("apiary login {registry}")), "{m}");
+            assert!(!e.is_retriable());
+        }
+        other => panic!("want unauthorized, got {other:?}"),
+    }
+
+    let mut wrong = Registry::new(&r, &cfg, Some(&basic("u", "nope"))).expect("registry");
+    match wrong.manifest("1", None).await {
+        Err(e @ PullError::Unauthorized { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("refused user u"), "{m}");
+            assert!(!m.contains("nope"), "the password leaked: {m}");
+        }
+        other => panic!("want refused credentials, got {other:?}"),
+    }
+
+    let mut right = Registry::new(&r, &cfg, Some(&basic("u", "p"))).expect("registry");
+    let (_, mt) = right
+        .manifest("1", None)
+        .await
+        .expect("manifest with basic auth");
+    assert_eq!(mt, MT_OCI_MANIFEST);
+    assert!(
+        right.basic,
+        "the registry's challenge switched basic auth on"
+    );
+
+    // Logins: the same check on /v2/.
+    auth::login(&registry, &basic("u", "p"), &cfg)
+        .await
+        .expect("login");
+    match auth::login(&format!("http://{registry}/"), &basic("u", "nope"), &cfg).await {
+        Err(auth::LoginError::Refused(m)) => assert_eq!(
+            m,
+            format!("login attempt to http://{registry}/v2/ failed with status: 401 Unauthorized: authentication required")
+        ),
+        other => panic!("want a refused login, got {other:?}"),
+    }
+}
+
+/// A registry whose token server wants basic auth: the token for `u`/`p`
+/// opens the repository; a login asks for a token without a scope.
+#[tokio::test]
+async fn tokens_are_asked_for_with_the_credentials() {
+    let addr_cell = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    let scopes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let registry = {
+        let cell = addr_cell.clone();
+        let scopes = scopes.clone();
+        let good = format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "u:p")
+        );
+        serve(move |req| {
+            let me = cell.get().cloned().unwrap_or_default();
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if req.uri().path() == "/token" {
+                scopes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(req.uri().query().unwrap_or("").to_string());
+                if auth != good {
+                    return answer(
+                        401,
+                        &[],
+                        br#"{"details":"incorrect username or password"}"#.to_vec(),
+                    );
+                }
+                return answer(200, &[], br#"{"access_token":"t0k"}"#.to_vec());
+            }
+            if auth != "Bearer t0k" {
+                return answer(
+                    401,
+                    &[(
+                        "www-authenticate",
+                        format!(r#"Bearer realm="http://{me}/token",service="fake""#),
+                    )],
+                    Vec::new(),
+                );
+            }
+            team_app(req.uri().path())
+        })
+        .await
+    };
+    addr_cell.set(registry.clone()).expect("set address once");
+    let cfg = RegistryConfig::default();
+    let r = Reference::parse(&format!("{registry}/team/app:1")).expect("reference");
+
+    let mut reg = Registry::new(&r, &cfg, Some(&basic("u", "p"))).expect("registry");
+    reg.manifest("1", None)
+        .await
+        .expect("manifest with a token");
+    assert_eq!(reg.token.as_deref(), Some("t0k"));
+
+    let mut wrong = Registry::new(&r, &cfg, Some(&basic("u", "x"))).expect("registry");
+    match wrong.manifest("1", None).await {
+        Err(e @ PullError::Unauthorized { .. }) => assert!(
+            e.to_string()
+                .starts_with("token server: incorrect username or password from registry"),
+            "{e}"
+        ),
+        other => panic!("want refused credentials, got {other:?}"),
+    }
+
+    auth::login(&registry, &basic("u", "p"), &cfg)
+        .await
+        .expect("login through the token server");
+    assert!(matches!(
+        auth::login(&registry, &basic("u", "x"), &cfg).await,
+        Err(auth::LoginError::Refused(_))
+    ));
+    let asked = scopes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(
+        asked[0],
+        "service=fake&scope=repository%3Ateam%2Fapp%3Apull"
+    );
+    // A login asks for no scope.
+    assert_eq!(asked.last().map(String::as_str), Some("service=fake"));
+
+    // A registry token is used as it is: no token server involved.
+    let before = scopes.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let token = Credentials::RegistryToken("t0k".into());
+    let mut reg = Registry::new(&r, &cfg, Some(&token)).expect("registry");
+    reg.manifest("1", None)
+        .await
+        .expect("manifest with a registry token");
+    assert_eq!(
+        scopes.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        before
+    );
+}
+
+#[test]
+fn registry_auth_headers_decode_like_dockers() {
+    use base64::Engine;
+    let json = r#"{"username":"u","password":"p?>","serveraddress":"reg:5000"}"#;
+    for encoded in [
+        base64::engine::general_purpose::URL_SAFE.encode(json),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json),
+        base64::engine::general_purpose::STANDARD.encode(json),
+    ] {
+        let a = AuthConfig::from_header(&encoded)
+            .expect("decodes")
+            .expect("some");
+        assert_eq!(a.serveraddress, "reg:5000");
+        assert_eq!(a.credentials().expect("creds"), Some(basic("u", "p?>")));
+        // And back: what the CLI sends decodes to the same.
+        let again = AuthConfig::from_header(&a.to_header()).expect("round trip");
+        assert_eq!(again.as_ref(), Some(&a));
+    }
+    assert_eq!(AuthConfig::from_header("").expect("empty"), None);
+    assert!(AuthConfig::from_header("not base64!").is_err());
+    assert!(
+        AuthConfig::from_header(&base64::engine::general_purpose::URL_SAFE.encode("[1]")).is_err()
+    );
+    // config.json's `auth` holds user:password; the docker CLI sends `{}`
+    // for a registry it has no login for.
+    let a = AuthConfig {
+        auth: auth::join_auth("me", "a:b"),
+        ..Default::default()
+    };
+    assert_eq!(a.credentials().expect("creds"), Some(basic("me", "a:b")));
+    assert_eq!(AuthConfig::default().credentials().expect("none"), None);
+    let bad = AuthConfig {
+        auth: "bm9jb2xvbg==".into(), // "nocolon"
+        ..Default::default()
+    };
+    assert!(bad.credentials().is_err());
+    // Tokens win over a password.
+    let t = AuthConfig {
+        username: "u".into(),
+        identitytoken: "refresh".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        t.credentials().expect("creds"),
+        Some(Credentials::IdentityToken("refresh".into()))
+    );
+}
+
+#[test]
+fn credentials_never_show_in_debug_output() {
+    let a = AuthConfig {
+        username: "u".into(),
+        password: "hunter2".into(),
+        auth: auth::join_auth("u", "hunter2"),
+        identitytoken: "tok-secret".into(),
+        ..Default::default()
+    };
+    let shown = format!(
+        "{a:?} {:?} {:?} {:?}",
+        basic("u", "hunter2"),
+        Credentials::IdentityToken("tok-secret".into()),
+        PullOptions {
+            credentials: Some(basic("u", "hunter2")),
+            platform: None
+        }
+    );
+    assert!(shown.contains('u'), "{shown}");
+    for secret in ["hunter2", "tok-secret", &auth::join_auth("u", "hunter2")] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+}
+
+#[test]
+fn login_servers_name_their_registry() {
+    for (server, registry) in [
+        ("", "docker.io"),
+        ("https://index.docker.io/v1/", "docker.io"),
+        ("docker.io", "docker.io"),
+        ("registry-1.docker.io", "docker.io"),
+        ("127.0.0.1:5000", "127.0.0.1:5000"),
+        ("http://127.0.0.1:5000/", "127.0.0.1:5000"),
+        ("https://reg.example.com/v2/", "reg.example.com"),
+    ] {
+        assert_eq!(auth::registry_of_server(server), registry, "{server}");
+    }
+    assert_eq!(
+        familiar("docker.io/library/busybox:latest"),
+        "busybox:latest"
+    );
+    assert_eq!(familiar("docker.io/me/app:1"), "me/app:1");
+    assert_eq!(
+        familiar("127.0.0.1:5000/busybox:latest"),
+        "127.0.0.1:5000/busybox:latest"
+    );
+}
+
+#[test]
+fn platforms_parse_with_dockers_aliases() {
+    let p = |s: &str| Platform::parse(s).expect(s);
+    assert_eq!(
+        p("linux/amd64"),
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None
+        }
+    );
+    assert_eq!(p("linux/x86_64"), p("linux/amd64"));
+    assert_eq!(p("linux/aarch64").architecture, "arm64");
+    assert_eq!(p("linux/arm/v6").variant.as_deref(), Some("v6"));
+    assert_eq!(p("linux/armv7l").variant.as_deref(), Some("v7"));
+    for bad in ["", "linux", "linux/", "/amd64", "linux/arm/v7/x"] {
+        assert!(Platform::parse(bad).is_err(), "{bad}");
+    }
+    // An ARMv7 host runs v6 binaries, not arm64 ones.
+    assert!(p("linux/arm/v7").runs(&p("linux/arm/v6")));
+    assert!(!p("linux/arm/v7").runs(&p("linux/arm64")));
+    assert!(Platform::host().runs(&Platform::host()));
 }

@@ -62,6 +62,7 @@ pub(crate) fn service(id: &str, replicas: Option<i64>) -> Service {
         },
         previous_spec: None,
         spec_version: 1,
+        registry_auth: None,
     }
 }
 
@@ -422,6 +423,7 @@ fn rolling_update_replaces_one_task_at_a_time() {
             id: sid.clone(),
             version,
             spec,
+            registry_auth: None,
             now: String::new(),
         },
     );
@@ -474,6 +476,7 @@ fn a_service_update_with_a_stale_version_is_refused_and_changes_nothing() {
             id: sid.clone(),
             version: before.version + 7,
             spec,
+            registry_auth: None,
             now: String::new(),
         },
     );

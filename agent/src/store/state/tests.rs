@@ -596,6 +596,7 @@ fn service(id: &str, replicas: i64) -> Service {
         },
         previous_spec: None,
         spec_version: 0,
+        registry_auth: None,
     }
 }
 
@@ -614,6 +615,7 @@ fn task(id: &str, service: &str, slot: u64) -> Task {
         desired_state: crate::store::TaskState::Running,
         status: crate::store::TaskStatus::new(crate::store::TaskState::Pending, "pending", "t0"),
         attempt: 0,
+        registry_auth: None,
     }
 }
 
