@@ -16,7 +16,7 @@ use apiary::executor::logs::{self, LogOptions, Stream};
 use apiary::executor::{
     ContainerSpec, ContainerStatus, Containerd, ExecError, Executor, FileMount,
 };
-use harness::containerd::{run_to_exit, Daemon};
+use harness::containerd::{run_showing_logs, run_to_exit, Daemon};
 use harness::eventually;
 
 /// The filesystem type mounted exactly at `dir`, if any.
@@ -72,18 +72,7 @@ fn lines(exec: &Containerd, id: &str, stream: Stream, want: usize) -> Vec<String
 #[test]
 fn containerd_executor_end_to_end() {
     let daemon = Daemon::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(scenario(&daemon))
-    }));
-    if let Err(e) = result {
-        eprintln!("----- containerd log -----\n{}", daemon.log());
-        std::panic::resume_unwind(e);
-    }
+    run_showing_logs(scenario(&daemon), &[("containerd", &|| daemon.log())]);
 }
 
 async fn scenario(daemon: &Daemon) {

@@ -26,7 +26,7 @@ use apiary::network::{
     bridge, rules, sweep, Bridge, BridgeConfig, NetError, Network, PortMapping, Protocol,
 };
 use apiary::worker::spec::with_attachment;
-use harness::containerd::Daemon;
+use harness::containerd::{run_showing_logs, Daemon};
 use harness::{eventually, Agent, Cluster, PATIENCE};
 
 fn sh(id: &str, script: &str) -> ContainerSpec {
@@ -136,18 +136,10 @@ fn task_networking_end_to_end() {
         server: None,
         extra_netns: Vec::new(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(scenario(&daemon, &mut host, n))
-    }));
-    if let Err(e) = result {
-        eprintln!("----- containerd log -----\n{}", daemon.log());
-        std::panic::resume_unwind(e);
-    }
+    run_showing_logs(
+        scenario(&daemon, &mut host, n),
+        &[("containerd", &|| daemon.log())],
+    );
 }
 
 /// A namespace with a web server at 198.18.<n>.2:9000, joined to the host

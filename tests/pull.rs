@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use apiary::executor::pull::{Progress, PullOptions};
 use apiary::executor::{ContainerSpec, Containerd, ExecError, Executor};
-use harness::containerd::{run_to_exit, Daemon};
+use harness::containerd::{run_showing_logs, run_to_exit, Daemon};
 use harness::registry::Registry;
 use harness::{eventually, running_on, Cluster, PATIENCE};
 
@@ -26,19 +26,13 @@ use harness::{eventually, running_on, Cluster, PATIENCE};
 fn pulls_from_a_loopback_registry() {
     let daemon = Daemon::start();
     let registry = Registry::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(scenario(&daemon, &registry))
-    }));
-    if let Err(e) = result {
-        eprintln!("----- containerd log -----\n{}", daemon.log());
-        eprintln!("----- registry log -----\n{}", registry.log());
-        std::panic::resume_unwind(e);
-    }
+    run_showing_logs(
+        scenario(&daemon, &registry),
+        &[
+            ("containerd", &|| daemon.log()),
+            ("registry", &|| registry.log()),
+        ],
+    );
 }
 
 fn arch() -> &'static str {

@@ -57,6 +57,20 @@ fn first_task(d: &Daemon, c: &Cluster, agent: &str) -> String {
         .expect("a running container")
 }
 
+/// Wait until `docker service ps --no-trunc` of `service` shows every one
+/// of `needles` (a task's state and ERROR column), then remove the service.
+fn shows_task_error(m: &harness::Agent, service: &str, needles: &[&str]) {
+    eventually(
+        &format!("{needles:?} in {service}'s tasks"),
+        PATIENCE,
+        || {
+            let out = m.docker(&["service", "ps", "--no-trunc", service]).stdout;
+            needles.iter().all(|n| out.contains(n)).then_some(())
+        },
+    );
+    m.docker(&["service", "rm", service]).ok();
+}
+
 #[test]
 fn services_on_real_containers_with_the_docker_cli() {
     let daemon = Arc::new(Daemon::start());
@@ -165,13 +179,7 @@ fn services_on_real_containers_with_the_docker_cli() {
             "127.0.0.1:1/no-such-image:1",
         ])
         .ok();
-    eventually("the missing image in the ERROR column", PATIENCE, || {
-        let out = c.managers[0]
-            .docker(&["service", "ps", "--no-trunc", "ghost"])
-            .stdout;
-        (out.contains("Rejected") && out.contains("no-such-image")).then_some(())
-    });
-    c.managers[0].docker(&["service", "rm", "ghost"]).ok();
+    shows_task_error(&c.managers[0], "ghost", &["Rejected", "no-such-image"]);
 
     // Host-mode published port: answers on the node that runs the task
     // (each harness agent publishes on its own loopback address).
@@ -229,14 +237,11 @@ fn services_on_real_containers_with_the_docker_cli() {
             "3600",
         ])
         .ok();
-    eventually("the port in use in the ERROR column", PATIENCE, || {
-        let out = c.managers[0]
-            .docker(&["service", "ps", "--no-trunc", "busyport"])
-            .stdout;
-        out.contains("host port 18083/tcp is already in use on this node")
-            .then_some(())
-    });
-    c.managers[0].docker(&["service", "rm", "busyport"]).ok();
+    shows_task_error(
+        &c.managers[0],
+        "busyport",
+        &["host port 18083/tcp is already in use on this node"],
+    );
     drop(holders);
 
     // No manager for a while: workers keep their containers running, and

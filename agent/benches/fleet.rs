@@ -18,6 +18,9 @@
 //! Prints the fleet join time, the time from the first create to all
 //! Running, tasks/s, and each manager's peak RSS.
 
+mod common;
+use common::arg;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Proc, Stdio};
 use std::sync::Arc;
@@ -30,15 +33,6 @@ use apiary::node::{NodeConfig, NodeHandle};
 use apiary::store::Availability;
 use bollard_stubs::models as m;
 use futures::stream::{self, StreamExt};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Joins in flight at once: the leader signs a certificate per join.
 const JOIN_CONCURRENCY: usize = 16;

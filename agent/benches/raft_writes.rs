@@ -10,21 +10,15 @@
 //! concurrent writers (default 64). Each write is a real committed raft
 //! entry (an empty node-status batch) proposed on the leader.
 
+mod common;
+use common::arg;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiary::control::{Control, InitRequest, JoinRequest};
 use apiary::node::{NodeConfig, NodeHandle};
 use apiary::store::{Availability, ClusterSpec, Command};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]

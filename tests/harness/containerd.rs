@@ -202,3 +202,25 @@ pub async fn run_to_exit(exec: &Containerd, spec: &apiary::executor::ContainerSp
         .expect("wait")
         .code
 }
+
+/// Run a test scenario on a two-thread runtime; if it panics, print the
+/// named logs (containerd's, a registry's) before passing the panic on.
+pub fn run_showing_logs<F: std::future::Future>(
+    scenario: F,
+    logs: &[(&str, &dyn Fn() -> String)],
+) -> F::Output {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(scenario))) {
+        Ok(out) => out,
+        Err(e) => {
+            for (name, log) in logs {
+                eprintln!("----- {name} log -----\n{}", log());
+            }
+            std::panic::resume_unwind(e);
+        }
+    }
+}

@@ -570,6 +570,19 @@ impl Registry {
 
     /// A 401 that answering the challenge did not get past: the registry's
     /// reason, and what to do about it.
+    /// A registry's (or its token server's) refusal: a 401 says how to log
+    /// in; anything else carries the status (`retriable` reads it).
+    fn refusal(&self, status: StatusCode, message: String) -> PullError {
+        if status == StatusCode::UNAUTHORIZED {
+            return self.unauthorized(message);
+        }
+        PullError::Registry {
+            registry: self.name.clone(),
+            status: status.as_u16(),
+            message,
+        }
+    }
+
     fn unauthorized(&self, message: String) -> PullError {
         let advice = match &self.credentials {
             None => format!(
@@ -748,15 +761,7 @@ impl Registry {
                 let body = read_all(answer, MAX_ERROR_QUOTE * 64, self)
                     .await
                     .unwrap_or_default();
-                let message = error_message(status, &body);
-                if status == StatusCode::UNAUTHORIZED {
-                    return Err(self.unauthorized(message));
-                }
-                return Err(PullError::Registry {
-                    registry: self.name.clone(),
-                    status: status.as_u16(),
-                    message,
-                });
+                return Err(self.refusal(status, error_message(status, &body)));
             }
             return Ok(answer);
         }
@@ -842,14 +847,7 @@ impl Registry {
         let body = read_all(answer, MAX_TOKEN, self).await?;
         if !status.is_success() {
             let message = format!("token server: {}", error_message(status, &body));
-            if status == StatusCode::UNAUTHORIZED {
-                return Err(self.unauthorized(message));
-            }
-            return Err(PullError::Registry {
-                registry: self.name.clone(),
-                status: status.as_u16(),
-                message,
-            });
+            return Err(self.refusal(status, message));
         }
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| self.protocol(format!("token answer is not JSON: {e}")))?;

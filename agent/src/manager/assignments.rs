@@ -54,8 +54,17 @@ fn walk<'a>(
 /// to it. The same on every manager, so a poll moves between them.
 pub fn fingerprint(state: &State, node: &NodeId) -> u64 {
     let (tasks, secret_ids, config_ids) = walk(state, node);
+    fingerprint_of(state, &tasks, &secret_ids, &config_ids)
+}
+
+fn fingerprint_of(
+    state: &State,
+    tasks: &[&Task],
+    secret_ids: &BTreeSet<&str>,
+    config_ids: &BTreeSet<&str>,
+) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
-    for t in &tasks {
+    for t in tasks {
         t.id.hash(&mut h);
         t.spec_version.hash(&mut h);
         t.desired_state.hash(&mut h);
@@ -102,7 +111,7 @@ pub fn build(state: &State, node: &NodeId) -> Assignments {
         .cloned()
         .collect();
     Assignments {
-        fingerprint: fingerprint(state, node),
+        fingerprint: fingerprint_of(state, &tasks, &secret_ids, &config_ids),
         tasks: tasks.into_iter().cloned().collect(),
         service_names,
         secrets,

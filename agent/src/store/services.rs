@@ -456,6 +456,17 @@ impl State {
             .filter_map(|id| self.tasks.get(id))
     }
 
+    /// The IDs of a service's tasks, owned (for loops that change them).
+    pub(super) fn task_ids_of_service(&self, service: &ServiceId) -> Vec<TaskId> {
+        self.task_index
+            .by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     pub fn tasks_of_service<'a>(
         &'a self,
         service: &ServiceId,
@@ -560,14 +571,7 @@ impl State {
             return Err(StoreError::not_found(format!("service {id} not found")));
         }
         let mut changes = vec![self.service_change(id)];
-        let ids: Vec<TaskId> = self
-            .task_index
-            .by_service
-            .get(id)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let ids = self.task_ids_of_service(id);
         self.task_index.hints.service(id);
         for tid in ids {
             if let Some(t) = self.tasks.get_mut(&tid) {
@@ -680,19 +684,20 @@ impl State {
                 continue;
             }
             // The orchestrator acts on ends (restart, reap) and, while a
-            // rolling update is under way, on tasks coming up; the many
-            // other reports need no pass over the service.
+            // rolling update may be under way (the service was ever
+            // updated), on tasks coming up; the many other reports need no
+            // pass over the service.
+            let coming_up =
+                u.status.state == TaskState::Running && t.status.state < TaskState::Running;
             let cares = u.status.state.is_terminal()
-                || (u.status.state == TaskState::Running && t.status.state < TaskState::Running);
-            t.status = u.status.clone();
-            t.version = index;
-            t.updated_at = u.status.timestamp.clone();
-            let cares = cares
-                && (u.status.state.is_terminal()
-                    || self
+                || (coming_up
+                    && self
                         .services
                         .get(&t.service_id)
                         .is_none_or(|s| s.previous_spec.is_some()));
+            t.status = u.status.clone();
+            t.version = index;
+            t.updated_at = u.status.timestamp.clone();
             self.retouch(&u.id, cares);
             changes.push(self.task_change(&u.id));
         }

@@ -89,15 +89,7 @@ impl Undo {
             }
             Command::RemoveService { id, .. } => {
                 self.keep_rest(state);
-                let ids: Vec<TaskId> = state
-                    .task_index
-                    .by_service
-                    .get(id)
-                    .into_iter()
-                    .flatten()
-                    .cloned()
-                    .collect();
-                for tid in &ids {
+                for tid in &state.task_ids_of_service(id) {
                     self.keep_task(state, tid);
                 }
             }
