@@ -55,6 +55,11 @@ pub enum Request {
     /// they change or after a while.
     Assignments {
         known: u64,
+        /// The tasks the node holds from earlier answers, each with its
+        /// `assignments::digest`: those that did not change come back by
+        /// ID only (`Assignments::kept`).
+        #[serde(default)]
+        have: Vec<(TaskId, u64)>,
     },
     /// A node reports the state of its tasks.
     ReportTasks {
@@ -133,7 +138,12 @@ pub struct HeartbeatReply {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Assignments {
     pub fingerprint: u64,
+    /// New tasks, and tasks that changed since the node's copy.
+    #[serde(with = "crate::store::spec::tasks")]
     pub tasks: Vec<Task>,
+    /// Tasks the node already holds as they are (see `have`).
+    #[serde(default)]
+    pub kept: Vec<TaskId>,
     pub service_names: BTreeMap<ServiceId, String>,
     pub secrets: Vec<Secret>,
     pub configs: Vec<Config>,

@@ -87,7 +87,7 @@ pub fn task_to_api(v: &TaskView) -> m::Task {
         updated_at: non_empty(&t.updated_at),
         name: None,
         labels: Some(Default::default()),
-        spec: Some(t.spec.clone()),
+        spec: Some(m::TaskSpec::clone(&t.spec)),
         service_id: Some(t.service_id.0.clone()),
         slot: (t.slot > 0).then_some(t.slot as i64),
         node_id: t.node_id.as_ref().map(|n| n.0.clone()),

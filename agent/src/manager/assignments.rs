@@ -3,12 +3,12 @@
 //! own state, as a long poll, so workers learn of new tasks within one
 //! commit and an idle cluster costs nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use crate::rpc::{Assignments, RpcError};
-use crate::store::{NodeId, State, Task, TaskState};
+use crate::store::{NodeId, State, Task, TaskId, TaskState};
 
 use super::Manager;
 
@@ -65,10 +65,7 @@ fn fingerprint_of(
 ) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     for t in tasks {
-        t.id.hash(&mut h);
-        t.spec_version.hash(&mut h);
-        t.desired_state.hash(&mut h);
-        t.status.state.is_terminal().hash(&mut h);
+        t.assignment_digest().hash(&mut h);
     }
     for s in state
         .secrets
@@ -89,9 +86,13 @@ fn fingerprint_of(
     h.finish()
 }
 
-/// The node's assignments as they stand.
-pub fn build(state: &State, node: &NodeId) -> Assignments {
+/// The node's assignments as they stand; the tasks it holds unchanged
+/// (`have`, by digest) by ID only. A node gains one task per service
+/// created: sending all of its tasks each time would cost O(tasks²) per
+/// node over a deployment (found with 100 services on 1,000 nodes).
+pub fn build(state: &State, node: &NodeId, have: &[(TaskId, u64)]) -> Assignments {
     let (tasks, secret_ids, config_ids) = walk(state, node);
+    let have: HashMap<&TaskId, u64> = have.iter().map(|(id, d)| (id, *d)).collect();
     let mut service_names = BTreeMap::new();
     for t in &tasks {
         if let Some(s) = state.services.get(&t.service_id) {
@@ -110,9 +111,14 @@ pub fn build(state: &State, node: &NodeId) -> Assignments {
         .filter(|c| config_ids.contains(c.id.0.as_str()))
         .cloned()
         .collect();
+    let fingerprint = fingerprint_of(state, &tasks, &secret_ids, &config_ids);
+    let (kept, changed): (Vec<&Task>, Vec<&Task>) = tasks
+        .into_iter()
+        .partition(|t| have.get(&t.id) == Some(&t.assignment_digest()));
     Assignments {
-        fingerprint: fingerprint_of(state, &tasks, &secret_ids, &config_ids),
-        tasks: tasks.into_iter().cloned().collect(),
+        fingerprint,
+        tasks: changed.into_iter().cloned().collect(),
+        kept: kept.into_iter().map(|t| t.id.clone()).collect(),
         service_names,
         secrets,
         configs,
@@ -121,7 +127,12 @@ pub fn build(state: &State, node: &NodeId) -> Assignments {
 
 /// Answer when the node's assignments differ from `known`, or after
 /// `LONG_POLL`.
-pub async fn wait_for(m: &Manager, node: &NodeId, known: u64) -> Result<Assignments, RpcError> {
+pub async fn wait_for(
+    m: &Manager,
+    node: &NodeId,
+    known: u64,
+    have: &[(TaskId, u64)],
+) -> Result<Assignments, RpcError> {
     let waiter = m.state.node_waiter(node);
     let deadline = tokio::time::Instant::now() + LONG_POLL;
     // Recompute the fingerprint only when a task of this node (or something
@@ -139,7 +150,7 @@ pub async fn wait_for(m: &Manager, node: &NodeId, known: u64) -> Result<Assignme
             }
             let epoch = state.task_index.hints.node_epoch(node);
             if timed_out || (seen != Some(epoch) && fingerprint(&state, node) != known) {
-                return Ok(build(&state, node));
+                return Ok(build(&state, node, have));
             }
             seen = Some(epoch);
         }
@@ -205,11 +216,11 @@ mod tests {
         .unwrap();
         converge(&mut st, now, 10);
         run_all(&mut st);
-        let for_a = build(&st, &NodeId("a".into()));
+        let for_a = build(&st, &NodeId("a".into()), &[]);
         let ids: Vec<&str> = for_a.secrets.iter().map(|s| s.id.0.as_str()).collect();
         assert_eq!(ids, vec!["s1"]);
         assert_eq!(for_a.tasks.len(), 1);
-        let for_b = build(&st, &NodeId("b".into()));
+        let for_b = build(&st, &NodeId("b".into()), &[]);
         let ids: Vec<&str> = for_b.secrets.iter().map(|s| s.id.0.as_str()).collect();
         assert_eq!(ids, vec!["s2"]);
         // A change to the node's tasks changes the fingerprint (wakes its poll).
@@ -221,10 +232,48 @@ mod tests {
                 now: String::new(),
             },
         );
-        assert_ne!(build(&st, &NodeId("a".into())).fingerprint, before);
+        assert_ne!(build(&st, &NodeId("a".into()), &[]).fingerprint, before);
         assert!(
-            build(&st, &NodeId("a".into())).secrets.is_empty(),
+            build(&st, &NodeId("a".into()), &[]).secrets.is_empty(),
             "no secret once the task is not wanted"
         );
+    }
+
+    /// Incremental answers: what the node holds unchanged comes back by ID,
+    /// a task whose desired state changed comes whole; the fingerprint is
+    /// the same either way.
+    #[test]
+    fn a_node_gets_only_the_tasks_that_changed_since_its_copy() {
+        let a = node("a", NodeState::Ready, Availability::Active);
+        let mut st = state_with(&[a], &[service("sa", Some(1)), service("sb", Some(1))]);
+        let now = time::OffsetDateTime::parse(
+            "2026-01-01T00:01:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        converge(&mut st, now, 10);
+        run_all(&mut st);
+        let node_a = NodeId("a".into());
+        let full = build(&st, &node_a, &[]);
+        assert_eq!((full.tasks.len(), full.kept.len()), (2, 0));
+        let have: Vec<_> = full
+            .tasks
+            .iter()
+            .map(|t| (t.id.clone(), t.assignment_digest()))
+            .collect();
+        let same = build(&st, &node_a, &have);
+        assert_eq!((same.tasks.len(), same.kept.len()), (0, 2));
+        assert_eq!(same.fingerprint, full.fingerprint);
+        st.apply(
+            90_000,
+            &crate::store::Command::RemoveService {
+                id: crate::store::ServiceId("sa".into()),
+                now: String::new(),
+            },
+        );
+        let after = build(&st, &node_a, &have);
+        assert_eq!((after.tasks.len(), after.kept.len()), (1, 1));
+        assert_eq!(after.tasks[0].service_id.0, "sa");
+        assert_ne!(after.fingerprint, full.fingerprint);
     }
 }

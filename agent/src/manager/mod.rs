@@ -558,12 +558,12 @@ impl Manager {
             // Any manager answers these from its own state: a long poll
             // forwarded to the leader was cut off by the forwarding timeout
             // and sent again, over and over (found with 1,000 nodes).
-            Request::Assignments { known } => {
+            Request::Assignments { known, have } => {
                 let node = caller.node_id.clone().ok_or_else(|| {
                     RpcError::PermissionDenied("asking for tasks needs a node certificate".into())
                 })?;
                 Ok(Reply::Assignments(
-                    assignments::wait_for(self, &node, known).await?,
+                    assignments::wait_for(self, &node, known, &have).await?,
                 ))
             }
             // `propose` sends the write on to the leader.

@@ -22,14 +22,15 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::store::{
-    Availability, Command, Node, NodeId, NodeState, Service, ServiceId, State, Task, TaskId,
+    Availability, Command, Node, SharedSpec, ASSIGNED_MESSAGE, NodeId, NodeState, Service, ServiceId, State, Task, TaskId,
     TaskState, TaskStatus, TaskStatusUpdate,
 };
 
 use super::scheduler::Constraint;
 
-/// Tasks per `CreateTasks` command: keeps one raft entry near 1 MiB.
-const TASKS_PER_COMMAND: usize = 500;
+/// Tasks per `CreateTasks` command: keeps one raft entry near 500 KiB
+/// (a task names its spec by key there: ~450 bytes of JSON).
+const TASKS_PER_COMMAND: usize = 1000;
 
 /// What one pass decided, and when it wants to be run again even if
 /// nothing changes (a restart delay running out).
@@ -56,6 +57,9 @@ pub struct Orchestrator<'a> {
     now_text: String,
     new_id: &'a mut dyn FnMut() -> String,
     plan: Plan,
+    /// The spec of the service whose tasks were made last: the tasks of
+    /// one service share one copy (`store::spec`).
+    spec: Option<(ServiceId, SharedSpec)>,
     create: Vec<Task>,
     shutdown: Vec<TaskId>,
     remove: Vec<TaskId>,
@@ -84,6 +88,7 @@ pub fn reconcile_scoped(
         now_text: now.format(&Rfc3339).unwrap_or_default(),
         new_id,
         plan: Plan::default(),
+        spec: None,
         create: Vec::new(),
         shutdown: Vec::new(),
         remove: Vec::new(),
@@ -140,7 +145,14 @@ impl Orchestrator<'_> {
     }
 
     fn new_task(&mut self, service: &Service, slot: u64, node: Option<NodeId>, attempt: u64) {
-        let spec = service.spec.task_template.clone().unwrap_or_default();
+        let spec = match &self.spec {
+            Some((id, spec)) if *id == service.id => spec.clone(),
+            _ => {
+                let spec = SharedSpec::new(service.spec.task_template.clone().unwrap_or_default());
+                self.spec = Some((service.id.clone(), spec.clone()));
+                spec
+            }
+        };
         let ports = service
             .spec
             .endpoint_spec
@@ -408,6 +420,43 @@ impl Orchestrator<'_> {
 }
 
 /// The scheduler's decisions as commands.
+/// The scheduler's decisions about tasks created in this same pass go into
+/// their `CreateTasks` commands: such a task is created assigned (one raft
+/// write instead of two, and no task waits for a second command to be
+/// placed). Returns the decisions about the tasks that already existed.
+pub fn place_created(
+    commands: &mut [Command],
+    d: super::scheduler::Decisions,
+    now: &str,
+) -> super::scheduler::Decisions {
+    let mut created: HashMap<TaskId, &mut Task> = commands
+        .iter_mut()
+        .filter_map(|c| match c {
+            Command::CreateTasks { tasks } => Some(tasks.iter_mut()),
+            _ => None,
+        })
+        .flatten()
+        .map(|t| (t.id.clone(), t))
+        .collect();
+    let mut rest = super::scheduler::Decisions::default();
+    for (id, node) in d.assignments {
+        match created.get_mut(&id) {
+            Some(t) => {
+                t.node_id = Some(node);
+                t.status = TaskStatus::new(TaskState::Assigned, ASSIGNED_MESSAGE, now);
+            }
+            None => rest.assignments.push((id, node)),
+        }
+    }
+    for (id, msg) in d.unplaced {
+        match created.get_mut(&id) {
+            Some(t) => t.status.err = Some(msg),
+            None => rest.unplaced.push((id, msg)),
+        }
+    }
+    rest
+}
+
 pub fn placement_commands(d: super::scheduler::Decisions, now: &str) -> Vec<Command> {
     let mut cmds = Vec::new();
     if !d.assignments.is_empty() {

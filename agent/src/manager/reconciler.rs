@@ -56,10 +56,9 @@ fn decide(state: &crate::raft::StateReader, full: bool) -> Pass {
         .collect();
     let decisions = scheduler::schedule_including(&state, &created);
     drop(created);
-    commands.extend(orchestrator::placement_commands(
-        decisions,
-        &crate::util::now_rfc3339(),
-    ));
+    let now = crate::util::now_rfc3339();
+    let decisions = orchestrator::place_created(&mut commands, decisions, &now);
+    commands.extend(orchestrator::placement_commands(decisions, &now));
     Pass {
         commands,
         wake_in: plan.wake_in,

@@ -1647,11 +1647,7 @@ impl Control for NodeHandle {
     async fn services(&self) -> ControlResult<Vec<crate::control::ServiceView>> {
         let m = self.manager_or_err()?;
         let state = m.state.read();
-        Ok(state
-            .services
-            .values()
-            .map(|s| services::view(&state, s))
-            .collect())
+        Ok(services::views(&state))
     }
 
     async fn service(&self, id: &str) -> ControlResult<crate::control::ServiceView> {

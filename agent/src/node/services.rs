@@ -6,7 +6,9 @@ use bollard_stubs::models::{EndpointPortConfigPublishModeEnum, ServiceSpec};
 
 use crate::control::{ControlError, ControlResult, ServiceView, TaskFilter, TaskView};
 use crate::manager::scheduler::Constraint;
-use crate::store::{NodeState, Service, ServiceId, State, Task, TaskState};
+use std::collections::HashMap;
+
+use crate::store::{NodeState, Service, ServiceId, State, Task, TaskCounts, TaskState};
 
 use super::secrets::resolve;
 
@@ -198,34 +200,59 @@ pub fn resolve_task<'a>(state: &'a State, key: &str) -> ControlResult<&'a Task> 
     resolve("task", key, items)
 }
 
-pub fn view(state: &State, s: &Service) -> ServiceView {
-    let mut running = 0;
-    let mut completed = 0;
-    let mut live = 0;
-    for t in state.tasks_of_service(&s.id) {
-        if t.desired_state <= TaskState::Running {
-            live += 1;
-            if t.status.state == TaskState::Running {
-                let node_up = t
-                    .node_id
-                    .as_ref()
-                    .and_then(|n| state.nodes.get(n))
-                    .is_some_and(|n| n.status.state != NodeState::Down);
-                if node_up {
-                    running += 1;
-                }
+/// Tasks counted running (`TaskCounts`) on nodes that are Down or gone,
+/// by service: those are not running as far as `service ls` is concerned.
+/// Walks the tasks of such nodes only (few, usually none).
+fn stranded(state: &State) -> HashMap<&ServiceId, u64> {
+    let mut out = HashMap::new();
+    for (node, ids) in &state.task_index.by_node {
+        let up = state
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.status.state != NodeState::Down);
+        if up {
+            continue;
+        }
+        for t in ids.iter().filter_map(|id| state.tasks.get(id)) {
+            if TaskCounts::of(t).running > 0 {
+                *out.entry(&t.service_id).or_insert(0) += 1;
             }
         }
-        if t.status.state == TaskState::Complete {
-            completed += 1;
-        }
     }
+    out
+}
+
+fn view_with(state: &State, s: &Service, stranded: &HashMap<&ServiceId, u64>) -> ServiceView {
+    let c = state
+        .task_index
+        .counts
+        .get(&s.id)
+        .copied()
+        .unwrap_or_default();
     ServiceView {
         service: s.clone(),
-        running,
-        desired: s.replicas().unwrap_or(live),
-        completed,
+        running: c
+            .running
+            .saturating_sub(stranded.get(&s.id).copied().unwrap_or(0)),
+        desired: s.replicas().unwrap_or(c.live),
+        completed: c.completed,
     }
+}
+
+pub fn view(state: &State, s: &Service) -> ServiceView {
+    view_with(state, s, &stranded(state))
+}
+
+/// Every service's view: O(services) from the counts the state keeps, so
+/// that `service ls` (and every progress display polling it) does not walk
+/// 100k tasks.
+pub fn views(state: &State) -> Vec<ServiceView> {
+    let stranded = stranded(state);
+    state
+        .services
+        .values()
+        .map(|s| view_with(state, s, &stranded))
+        .collect()
 }
 
 pub fn task_view(state: &State, t: &Task) -> TaskView {

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::rpc::{Assignments, Reply, Request};
-use crate::store::TaskStatusUpdate;
+use crate::store::{TaskId, TaskStatusUpdate};
 
 use super::{session, Running};
 
@@ -31,12 +31,15 @@ impl Link {
 }
 
 impl crate::worker::Cluster for Link {
-    fn assignments(&self, known: u64) -> BoxFuture<'_, Result<Assignments, String>> {
+    fn assignments(
+        &self,
+        known: u64,
+        have: Vec<(TaskId, u64)>,
+    ) -> BoxFuture<'_, Result<Assignments, String>> {
         async move {
             let running = self.running.upgrade().ok_or("the node is leaving")?;
-            match session::call_with_timeout(&running, Request::Assignments { known }, POLL_TIMEOUT)
-                .await
-            {
+            let poll = Request::Assignments { known, have };
+            match session::call_with_timeout(&running, poll, POLL_TIMEOUT).await {
                 Ok(Reply::Assignments(a)) => Ok(a),
                 Ok(Reply::Error(e)) => Err(e.to_string()),
                 Ok(other) => Err(format!("unexpected answer: {other:?}")),

@@ -11,6 +11,7 @@
 mod ca;
 pub mod hints;
 mod services;
+pub mod spec;
 mod state;
 mod types;
 mod undo;
@@ -18,8 +19,9 @@ mod undo;
 pub use ca::{CaRotation, NodeTls};
 pub use services::{
     PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId, ServiceSpec, Task, TaskId,
-    TaskIndex, TaskSpec, TaskState, TaskStatus, TaskStatusUpdate,
+    TaskCounts, TaskIndex, TaskSpec, TaskState, TaskStatus, TaskStatusUpdate, ASSIGNED_MESSAGE,
 };
+pub use spec::SharedSpec;
 pub use state::{Change, State, StoreError, StoreErrorKind};
 pub use types::*;
 pub use undo::Undo;

@@ -238,7 +238,8 @@ pub struct Task {
     /// The node the task runs on (preset for global tasks, chosen by the
     /// scheduler for replicated ones).
     pub node_id: Option<NodeId>,
-    pub spec: TaskSpec,
+    /// Shared with the other tasks made from the same spec (`store::spec`).
+    pub spec: super::spec::SharedSpec,
     /// The service's `spec_version` this task was made from.
     pub spec_version: u64,
     /// Published ports of the service at the time (host mode only for now).
@@ -264,11 +265,26 @@ impl Task {
             _ => format!("{service_name}.{}", self.slot),
         }
     }
+    /// What the task hashes to over what a worker acts on: its ID, spec,
+    /// desired state and whether it ended, not its progress. Managers and
+    /// workers compute it alike (`rpc::Request::Assignments::have`).
+    pub fn assignment_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        self.id.hash(&mut h);
+        self.spec_version.hash(&mut h);
+        self.desired_state.hash(&mut h);
+        self.status.state.is_terminal().hash(&mut h);
+        h.finish()
+    }
     /// Meant to run, or running: counts against replicas.
     pub fn is_live(&self) -> bool {
         self.desired_state <= TaskState::Running && !self.status.state.is_terminal()
     }
 }
+
+/// The status message of a task the scheduler placed (Swarm's words).
+pub const ASSIGNED_MESSAGE: &str = "scheduler assigned task to node";
 
 /// Swarm's default restart delay.
 const DEFAULT_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -342,6 +358,41 @@ pub struct TaskIndex {
     /// Tasks waiting for the scheduler (pending and wanted).
     pub pending: BTreeSet<TaskId>,
     pub hints: super::hints::Hints,
+    /// The tasks' distinct specs.
+    pub specs: super::spec::SpecTable,
+    /// What `service ls` shows of each service, kept as tasks change: a
+    /// listing (polled by every progress display) costs O(services), not
+    /// O(tasks).
+    pub counts: BTreeMap<ServiceId, TaskCounts>,
+}
+
+/// A service's tasks, counted as `service ls` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    /// Wanted (desired running or less): the replicas of a global service.
+    pub live: u64,
+    /// Wanted and running, wherever (a Down node's are taken off when
+    /// listing).
+    pub running: u64,
+    pub completed: u64,
+}
+
+impl TaskCounts {
+    /// What one task adds.
+    pub fn of(t: &Task) -> TaskCounts {
+        let live = t.desired_state <= TaskState::Running;
+        TaskCounts {
+            live: u64::from(live),
+            running: u64::from(live && t.status.state == TaskState::Running),
+            completed: u64::from(t.status.state == TaskState::Complete),
+        }
+    }
+
+    fn shift(&mut self, before: TaskCounts, after: TaskCounts) {
+        self.live = (self.live + after.live).saturating_sub(before.live);
+        self.running = (self.running + after.running).saturating_sub(before.running);
+        self.completed = (self.completed + after.completed).saturating_sub(before.completed);
+    }
 }
 
 impl Task {
@@ -361,12 +412,22 @@ impl State {
     pub(super) fn task_change(&self, id: &TaskId) -> Change {
         Change {
             key: format!("{TASK_PREFIX}{id}"),
-            value: self.tasks.get(id).map(encode),
+            value: self.tasks.get(id).map(super::spec::encode_by_reference),
         }
     }
 
     /// Insert or replace a task, keeping the indexes in step.
-    pub(super) fn put_task(&mut self, task: Task) {
+    pub(super) fn put_task(&mut self, mut task: Task) {
+        match self.tasks.get(&task.id) {
+            Some(old) if old.spec == task.spec => task.spec = old.spec.clone(),
+            Some(old) => {
+                self.task_index.specs.release(&old.spec);
+                self.task_index.specs.hold(&mut task.spec);
+            }
+            None => self.task_index.specs.hold(&mut task.spec),
+        }
+        let before = self.tasks.get(&task.id).map(TaskCounts::of).unwrap_or_default();
+        self.count(&task.service_id, before, TaskCounts::of(&task));
         let hints = &self.task_index.hints;
         hints.service(&task.service_id);
         if let Some(n) = &task.node_id {
@@ -409,6 +470,8 @@ impl State {
 
     pub(super) fn delete_task(&mut self, id: &TaskId) -> Option<Task> {
         let task = self.tasks.remove(id)?;
+        self.task_index.specs.release(&task.spec);
+        self.count(&task.service_id, TaskCounts::of(&task), TaskCounts::default());
         self.task_index.pending.remove(id);
         self.task_index.hints.service(&task.service_id);
         if let Some(n) = &task.node_id {
@@ -432,7 +495,35 @@ impl State {
     /// After a task was changed in place: keep the pending set, tell its
     /// node's long poll, and mark its service for the orchestrator when
     /// `orchestrator_cares`.
-    fn retouch(&mut self, id: &TaskId, orchestrator_cares: bool) {
+    fn count(&mut self, service: &ServiceId, before: TaskCounts, after: TaskCounts) {
+        if before == after {
+            return;
+        }
+        let counts = &mut self.task_index.counts;
+        match counts.get_mut(service) {
+            Some(c) => {
+                c.shift(before, after);
+                if *c == TaskCounts::default() {
+                    counts.remove(service);
+                }
+            }
+            None => {
+                let mut c = TaskCounts::default();
+                c.shift(before, after);
+                if c != TaskCounts::default() {
+                    counts.insert(service.clone(), c);
+                }
+            }
+        }
+    }
+
+    /// After a task was changed in place (`before`: what it counted as).
+    fn retouch(&mut self, id: &TaskId, orchestrator_cares: bool, before: TaskCounts) {
+        let Some(t) = self.tasks.get(id) else { return };
+        let (after, service) = (TaskCounts::of(t), t.service_id.clone());
+        if before != after {
+            self.count(&service, before, after);
+        }
         let Some(t) = self.tasks.get(id) else { return };
         if t.waits_for_placement() {
             self.task_index.pending.insert(id.clone());
@@ -576,10 +667,11 @@ impl State {
         for tid in ids {
             if let Some(t) = self.tasks.get_mut(&tid) {
                 if t.desired_state < TaskState::Remove {
+                    let before = TaskCounts::of(t);
                     t.desired_state = TaskState::Remove;
                     t.version = index;
                     t.updated_at = now.to_string();
-                    self.retouch(&tid, true);
+                    self.retouch(&tid, true, before);
                     changes.push(self.task_change(&tid));
                 }
             }
@@ -622,6 +714,16 @@ impl State {
             }
             let mut t = t.clone();
             t.version = index;
+            // Created already placed (`orchestrator::place_created`) on a
+            // node that has left since: wait for the scheduler again, as a
+            // placement of a pending task on it would (`assign_tasks`).
+            let node_gone = t.node_id.as_ref().is_some_and(|n| !self.nodes.contains_key(n));
+            if t.status.state == TaskState::Assigned && node_gone {
+                t.status = TaskStatus::new(TaskState::Pending, "pending task scheduling", &t.created_at);
+                if !global {
+                    t.node_id = None;
+                }
+            }
             let id = t.id.clone();
             self.put_task(t);
             changes.push(self.task_change(&id));
@@ -649,7 +751,7 @@ impl State {
             }
             let mut t = t.clone();
             t.node_id = Some(node.clone());
-            t.status = TaskStatus::new(TaskState::Assigned, "scheduler assigned task to node", now);
+            t.status = TaskStatus::new(TaskState::Assigned, ASSIGNED_MESSAGE, now);
             t.version = index;
             t.updated_at = now.to_string();
             self.put_task(t);
@@ -695,10 +797,11 @@ impl State {
                         .services
                         .get(&t.service_id)
                         .is_none_or(|s| s.previous_spec.is_some()));
+            let before = TaskCounts::of(t);
             t.status = u.status.clone();
             t.version = index;
             t.updated_at = u.status.timestamp.clone();
-            self.retouch(&u.id, cares);
+            self.retouch(&u.id, cares, before);
             changes.push(self.task_change(&u.id));
         }
         changes
@@ -720,10 +823,11 @@ impl State {
             if t.desired_state >= desired {
                 continue;
             }
+            let before = TaskCounts::of(t);
             t.desired_state = desired;
             t.version = index;
             t.updated_at = now.to_string();
-            self.retouch(id, true);
+            self.retouch(id, true, before);
             changes.push(self.task_change(id));
         }
         changes

@@ -108,8 +108,12 @@ impl State {
         for (id, s) in &self.services {
             rows.push((format!("{SERVICE_PREFIX}{id}"), encode(s)));
         }
+        rows.extend(self.task_index.specs.rows());
         for (id, t) in &self.tasks {
-            rows.push((format!("{TASK_PREFIX}{id}"), encode(t)));
+            rows.push((
+                format!("{TASK_PREFIX}{id}"),
+                super::spec::encode_by_reference(t),
+            ));
         }
         for (id, t) in &self.node_tls {
             rows.push((format!("{}{id}", super::ca::NODE_TLS_PREFIX), encode(t)));
@@ -125,6 +129,9 @@ impl State {
         I: IntoIterator<Item = (String, Vec<u8>)>,
     {
         let mut state = State::default();
+        // Tasks name their specs by key: read them once every spec is in.
+        let mut specs = std::collections::HashMap::new();
+        let mut tasks = Vec::new();
         for (key, value) in rows {
             let bad = |e: serde_json::Error| {
                 StoreError::invalid(format!("stored object {key} does not decode: {e}"))
@@ -149,12 +156,23 @@ impl State {
                 let service: Service = serde_json::from_slice(&value).map_err(bad)?;
                 state.services.insert(ServiceId(id.to_string()), service);
             } else if key.starts_with(TASK_PREFIX) {
-                let task: Task = serde_json::from_slice(&value).map_err(bad)?;
-                state.put_task(task);
+                tasks.push((key, value));
+            } else if let Some(k) = key.strip_prefix(super::spec::SPEC_PREFIX) {
+                let spec = super::spec::spec_from_row(k, &value).map_err(bad)?;
+                specs.insert(k.to_string(), spec);
             } else {
                 return Err(StoreError::invalid(format!("unknown stored object {key}")));
             }
         }
+        let specs = std::sync::Arc::new(specs);
+        for (key, value) in tasks {
+            let task: Task = super::spec::decode_with_table(&value, &specs).map_err(|e| {
+                StoreError::invalid(format!("stored object {key} does not decode: {e}"))
+            })?;
+            state.put_task(task);
+        }
+        // The rows just read are what is stored: nothing to write back.
+        state.task_index.specs.take_changes();
         Ok(state)
     }
 
@@ -245,15 +263,20 @@ impl State {
         if result.is_ok() {
             self.hint(cmd);
         }
+        // Specs that tasks came to hold or stopped holding.
+        let spec_rows = self.task_index.specs.take_changes();
         match result {
-            Ok((version, changes)) => (
-                Response {
-                    version,
-                    error: None,
-                    batch: Vec::new(),
-                },
-                changes,
-            ),
+            Ok((version, mut changes)) => {
+                changes.extend(spec_rows);
+                (
+                    Response {
+                        version,
+                        error: None,
+                        batch: Vec::new(),
+                    },
+                    changes,
+                )
+            }
             Err(e) => (
                 Response {
                     version: None,

@@ -347,7 +347,7 @@ pub enum Command {
         removed: Vec<NodeId>,
         #[serde(default)]
         services: Vec<Service>,
-        #[serde(default)]
+        #[serde(default, with = "super::spec::tasks")]
         tasks: Vec<Task>,
     },
     /// Several commands in one log entry, applied in order, each answered on
@@ -408,6 +408,7 @@ pub enum Command {
     },
     /// The orchestrator's new tasks (skipped where the slot is taken).
     CreateTasks {
+        #[serde(with = "super::spec::tasks")]
         tasks: Vec<Task>,
     },
     /// The scheduler's placements.

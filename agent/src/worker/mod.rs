@@ -36,12 +36,18 @@ use tracing::{debug, info, warn};
 use crate::executor::{ContainerSpec, ContainerState, ContainerStatus, Executor};
 use crate::network::{Network, PortMapping};
 use crate::rpc::Assignments;
-use crate::store::{PublishedPort, TaskId, TaskState, TaskStatus, TaskStatusUpdate};
+use crate::store::{PublishedPort, Task, TaskId, TaskState, TaskStatus, TaskStatusUpdate};
 
 /// How the worker talks to the managers.
 pub trait Cluster: Send + Sync + 'static {
     /// Long poll: this node's assignments once they differ from `known`.
-    fn assignments(&self, known: u64) -> BoxFuture<'_, Result<Assignments, String>>;
+    /// `have`: the tasks held from earlier answers, by
+    /// `Task::assignment_digest`; those unchanged come back in `kept`.
+    fn assignments(
+        &self,
+        known: u64,
+        have: Vec<(TaskId, u64)>,
+    ) -> BoxFuture<'_, Result<Assignments, String>>;
     fn report(&self, updates: Vec<TaskStatusUpdate>) -> BoxFuture<'_, Result<(), String>>;
 }
 
@@ -105,6 +111,8 @@ pub async fn run(
     // logs`) until the cluster deletes the task, like Docker's.
     let mut finished: HashSet<TaskId> = HashSet::new();
     let mut known = 0u64;
+    // The tasks of the last answer: the next answer sends only what changed.
+    let mut held: HashMap<TaskId, Task> = HashMap::new();
     // Set while no manager answers: runners then apply the restart policy
     // themselves (Swarm's workers leave a failed task dead until a
     // manager returns).
@@ -113,9 +121,12 @@ pub async fn run(
     loop {
         let a = tokio::select! {
             _ = stop.cancelled() => break,
-            a = cluster.assignments(known) => a,
+            a = cluster.assignments(
+                known,
+                held.values().map(|t| (t.id.clone(), t.assignment_digest())).collect(),
+            ) => a,
         };
-        let a = match a {
+        let mut a = match a {
             Ok(a) => a,
             Err(e) => {
                 debug!("no assignments: {e}");
@@ -131,6 +142,22 @@ pub async fn run(
                 continue;
             }
         };
+        // Whole again: the changed tasks and the copies of the kept ones.
+        let mut incomplete = false;
+        for id in std::mem::take(&mut a.kept) {
+            match held.remove(&id) {
+                Some(t) => a.tasks.push(t),
+                None => incomplete = true,
+            }
+        }
+        if incomplete {
+            // Cannot happen with an answer to our own `have`; ask for all.
+            warn!("assignments named tasks this node does not hold: asking for all of them");
+            known = 0;
+            held.clear();
+            continue;
+        }
+        held = a.tasks.iter().map(|t| (t.id.clone(), t.clone())).collect();
         known = a.fingerprint;
         if failures >= OFFLINE_AFTER {
             info!("a manager answers again");

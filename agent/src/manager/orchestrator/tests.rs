@@ -121,11 +121,22 @@ pub(crate) fn converge(state: &mut State, now: OffsetDateTime, rounds: usize) {
             normalized(plan.commands.clone()),
             "a pass over the marked services ({scope:?}) decides what a full pass decides"
         );
+        // As the leader's pass does: tasks created in this pass are placed
+        // in their CreateTasks command, the others by AssignTasks.
         let mut cmds = plan.commands;
-        cmds.extend(placement_commands(
-            super::super::scheduler::schedule(state),
-            "2026-01-01T00:00:00Z",
-        ));
+        let created: Vec<Task> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::CreateTasks { tasks } => Some(tasks.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let created: Vec<&Task> = created.iter().collect();
+        let decisions = super::super::scheduler::schedule_including(state, &created);
+        let now = "2026-01-01T00:00:00Z";
+        let rest = place_created(&mut cmds, decisions, now);
+        cmds.extend(placement_commands(rest, now));
         if cmds.is_empty() {
             return;
         }
@@ -133,7 +144,24 @@ pub(crate) fn converge(state: &mut State, now: OffsetDateTime, rounds: usize) {
             index += 1;
             state.apply(index, &c);
         }
+        assert_counts_kept(state);
     }
+}
+
+/// The per-service counts the state keeps as tasks change are what a
+/// count over every task gives.
+pub(crate) fn assert_counts_kept(state: &State) {
+    let mut recount: std::collections::BTreeMap<ServiceId, crate::store::TaskCounts> =
+        Default::default();
+    for t in state.tasks.values() {
+        let c = crate::store::TaskCounts::of(t);
+        let e = recount.entry(t.service_id.clone()).or_default();
+        e.live += c.live;
+        e.running += c.running;
+        e.completed += c.completed;
+    }
+    recount.retain(|_, c| *c != Default::default());
+    assert_eq!(state.task_index.counts, recount);
 }
 
 /// Plans compared regardless of the order the reaper found its tasks in.
@@ -164,6 +192,7 @@ pub(crate) fn run_all(state: &mut State) {
             reporter: None,
         },
     );
+    assert_counts_kept(state);
 }
 
 fn live(state: &State) -> Vec<&Task> {
