@@ -22,8 +22,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::store::{
-    Availability, Command, Node, SharedSpec, ASSIGNED_MESSAGE, NodeId, NodeState, Service, ServiceId, State, Task, TaskId,
-    TaskState, TaskStatus, TaskStatusUpdate,
+    Availability, Command, Node, NodeId, NodeState, Service, ServiceId, SharedSpec, State, Task,
+    TaskId, TaskState, TaskStatus, TaskStatusUpdate, ASSIGNED_MESSAGE,
 };
 
 use super::scheduler::Constraint;

@@ -426,7 +426,11 @@ impl State {
             }
             None => self.task_index.specs.hold(&mut task.spec),
         }
-        let before = self.tasks.get(&task.id).map(TaskCounts::of).unwrap_or_default();
+        let before = self
+            .tasks
+            .get(&task.id)
+            .map(TaskCounts::of)
+            .unwrap_or_default();
         self.count(&task.service_id, before, TaskCounts::of(&task));
         let hints = &self.task_index.hints;
         hints.service(&task.service_id);
@@ -471,7 +475,11 @@ impl State {
     pub(super) fn delete_task(&mut self, id: &TaskId) -> Option<Task> {
         let task = self.tasks.remove(id)?;
         self.task_index.specs.release(&task.spec);
-        self.count(&task.service_id, TaskCounts::of(&task), TaskCounts::default());
+        self.count(
+            &task.service_id,
+            TaskCounts::of(&task),
+            TaskCounts::default(),
+        );
         self.task_index.pending.remove(id);
         self.task_index.hints.service(&task.service_id);
         if let Some(n) = &task.node_id {
@@ -717,9 +725,13 @@ impl State {
             // Created already placed (`orchestrator::place_created`) on a
             // node that has left since: wait for the scheduler again, as a
             // placement of a pending task on it would (`assign_tasks`).
-            let node_gone = t.node_id.as_ref().is_some_and(|n| !self.nodes.contains_key(n));
+            let node_gone = t
+                .node_id
+                .as_ref()
+                .is_some_and(|n| !self.nodes.contains_key(n));
             if t.status.state == TaskState::Assigned && node_gone {
-                t.status = TaskStatus::new(TaskState::Pending, "pending task scheduling", &t.created_at);
+                t.status =
+                    TaskStatus::new(TaskState::Pending, "pending task scheduling", &t.created_at);
                 if !global {
                     t.node_id = None;
                 }

@@ -67,7 +67,10 @@ impl SharedSpec {
             // Serializing a plain data type to JSON cannot fail.
             let json = serde_json::to_vec(&self.0.spec).unwrap_or_default();
             let d = ring::digest::digest(&ring::digest::SHA256, &json);
-            d.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+            d.as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
         })
     }
 
@@ -125,7 +128,9 @@ struct ModeGuard(Option<Mode>);
 
 impl ModeGuard {
     fn enter(mode: Mode) -> ModeGuard {
-        ModeGuard(Some(MODE.with(|m| std::mem::replace(&mut *m.borrow_mut(), mode))))
+        ModeGuard(Some(
+            MODE.with(|m| std::mem::replace(&mut *m.borrow_mut(), mode)),
+        ))
     }
 }
 
@@ -437,7 +442,9 @@ mod tests {
     fn a_reference_without_its_table_is_an_error_naming_the_key() {
         let a = spec("busybox");
         let row = encode_by_reference(&task("t1", &a));
-        let e = serde_json::from_slice::<Task>(&row).unwrap_err().to_string();
+        let e = serde_json::from_slice::<Task>(&row)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(a.key()), "{e}");
         let table = Arc::new(HashMap::from([(a.key().to_string(), a.clone())]));
         let back: Task = decode_with_table(&row, &table).unwrap();

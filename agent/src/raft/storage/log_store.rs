@@ -51,7 +51,11 @@ impl LogStore {
 }
 
 /// Decode the entry stored at `index`, checking it is the one asked for.
-fn decode_entry(sealer: &Sealer, index: u64, sealed: &[u8]) -> Result<Entry<TypeConfig>, Error> {
+pub(super) fn decode_entry(
+    sealer: &Sealer,
+    index: u64,
+    sealed: &[u8],
+) -> Result<Entry<TypeConfig>, Error> {
     let bytes = sealer
         .open(&log_place(index), sealed)
         .map_err(|e| StorageIOError::read_log_at_index(index, AnyError::new(&e)))?;

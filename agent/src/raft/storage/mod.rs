@@ -194,43 +194,154 @@ fn init(
             .map_err(|e| db_err("read the raft metadata")(e.into()))?;
         Ok(v.map(|g| g.value().to_vec()))
     };
-    let last_applied: Option<LogId> = match get(META_LAST_APPLIED)? {
+    let legacy_applied: Option<LogId> = match get(META_LAST_APPLIED)? {
         Some(b) => Some(decode(&b).map_err(decode_err("last applied log id"))?),
         None => None,
     };
-    let last_membership: StoredMembership = match get(META_LAST_MEMBERSHIP)? {
-        Some(b) => decode(&b).map_err(decode_err("last membership"))?,
-        None => StoredMembership::default(),
+    let snapshot_meta: Option<SnapshotMeta> = match get(META_SNAPSHOT)? {
+        Some(b) => Some(decode(&b).map_err(decode_err("snapshot metadata"))?),
+        None => None,
     };
-    let objects = txn
-        .open_table(OBJECTS)
-        .map_err(|e| db_err("read the objects")(e.into()))?;
-    let mut rows = Vec::new();
-    for row in objects
-        .iter()
-        .map_err(|e| db_err("read the objects")(e.into()))?
-    {
-        let (k, v) = row.map_err(|e| db_err("read the objects")(e.into()))?;
-        let key = k.value().to_string();
-        let value = sealer
-            .open(&object_place(&key), v.value())
-            .map_err(|source| OpenError::Sealed {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        rows.push((key, value));
-    }
-    drop((meta, objects, txn));
-    let state = State::from_rows(rows).map_err(|source| OpenError::State {
+    let committed: Option<LogId> = match get(META_COMMITTED)? {
+        Some(b) => Some(decode(&b).map_err(decode_err("committed log id"))?),
+        None => None,
+    };
+    let sealed_err = |source| OpenError::Sealed {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let state_err = |source| OpenError::State {
+        path: path.to_path_buf(),
+        source,
+    };
+
+    // Where the state starts: a database written before the state lived in
+    // its snapshot keeps it as rows (converted below); else the current
+    // snapshot; else nothing.
+    let (mut state, mut last_applied, mut last_membership) = if legacy_applied.is_some() {
+        let last_membership: StoredMembership = match get(META_LAST_MEMBERSHIP)? {
+            Some(b) => decode(&b).map_err(decode_err("last membership"))?,
+            None => StoredMembership::default(),
+        };
+        let objects = txn
+            .open_table(OBJECTS)
+            .map_err(|e| db_err("read the objects")(e.into()))?;
+        let mut rows = Vec::new();
+        for row in objects
+            .iter()
+            .map_err(|e| db_err("read the objects")(e.into()))?
+        {
+            let (k, v) = row.map_err(|e| db_err("read the objects")(e.into()))?;
+            let key = k.value().to_string();
+            let value = sealer
+                .open(&object_place(&key), v.value())
+                .map_err(sealed_err)?;
+            rows.push((key, value));
+        }
+        let state = State::from_rows(rows).map_err(state_err)?;
+        convert_rows(&db, &sealer, &state, legacy_applied, &last_membership)
+            .map_err(|e| db_err("turn the stored rows into a snapshot")(e))?;
+        (state, legacy_applied, last_membership)
+    } else if let Some(m) = &snapshot_meta {
+        let blobs = txn
+            .open_table(SNAPSHOTS)
+            .map_err(|e| db_err("read the snapshot")(e.into()))?;
+        let sealed = blobs
+            .get(SNAPSHOT_KEY)
+            .map_err(|e| db_err("read the snapshot")(e.into()))?
+            .ok_or_else(|| {
+                state_err(StoreError::invalid(
+                    "the snapshot's metadata is stored but its data is missing",
+                ))
+            })?;
+        let blob = sealer
+            .open(SNAPSHOT_PLACE, sealed.value())
+            .map_err(sealed_err)?;
+        let decoded = snapshot::decode(&blob).map_err(|e| {
+            state_err(StoreError::invalid(format!(
+                "the snapshot does not decode: {e}"
+            )))
+        })?;
+        let state = State::from_rows(decoded.rows).map_err(state_err)?;
+        (state, m.last_log_id, m.last_membership.clone())
+    } else {
+        (State::default(), None, StoredMembership::default())
+    };
+
+    // Then the committed entries after it, as raft applied them before
+    // the restart (openraft would replay them too, but the state is whole
+    // as soon as the database is open, for whoever reads it first).
+    let from = last_applied.map_or(0, |l| l.index + 1);
+    if let Some(committed) = committed.filter(|c| c.index >= from) {
+        let log = txn
+            .open_table(LOG)
+            .map_err(|e| db_err("read the log")(e.into()))?;
+        let replay_err = |index: u64, e: &dyn std::fmt::Display| {
+            state_err(StoreError::invalid(format!(
+                "committed log entry {index} cannot be replayed: {e}"
+            )))
+        };
+        let mut undo = crate::store::Undo::default();
+        for row in log
+            .range(from..=committed.index)
+            .map_err(|e| db_err("read the log")(e.into()))?
+        {
+            let (k, v) = row.map_err(|e| db_err("read the log")(e.into()))?;
+            let index = k.value();
+            let entry = log_store::decode_entry(&sealer, index, v.value())
+                .map_err(|e| replay_err(index, &e))?;
+            let batch = state_machine::apply_entries(&mut state, &mut undo, &[entry])
+                .map_err(|e| replay_err(index, &e))?;
+            // Nothing to roll back to: an undo log per entry keeps it small.
+            undo = crate::store::Undo::default();
+            last_applied = Some(batch.last);
+            if let Some(m) = batch.membership {
+                last_membership = m;
+            }
+        }
+    }
+    drop((meta, txn));
 
     let (writer, reader) = shared_state(state, last_applied.map_or(0, |l| l.index));
     let db = Arc::new(db);
     let log = LogStore::new(db.clone(), sealer.clone());
     let sm = StateMachineStore::new(db, sealer, writer, last_applied, last_membership);
     Ok((log, sm, reader))
+}
+
+/// A database from before the state lived in its snapshot: its rows (the
+/// state as of `applied`) become the current snapshot, and go, in one
+/// transaction.
+fn convert_rows(
+    db: &Database,
+    sealer: &Sealer,
+    state: &State,
+    applied: Option<LogId>,
+    membership: &StoredMembership,
+) -> Result<(), redb::Error> {
+    let other = |e: &dyn std::fmt::Display| redb::Error::Io(std::io::Error::other(e.to_string()));
+    let meta = SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership.clone(),
+        snapshot_id: format!("converted-{}", applied.map_or(0, |l| l.index)),
+    };
+    let blob = snapshot::encode(&meta, &state.rows()).map_err(|e| other(&e))?;
+    let sealed = sealer.seal(SNAPSHOT_PLACE, &blob).map_err(|e| other(&e))?;
+    let txn = db.begin_write()?;
+    {
+        let mut m = txn.open_table(META)?;
+        m.insert(
+            META_SNAPSHOT,
+            encode(&meta).map_err(|e| other(&e))?.as_slice(),
+        )?;
+        m.remove(META_LAST_APPLIED)?;
+        m.remove(META_LAST_MEMBERSHIP)?;
+        txn.open_table(SNAPSHOTS)?
+            .insert(SNAPSHOT_KEY, sealed.as_slice())?;
+        txn.open_table(OBJECTS)?.retain(|_, _| false)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {

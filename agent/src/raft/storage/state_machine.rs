@@ -1,5 +1,5 @@
-//! The state machine: applies committed commands to [`State`] and keeps its
-//! rows, the applied log id and membership, and the current snapshot.
+//! The state machine: applies committed commands to [`State`] (in memory)
+//! and keeps the current snapshot, which is the state's durable form.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,9 +9,8 @@ use openraft::{AnyError, Entry, EntryPayload, RaftSnapshotBuilder, StorageIOErro
 use redb::Database;
 
 use super::{
-    blocking, object_place, read_meta, snapshot, write_meta, Error, LogId, Op, OrIo, SnapshotMeta,
-    StoredMembership, META, META_LAST_APPLIED, META_LAST_MEMBERSHIP, META_SNAPSHOT, OBJECTS,
-    SNAPSHOTS, SNAPSHOT_KEY, SNAPSHOT_PLACE,
+    blocking, read_meta, snapshot, write_meta, Error, LogId, Op, OrIo, SnapshotMeta,
+    StoredMembership, META, META_SNAPSHOT, SNAPSHOTS, SNAPSHOT_KEY, SNAPSHOT_PLACE,
 };
 use crate::raft::{StateReader, StateWriter, TypeConfig};
 use crate::seal::Sealer;
@@ -64,74 +63,44 @@ impl StateMachineStore {
 }
 
 /// What one committed batch produced.
-struct Batch {
-    responses: Vec<Response>,
-    last: LogId,
-    membership: Option<StoredMembership>,
+pub(super) struct Batch {
+    pub(super) responses: Vec<Response>,
+    pub(super) last: LogId,
+    pub(super) membership: Option<StoredMembership>,
 }
 
-/// Apply `entries` to `state` in place, keeping in `undo` what they change,
-/// and write their changes, the last applied id and any new membership in
-/// ONE transaction, then commit. On `Err` the caller rolls `state` back
-/// with `undo`.
-fn apply_batch(
-    db: &Database,
-    sealer: &Sealer,
+/// Apply `entries` to `state` in place, keeping in `undo` what they
+/// change.
+///
+/// Nothing is written: the entries are durable in the log, the state is
+/// durable as of the current snapshot, and opening the database replays
+/// the committed entries since it (`super::open`), as swarmkit's store
+/// does with its WAL. Writing each change as a row (as before) cost more
+/// than everything else in a commit at 100k tasks, and its write
+/// transaction held up the log appends of the same file.
+pub(super) fn apply_entries(
     state: &mut State,
     undo: &mut Undo,
     entries: &[Entry<TypeConfig>],
 ) -> Result<Batch, Error> {
-    let op = Op::WriteStateMachine;
     let Some(last) = entries.last().map(|e| e.log_id) else {
-        return Err(op.error(AnyError::error("apply called with no entries")));
+        return Err(Op::WriteStateMachine.error(AnyError::error("apply called with no entries")));
     };
-    let mut txn = db.begin_write().or_io(op)?;
-    // No fsync of its own: these entries are already durable in the log,
-    // in the same file, and the next log append (an fsync) makes this
-    // commit durable too. A crash in between loses only applies that raft
-    // replays from the log on start (from the last durable applied id).
-    // One fsync per entry instead of two, and the state's write lock is no
-    // longer held across a disk flush.
-    txn.set_durability(redb::Durability::None);
     let mut responses = Vec::with_capacity(entries.len());
     let mut membership = None;
-    {
-        let mut objects = txn.open_table(OBJECTS).or_io(op)?;
-        for entry in entries {
-            match &entry.payload {
-                EntryPayload::Blank => responses.push(Response::default()),
-                EntryPayload::Normal(cmd) => {
-                    let (response, changes) = state.apply_undoable(entry.log_id.index, cmd, undo);
-                    for change in changes {
-                        match &change.value {
-                            Some(v) => {
-                                let sealed = sealer
-                                    .seal(&object_place(&change.key), v)
-                                    .map_err(|e| op.error(AnyError::new(&e)))?;
-                                objects
-                                    .insert(change.key.as_str(), sealed.as_slice())
-                                    .or_io(op)?;
-                            }
-                            None => {
-                                objects.remove(change.key.as_str()).or_io(op)?;
-                            }
-                        }
-                    }
-                    responses.push(response);
-                }
-                EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
-                    responses.push(Response::default());
-                }
+    for entry in entries {
+        match &entry.payload {
+            EntryPayload::Blank => responses.push(Response::default()),
+            EntryPayload::Normal(cmd) => {
+                let (response, _rows) = state.apply_undoable(entry.log_id.index, cmd, undo);
+                responses.push(response);
+            }
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                responses.push(Response::default());
             }
         }
-        let mut meta = txn.open_table(META).or_io(op)?;
-        write_meta(&mut meta, META_LAST_APPLIED, Some(&last), op)?;
-        if let Some(m) = &membership {
-            write_meta(&mut meta, META_LAST_MEMBERSHIP, Some(m), op)?;
-        }
     }
-    txn.commit().or_io(op)?;
     Ok(Batch {
         responses,
         last,
@@ -147,16 +116,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((a.last_applied, a.last_membership))
     }
 
-    /// The whole batch in one transaction, applied in place under the
-    /// state's write lock with an undo log (`store::Undo`). If anything
-    /// fails (including a panic in `State::apply`), the state is rolled
-    /// back before the lock is released, so readers only ever see the last
-    /// committed batch, and raft stops on the returned error.
-    ///
-    /// Why not reload from disk instead: after an I/O error redb refuses
-    /// all further I/O (`PreviousIo`). Why not a copy of the state per batch
-    /// (as before): with 100k tasks the copy cost more than everything else
-    /// in a commit; the undo log costs what the batch touches.
+    /// The whole batch applied in place under the state's write lock with
+    /// an undo log (`store::Undo`). If it panics, the state is rolled back
+    /// before the lock is released, so readers only ever see whole
+    /// batches, and raft stops on the returned error. (A copy of the state
+    /// per batch instead cost more than everything else in a commit at
+    /// 100k tasks; the undo log costs what the batch touches.)
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, Error>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
@@ -166,15 +131,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let db = self.db.clone();
-        let sealer = self.sealer.clone();
         let writer = self.writer.clone();
         let applied = self.applied.clone();
         blocking(Op::WriteStateMachine, move || {
             let batch = writer.with(|state| {
                 let mut undo = Undo::default();
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    apply_batch(&db, &sealer, state, &mut undo, &entries)
+                    apply_entries(state, &mut undo, &entries)
                 }));
                 let r = match r {
                     Ok(r) => r,
@@ -217,9 +180,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    /// Replace the objects table, applied id, membership and current
-    /// snapshot in one transaction; the in-memory state is replaced only
-    /// after it committed.
+    /// Store the snapshot as the current one (with it, the applied id and
+    /// membership: `super::open` starts from it); the in-memory state is
+    /// replaced only after that committed.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
@@ -248,22 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let op = Op::WriteSnapshot;
             let txn = db.begin_write().or_io(op)?;
             {
-                let mut objects = txn.open_table(OBJECTS).or_io(op)?;
-                objects.retain(|_, _| false).or_io(op)?;
-                for (k, v) in &decoded.rows {
-                    let sealed = sealer
-                        .seal(&object_place(k), v)
-                        .map_err(|e| op.error(AnyError::new(&e)))?;
-                    objects.insert(k.as_str(), sealed.as_slice()).or_io(op)?;
-                }
                 let mut t = txn.open_table(META).or_io(op)?;
-                write_meta(&mut t, META_LAST_APPLIED, meta.last_log_id.as_ref(), op)?;
-                write_meta(
-                    &mut t,
-                    META_LAST_MEMBERSHIP,
-                    Some(&meta.last_membership),
-                    op,
-                )?;
                 write_meta(&mut t, META_SNAPSHOT, Some(&meta), op)?;
                 let mut s = txn.open_table(SNAPSHOTS).or_io(op)?;
                 let sealed = sealer
