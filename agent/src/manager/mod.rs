@@ -44,8 +44,8 @@ pub use dispatcher::Dispatcher;
 /// max + [min, max): 1.2–1.6 s here. Heartbeats every 150 ms mean a leader
 /// must miss five in a row (an SD card's fsync stall, a Wi-Fi hiccup) before
 /// anyone stands. Swarm's default (10 ticks of 1 s) takes about 11 s.
-const RAFT_HEARTBEAT_MS: u64 = 150;
-const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
+const RAFT_HEARTBEAT_MS: u64 = crate::raft::runtime::HEARTBEAT_MS;
+const ELECTION_TIMEOUT_MIN_MS: u64 = crate::raft::runtime::ELECTION_TIMEOUT_MIN_MS;
 const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
 /// Entries per AppendEntries (see `raft_config`).
 const MAX_PAYLOAD_ENTRIES: u64 = 4;

@@ -2,6 +2,7 @@
 //! in one redb file (`<data-dir>/raft.redb`), and a network over `transport`.
 
 pub mod network;
+pub mod runtime;
 pub mod storage;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = runtime::RaftRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -265,6 +265,15 @@ impl Task {
             _ => format!("{service_name}.{}", self.slot),
         }
     }
+    /// What the node's worker sees of the task: whether it is in the
+    /// node's assignments yet (assigned or later), and its digest.
+    pub fn worker_view(&self) -> (bool, u64) {
+        (
+            self.status.state >= TaskState::Assigned,
+            self.assignment_digest(),
+        )
+    }
+
     /// What the task hashes to over what a worker acts on: its ID, spec,
     /// desired state and whether it ended, not its progress. Managers and
     /// workers compute it alike (`rpc::Request::Assignments::have`).
@@ -366,6 +375,22 @@ pub struct TaskIndex {
     pub counts: BTreeMap<ServiceId, TaskCounts>,
 }
 
+/// A task before an in-place change: what it counted as, and what its
+/// worker saw of it.
+struct Before {
+    counts: TaskCounts,
+    seen: (bool, u64),
+}
+
+impl Before {
+    fn of(t: &Task) -> Before {
+        Before {
+            counts: TaskCounts::of(t),
+            seen: t.worker_view(),
+        }
+    }
+}
+
 /// A service's tasks, counted as `service ls` shows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskCounts {
@@ -426,16 +451,18 @@ impl State {
             }
             None => self.task_index.specs.hold(&mut task.spec),
         }
-        let before = self
-            .tasks
-            .get(&task.id)
-            .map(TaskCounts::of)
-            .unwrap_or_default();
+        let old = self.tasks.get(&task.id);
+        let before = old.map(TaskCounts::of).unwrap_or_default();
+        // The node's long poll cares only when what its worker sees of the
+        // task changes (not for each of its progress reports).
+        let seen_before = old.map(|o| (o.node_id.clone(), o.worker_view()));
         self.count(&task.service_id, before, TaskCounts::of(&task));
         let hints = &self.task_index.hints;
         hints.service(&task.service_id);
         if let Some(n) = &task.node_id {
-            hints.node(n);
+            if seen_before != Some((task.node_id.clone(), task.worker_view())) {
+                hints.node(n);
+            }
         }
         if task.waits_for_placement() {
             self.task_index.pending.insert(task.id.clone());
@@ -525,12 +552,14 @@ impl State {
         }
     }
 
-    /// After a task was changed in place (`before`: what it counted as).
-    fn retouch(&mut self, id: &TaskId, orchestrator_cares: bool, before: TaskCounts) {
+    /// After a task was changed in place (`before`: what it counted as,
+    /// and what its worker saw of it).
+    fn retouch(&mut self, id: &TaskId, orchestrator_cares: bool, before: Before) {
         let Some(t) = self.tasks.get(id) else { return };
         let (after, service) = (TaskCounts::of(t), t.service_id.clone());
-        if before != after {
-            self.count(&service, before, after);
+        let node_cares = before.seen != t.worker_view();
+        if before.counts != after {
+            self.count(&service, before.counts, after);
         }
         let Some(t) = self.tasks.get(id) else { return };
         if t.waits_for_placement() {
@@ -538,7 +567,7 @@ impl State {
         } else {
             self.task_index.pending.remove(id);
         }
-        if let Some(n) = &t.node_id {
+        if let Some(n) = t.node_id.as_ref().filter(|_| node_cares) {
             self.task_index.hints.node(n);
         }
         if orchestrator_cares {
@@ -675,7 +704,7 @@ impl State {
         for tid in ids {
             if let Some(t) = self.tasks.get_mut(&tid) {
                 if t.desired_state < TaskState::Remove {
-                    let before = TaskCounts::of(t);
+                    let before = Before::of(t);
                     t.desired_state = TaskState::Remove;
                     t.version = index;
                     t.updated_at = now.to_string();
@@ -809,7 +838,7 @@ impl State {
                         .services
                         .get(&t.service_id)
                         .is_none_or(|s| s.previous_spec.is_some()));
-            let before = TaskCounts::of(t);
+            let before = Before::of(t);
             t.status = u.status.clone();
             t.version = index;
             t.updated_at = u.status.timestamp.clone();
@@ -835,7 +864,7 @@ impl State {
             if t.desired_state >= desired {
                 continue;
             }
-            let before = TaskCounts::of(t);
+            let before = Before::of(t);
             t.desired_state = desired;
             t.version = index;
             t.updated_at = now.to_string();
