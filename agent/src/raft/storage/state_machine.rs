@@ -134,33 +134,51 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let writer = self.writer.clone();
         let applied = self.applied.clone();
         blocking(Op::WriteStateMachine, move || {
-            let batch = writer.with(|state| {
-                let mut undo = Undo::default();
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    apply_entries(state, &mut undo, &entries)
-                }));
-                let r = match r {
-                    Ok(r) => r,
-                    Err(_) => Err(Op::WriteStateMachine
-                        .error(AnyError::error("applying raft entries panicked"))),
-                };
-                if r.is_err() {
-                    state.rollback(undo);
-                }
-                r
-            });
-            let batch = batch.inspect_err(|e| {
-                tracing::error!(error = %e, "applying raft entries failed; the state stays at the last committed batch");
-            })?;
-            {
-                let mut a = lock(&applied);
-                a.last_applied = Some(batch.last);
-                if let Some(m) = batch.membership {
-                    a.last_membership = m;
+            let mut responses = Vec::with_capacity(entries.len());
+            let mut failed = None;
+            // One entry per hold of the write lock: readers on the async
+            // threads (long polls, the API) wait for one entry's apply, not
+            // a whole payload's (found with 100k tasks: both runtime
+            // threads blocked behind a long apply delayed raft's appends).
+            for entry in entries.chunks(1) {
+                let batch = writer.with(|state| {
+                    let mut undo = Undo::default();
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        apply_entries(state, &mut undo, entry)
+                    }));
+                    let r = match r {
+                        Ok(r) => r,
+                        Err(_) => Err(Op::WriteStateMachine
+                            .error(AnyError::error("applying raft entries panicked"))),
+                    };
+                    if r.is_err() {
+                        state.rollback(undo);
+                    }
+                    r
+                });
+                match batch {
+                    Ok(batch) => {
+                        responses.extend(batch.responses);
+                        let mut a = lock(&applied);
+                        a.last_applied = Some(batch.last);
+                        if let Some(m) = batch.membership {
+                            a.last_membership = m;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "applying a raft entry failed; the state stays at the entry before it");
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
-            writer.set_applied(batch.last.index);
-            Ok(batch.responses)
+            if let Some(last) = lock(&applied).last_applied {
+                writer.set_applied(last.index);
+            }
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(responses),
+            }
         })
         .await
     }
