@@ -48,6 +48,11 @@ pub struct Bridge {
     /// One network change at a time: the address table and the rule checks
     /// (look, then add) must not interleave between tasks.
     lock: Mutex<()>,
+    /// The bridge and its base rules were set up by this process: later
+    /// attaches skip the checks (a dozen `ip`/`iptables` runs, most of a
+    /// task's start time). Cleared when an attach fails or the bridge is
+    /// removed, so the next attach sets everything up again.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// Linux's interface name limit (IFNAMSIZ - 1).
@@ -139,6 +144,54 @@ async fn ip(args: &[&str]) -> NetResult<String> {
     run("ip", &sv(args)).await
 }
 
+/// Several `ip` commands in one run (`ip -batch -`, in namespace `ns` if
+/// given): each spawn of `ip` costs milliseconds. Stops at the first
+/// command that fails, which the error names.
+async fn ip_batch(ns: Option<&str>, lines: &[String]) -> NetResult<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut args = Vec::new();
+    if let Some(ns) = ns {
+        args.extend(["-n".to_string(), ns.to_string()]);
+    }
+    args.extend(["-batch".to_string(), "-".to_string()]);
+    let command = || format!("ip {} <<< {:?}", args.join(" "), lines.join("; "));
+    let failed = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            NetError::MissingTool {
+                program: "ip".into(),
+                package: "iproute2",
+            }
+        } else {
+            NetError::Command {
+                command: command(),
+                stderr: e.to_string(),
+            }
+        }
+    };
+    let mut child = tokio::process::Command::new("ip")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(format!("{}\n", lines.join("\n")).as_bytes())
+            .await
+            .map_err(failed)?;
+    }
+    let out = child.wait_with_output().await.map_err(failed)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Command {
+            command: command(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
 /// `iptables -w` (wait for the xtables lock: other agents and tools).
 async fn iptables(table: &str, rest: &[String]) -> NetResult<String> {
     let mut a = sv(&["-w", "-t", table]);
@@ -179,6 +232,7 @@ impl Bridge {
         Ok(Bridge {
             cfg,
             lock: Mutex::new(()),
+            ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -264,6 +318,8 @@ impl Bridge {
     /// bridge mode). Tasks must be detached first.
     pub async fn remove(&self) -> NetResult<()> {
         let _g = self.lock.lock().await;
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let br = &self.cfg.bridge;
         let mut errors = Vec::new();
         for (table, chain, spec) in rules::base_rules(br, &self.cfg.subnet) {
@@ -308,32 +364,52 @@ impl Bridge {
     async fn do_attach(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
         check_task(task)?;
         let _g = self.lock.lock().await;
-        self.ensure_bridge().await?;
+        let r = self.attach_locked(task, hostname).await;
+        if r.is_err() {
+            self.ready
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn attach_locked(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
+        if !self.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            self.ensure_bridge().await?;
+            self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut a = self.load()?;
         let addr = a.allocate(&self.cfg.subnet, task)?;
         self.save(&a)?;
 
         let ns = netns_name(&self.cfg.bridge, task);
         let ns_path = self.netns_path(task);
-        if !ns_path.exists() {
-            ip(&["netns", "add", &ns]).await?;
-        }
         let veth = veth_name(&self.cfg.bridge, task);
-        if !link_exists(&veth) {
+        let mut host = Vec::new();
+        if !ns_path.exists() {
+            host.push(format!("netns add {ns}"));
+        } else if !link_exists(&veth) {
             // A half-made pair from a crash: its namespace end may remain.
             let _ = ip(&["-n", &ns, "link", "del", "eth0"]).await;
-            ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ])
-            .await?;
         }
-        ip(&["link", "set", &veth, "master", &self.cfg.bridge, "up"]).await?;
+        if !link_exists(&veth) {
+            host.push(format!(
+                "link add {veth} type veth peer name eth0 netns {ns}"
+            ));
+        }
+        host.push(format!("link set {veth} master {} up", self.cfg.bridge));
+        ip_batch(None, &host).await?;
         let cidr = format!("{addr}/{}", self.cfg.subnet.prefix);
         let gw = self.cfg.subnet.gateway().to_string();
-        ip(&["-n", &ns, "link", "set", "lo", "up"]).await?;
-        ip(&["-n", &ns, "addr", "replace", &cidr, "dev", "eth0"]).await?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]).await?;
-        ip(&["-n", &ns, "route", "replace", "default", "via", &gw]).await?;
+        ip_batch(
+            Some(&ns),
+            &[
+                "link set lo up".to_string(),
+                format!("addr replace {cidr} dev eth0"),
+                "link set eth0 up".to_string(),
+                format!("route replace default via {gw}"),
+            ],
+        )
+        .await?;
 
         let dir = self.task_dir(task);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
