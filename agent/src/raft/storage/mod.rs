@@ -282,12 +282,19 @@ fn init(
             )))
         };
         let mut undo = crate::store::Undo::default();
+        // With nothing applied yet the log starts where it starts (openraft
+        // writes its first entry at 0, tests at 1); after that, no gaps.
+        let mut next = last_applied.map(|l| l.index + 1);
         for row in log
             .range(from..=committed.index)
             .map_err(|e| db_err("read the log")(e.into()))?
         {
             let (k, v) = row.map_err(|e| db_err("read the log")(e.into()))?;
             let index = k.value();
+            if let Some(n) = next.filter(|n| *n != index) {
+                return Err(replay_err(n, &"it is missing from the log"));
+            }
+            next = Some(index + 1);
             let entry = log_store::decode_entry(&sealer, index, v.value())
                 .map_err(|e| replay_err(index, &e))?;
             let batch = state_machine::apply_entries(&mut state, &mut undo, &[entry])
@@ -298,6 +305,10 @@ fn init(
             if let Some(m) = batch.membership {
                 last_membership = m;
             }
+        }
+        let next = next.unwrap_or(from);
+        if next <= committed.index {
+            return Err(replay_err(next, &"it is missing from the log"));
         }
     }
     drop((meta, txn));

@@ -331,6 +331,27 @@ async fn reopen_replays_the_committed_entries_after_the_snapshot(
     Ok(())
 }
 
+/// A committed entry that is not in the log cannot be replayed: opening
+/// says which, rather than starting with a state that skipped it.
+#[tokio::test]
+async fn a_committed_entry_missing_from_the_log_fails_open(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("raft.redb");
+    {
+        let (mut log, _sm, _reader) = open(&path, key())?;
+        log.blocking_append(first_entries()).await?;
+        log.save_committed(Some(log_id(1, 6))).await?;
+    }
+    let err = match open(&path, key()) {
+        Ok(_) => return Err("a committed entry is missing: open must fail".into()),
+        Err(e) => e,
+    };
+    assert!(matches!(err, OpenError::State { .. }), "{err:?}");
+    assert!(err.to_string().contains("committed log entry 5"), "{err}");
+    Ok(())
+}
+
 /// A database written when the state was kept as rows opens with the same
 /// state, turned into its snapshot (and opens from it the next time).
 #[tokio::test]
