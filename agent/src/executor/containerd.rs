@@ -176,6 +176,18 @@ pub struct Containerd {
     /// One pull per image name at a time: tasks of one service prepared
     /// together wait for the first pull instead of each fetching it.
     pulls: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Images resolved before (index, manifest and config read from the
+    /// content store), by name and target digest: what a digest names never
+    /// changes, and reading it again cost three calls on every task start.
+    resolved: std::sync::Mutex<HashMap<(String, String), image::Resolved>>,
+}
+
+/// Resolved images kept at most (a node runs few distinct images).
+const RESOLVED_KEPT: usize = 64;
+
+fn lock_map<K, V>(m: &std::sync::Mutex<HashMap<K, V>>) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+    // Only inserts and lookups happen under these locks: a poisoned map is whole.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Containerd {
@@ -213,6 +225,7 @@ impl Containerd {
             log_binary,
             registries: RegistryConfig::default(),
             pulls: std::sync::Mutex::new(HashMap::new()),
+            resolved: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -435,7 +448,20 @@ impl Containerd {
                 })?
             }
         };
-        let img = image::resolve(api, &name, &target, false).await?;
+        let key = (name.clone(), target.digest.clone());
+        let cached = lock_map(&self.resolved).get(&key).cloned();
+        let img = match cached {
+            Some(img) => img,
+            None => {
+                let img = image::resolve(api, &name, &target, false).await?;
+                let mut kept = lock_map(&self.resolved);
+                if kept.len() >= RESOLVED_KEPT {
+                    kept.clear();
+                }
+                kept.insert(key, img.clone());
+                img
+            }
+        };
         // Images written by other tools may not be unpacked yet.
         image::unpack(api, &img, false).await?;
         let mounts = match self
