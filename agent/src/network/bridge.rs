@@ -48,12 +48,16 @@ pub struct Bridge {
     /// One network change at a time: the address table and the rule checks
     /// (look, then add) must not interleave between tasks.
     lock: Mutex<()>,
-    /// The bridge and its base rules were set up by this process: later
-    /// attaches skip the checks (a dozen `ip`/`iptables` runs, most of a
-    /// task's start time). Cleared when an attach fails or the bridge is
-    /// removed, so the next attach sets everything up again.
-    ready: std::sync::atomic::AtomicBool,
+    /// When this process last checked the bridge and its base rules
+    /// (`ensure_bridge`: a dozen `ip`/`iptables` runs, most of a task's
+    /// start time). Attaches check again after `RECHECK` (rules wiped by a
+    /// firewall reload come back), and at once after an attach failed or
+    /// the bridge was removed.
+    checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a check of the bridge and its base rules holds.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Linux's interface name limit (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
@@ -232,7 +236,7 @@ impl Bridge {
         Ok(Bridge {
             cfg,
             lock: Mutex::new(()),
-            ready: std::sync::atomic::AtomicBool::new(false),
+            checked: std::sync::Mutex::new(None),
         })
     }
 
@@ -318,8 +322,7 @@ impl Bridge {
     /// bridge mode). Tasks must be detached first.
     pub async fn remove(&self) -> NetResult<()> {
         let _g = self.lock.lock().await;
-        self.ready
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.set_checked(None);
         let br = &self.cfg.bridge;
         let mut errors = Vec::new();
         for (table, chain, spec) in rules::base_rules(br, &self.cfg.subnet) {
@@ -366,16 +369,21 @@ impl Bridge {
         let _g = self.lock.lock().await;
         let r = self.attach_locked(task, hostname).await;
         if r.is_err() {
-            self.ready
-                .store(false, std::sync::atomic::Ordering::Relaxed);
+            self.set_checked(None);
         }
         r
     }
 
+    fn set_checked(&self, at: Option<std::time::Instant>) {
+        // A plain assignment under the lock: a poisoned value is whole.
+        *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
     async fn attach_locked(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
-        if !self.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        let last = *self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= RECHECK) {
             self.ensure_bridge().await?;
-            self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.set_checked(Some(std::time::Instant::now()));
         }
         let mut a = self.load()?;
         let addr = a.allocate(&self.cfg.subnet, task)?;

@@ -61,11 +61,16 @@ impl SharedSpec {
     }
 
     /// The spec's name: the first 128 bits of the SHA-256 of its JSON, in
-    /// hex. Computed once per shared copy.
+    /// hex. Computed once per shared copy. Through `serde_json::Value`,
+    /// whose maps are sorted: a spec's labels are `HashMap`s, whose order
+    /// (and so their JSON) differs from one process to the next, and equal
+    /// specs must get one key on every manager.
     pub fn key(&self) -> &str {
         self.0.key.get_or_init(|| {
             // Serializing a plain data type to JSON cannot fail.
-            let json = serde_json::to_vec(&self.0.spec).unwrap_or_default();
+            let json = serde_json::to_value(&self.0.spec)
+                .and_then(|v| serde_json::to_vec(&v))
+                .unwrap_or_default();
             let d = ring::digest::digest(&ring::digest::SHA256, &json);
             d.as_ref()[..16]
                 .iter()
@@ -449,6 +454,26 @@ mod tests {
         let table = Arc::new(HashMap::from([(a.key().to_string(), a.clone())]));
         let back: Task = decode_with_table(&row, &table).unwrap();
         assert!(back.spec.same(&a));
+    }
+
+    #[test]
+    fn equal_specs_get_one_key_whatever_the_order_of_their_labels() {
+        let with_labels = |order: &mut dyn Iterator<Item = usize>| {
+            let labels: HashMap<String, String> =
+                order.map(|i| (format!("l{i}"), format!("v{i}"))).collect();
+            SharedSpec::new(TaskSpec {
+                container_spec: Some(bollard_stubs::models::TaskSpecContainerSpec {
+                    image: Some("busybox".into()),
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let a = with_labels(&mut (0..32));
+        let b = with_labels(&mut (0..32).rev());
+        assert_eq!(a.key(), b.key());
+        assert_ne!(a.key(), spec("busybox").key());
     }
 
     #[test]
