@@ -376,6 +376,21 @@ pub struct Cluster {
     image: Option<PathBuf>,
 }
 
+impl Drop for Cluster {
+    /// Stop the agents, then undo what their tasks left mounted under the
+    /// cluster's dir (secrets tmpfs: containers outlive their agent by
+    /// design), deepest first, so that the dir itself can go.
+    fn drop(&mut self) {
+        self.managers.clear();
+        self.workers.clear();
+        let mut mounts = containerd::mounts_under(self.root.path());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            run_quietly("umount", &["-l", &m]);
+        }
+    }
+}
+
 impl Cluster {
     pub fn new(name: &str) -> Cluster {
         let net = next_net();
