@@ -303,7 +303,7 @@ impl Containerd {
     ) -> T {
         let key = image::normalize(reference);
         let gate = {
-            let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pulls = lock_map(&self.pulls);
             pulls.entry(key.clone()).or_default().clone()
         };
         let result = {
@@ -311,7 +311,7 @@ impl Containerd {
             work.await
         };
         // Forget the gate once nobody else holds it.
-        let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pulls = lock_map(&self.pulls);
         if Arc::strong_count(&gate) <= 2 {
             pulls.remove(&key);
         }

@@ -182,6 +182,18 @@ mod tests {
         }
     }
 
+    /// Place every task and report it running, as the leader and workers
+    /// would.
+    fn converge_and_run(st: &mut State) {
+        let now = time::OffsetDateTime::parse(
+            "2026-01-01T00:01:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        converge(st, now, 10);
+        run_all(st);
+    }
+
     /// Issue 3's rule: a node receives the secrets of its own tasks, never
     /// another node's.
     #[test]
@@ -209,13 +221,7 @@ mod tests {
         for s in [secret("s1"), secret("s2"), secret("s3")] {
             st.secrets.insert(s.id.clone(), s);
         }
-        let now = time::OffsetDateTime::parse(
-            "2026-01-01T00:01:00Z",
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap();
-        converge(&mut st, now, 10);
-        run_all(&mut st);
+        converge_and_run(&mut st);
         let for_a = build(&st, &NodeId("a".into()), &[]);
         let ids: Vec<&str> = for_a.secrets.iter().map(|s| s.id.0.as_str()).collect();
         assert_eq!(ids, vec!["s1"]);
@@ -246,13 +252,7 @@ mod tests {
     fn a_node_gets_only_the_tasks_that_changed_since_its_copy() {
         let a = node("a", NodeState::Ready, Availability::Active);
         let mut st = state_with(&[a], &[service("sa", Some(1)), service("sb", Some(1))]);
-        let now = time::OffsetDateTime::parse(
-            "2026-01-01T00:01:00Z",
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap();
-        converge(&mut st, now, 10);
-        run_all(&mut st);
+        converge_and_run(&mut st);
         let node_a = NodeId("a".into());
         let full = build(&st, &node_a, &[]);
         assert_eq!((full.tasks.len(), full.kept.len()), (2, 0));

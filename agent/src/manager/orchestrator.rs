@@ -420,11 +420,31 @@ impl Orchestrator<'_> {
 }
 
 /// The scheduler's decisions as commands.
+/// A pass's commands with the scheduler's decisions added: over the
+/// pending tasks and those the commands create (placed in their own
+/// `CreateTasks`, see `place_created`).
+pub fn with_placements(state: &State, mut commands: Vec<Command>, now: &str) -> Vec<Command> {
+    let decisions = {
+        let created: Vec<&Task> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::CreateTasks { tasks } => Some(tasks.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        super::scheduler::schedule_including(state, &created)
+    };
+    let rest = place_created(&mut commands, decisions, now);
+    commands.extend(placement_commands(rest, now));
+    commands
+}
+
 /// The scheduler's decisions about tasks created in this same pass go into
 /// their `CreateTasks` commands: such a task is created assigned (one raft
 /// write instead of two, and no task waits for a second command to be
 /// placed). Returns the decisions about the tasks that already existed.
-pub fn place_created(
+fn place_created(
     commands: &mut [Command],
     d: super::scheduler::Decisions,
     now: &str,
@@ -457,7 +477,7 @@ pub fn place_created(
     rest
 }
 
-pub fn placement_commands(d: super::scheduler::Decisions, now: &str) -> Vec<Command> {
+fn placement_commands(d: super::scheduler::Decisions, now: &str) -> Vec<Command> {
     let mut cmds = Vec::new();
     if !d.assignments.is_empty() {
         for chunk in d.assignments.chunks(TASKS_PER_COMMAND * 4) {

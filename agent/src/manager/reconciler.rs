@@ -9,7 +9,7 @@ use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{orchestrator, scheduler, Manager};
+use super::{orchestrator, Manager};
 
 /// Lets a burst of commits (a worker's reports, a create) settle into one
 /// pass.
@@ -45,20 +45,8 @@ fn decide(state: &crate::raft::StateReader, full: bool) -> Pass {
     let now = time::OffsetDateTime::now_utc();
     let mut new_id = || crate::pki::new_node_id().0;
     let plan = orchestrator::reconcile_scoped(&state, now, &mut new_id, scope);
-    let mut commands = plan.commands;
-    let created: Vec<&crate::store::Task> = commands
-        .iter()
-        .filter_map(|c| match c {
-            crate::store::Command::CreateTasks { tasks } => Some(tasks.iter()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let decisions = scheduler::schedule_including(&state, &created);
-    drop(created);
-    let now = crate::util::now_rfc3339();
-    let decisions = orchestrator::place_created(&mut commands, decisions, &now);
-    commands.extend(orchestrator::placement_commands(decisions, &now));
+    let commands =
+        orchestrator::with_placements(&state, plan.commands, &crate::util::now_rfc3339());
     Pass {
         commands,
         wake_in: plan.wake_in,

@@ -108,28 +108,32 @@ pub fn netns_name(bridge: &str, task: &str) -> String {
     format!("{bridge}-{task}")
 }
 
+/// A tool that could not be run: missing (with the package that has it),
+/// or failing to start.
+fn spawn_error(program: &str, command: impl FnOnce() -> String, e: std::io::Error) -> NetError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        NetError::MissingTool {
+            program: program.to_string(),
+            package: if program == "ip" {
+                "iproute2"
+            } else {
+                "iptables"
+            },
+        }
+    } else {
+        NetError::Command {
+            command: command(),
+            stderr: e.to_string(),
+        }
+    }
+}
+
 async fn run(program: &str, args: &[String]) -> NetResult<String> {
     let out = tokio::process::Command::new(program)
         .args(args)
         .output()
         .await
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                NetError::MissingTool {
-                    program: program.to_string(),
-                    package: if program == "ip" {
-                        "iproute2"
-                    } else {
-                        "iptables"
-                    },
-                }
-            } else {
-                NetError::Command {
-                    command: format!("{program} {}", args.join(" ")),
-                    stderr: e.to_string(),
-                }
-            }
-        })?;
+        .map_err(|e| spawn_error(program, || format!("{program} {}", args.join(" ")), e))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -159,19 +163,7 @@ async fn ip_batch(ns: Option<&str>, lines: &[String]) -> NetResult<()> {
     }
     args.extend(["-batch".to_string(), "-".to_string()]);
     let command = || format!("ip {} <<< {:?}", args.join(" "), lines.join("; "));
-    let failed = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            NetError::MissingTool {
-                program: "ip".into(),
-                package: "iproute2",
-            }
-        } else {
-            NetError::Command {
-                command: command(),
-                stderr: e.to_string(),
-            }
-        }
-    };
+    let failed = |e: std::io::Error| spawn_error("ip", command, e);
     let mut child = tokio::process::Command::new("ip")
         .args(&args)
         .stdin(std::process::Stdio::piped())

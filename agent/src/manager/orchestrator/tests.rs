@@ -123,20 +123,7 @@ pub(crate) fn converge(state: &mut State, now: OffsetDateTime, rounds: usize) {
         );
         // As the leader's pass does: tasks created in this pass are placed
         // in their CreateTasks command, the others by AssignTasks.
-        let mut cmds = plan.commands;
-        let created: Vec<Task> = cmds
-            .iter()
-            .filter_map(|c| match c {
-                Command::CreateTasks { tasks } => Some(tasks.iter().cloned()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        let created: Vec<&Task> = created.iter().collect();
-        let decisions = super::super::scheduler::schedule_including(state, &created);
-        let now = "2026-01-01T00:00:00Z";
-        let rest = place_created(&mut cmds, decisions, now);
-        cmds.extend(placement_commands(rest, now));
+        let cmds = with_placements(state, plan.commands, "2026-01-01T00:00:00Z");
         if cmds.is_empty() {
             return;
         }

@@ -281,7 +281,6 @@ fn init(
                 "committed log entry {index} cannot be replayed: {e}"
             )))
         };
-        let mut undo = crate::store::Undo::default();
         // With nothing applied yet the log starts where it starts (openraft
         // writes its first entry at 0, tests at 1); after that, no gaps.
         let mut next = last_applied.map(|l| l.index + 1);
@@ -297,10 +296,9 @@ fn init(
             next = Some(index + 1);
             let entry = log_store::decode_entry(&sealer, index, v.value())
                 .map_err(|e| replay_err(index, &e))?;
-            let batch = state_machine::apply_entries(&mut state, &mut undo, &[entry])
+            // Nothing to roll back to here: a failure fails the open.
+            let batch = state_machine::apply_entries(&mut state, None, &[entry])
                 .map_err(|e| replay_err(index, &e))?;
-            // Nothing to roll back to: an undo log per entry keeps it small.
-            undo = crate::store::Undo::default();
             last_applied = Some(batch.last);
             if let Some(m) = batch.membership {
                 last_membership = m;

@@ -69,8 +69,8 @@ pub(super) struct Batch {
     pub(super) membership: Option<StoredMembership>,
 }
 
-/// Apply `entries` to `state` in place, keeping in `undo` what they
-/// change.
+/// Apply `entries` to `state` in place, keeping in `undo` (if given) what
+/// they change.
 ///
 /// Nothing is written: the entries are durable in the log, the state is
 /// durable as of the current snapshot, and opening the database replays
@@ -80,7 +80,7 @@ pub(super) struct Batch {
 /// transaction held up the log appends of the same file.
 pub(super) fn apply_entries(
     state: &mut State,
-    undo: &mut Undo,
+    mut undo: Option<&mut Undo>,
     entries: &[Entry<TypeConfig>],
 ) -> Result<Batch, Error> {
     let Some(last) = entries.last().map(|e| e.log_id) else {
@@ -92,7 +92,11 @@ pub(super) fn apply_entries(
         match &entry.payload {
             EntryPayload::Blank => responses.push(Response::default()),
             EntryPayload::Normal(cmd) => {
-                let (response, _rows) = state.apply_undoable(entry.log_id.index, cmd, undo);
+                let index = entry.log_id.index;
+                let (response, _rows) = match undo.as_deref_mut() {
+                    Some(undo) => state.apply_undoable(index, cmd, undo),
+                    None => state.apply(index, cmd),
+                };
                 responses.push(response);
             }
             EntryPayload::Membership(m) => {
@@ -144,7 +148,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let batch = writer.with(|state| {
                     let mut undo = Undo::default();
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        apply_entries(state, &mut undo, entry)
+                        apply_entries(state, Some(&mut undo), entry)
                     }));
                     let r = match r {
                         Ok(r) => r,
