@@ -694,7 +694,15 @@ async fn snapshot_exists(api: &Api, key: &str) -> ExecResult<bool> {
 pub(crate) async fn unpack(api: &Api, img: &Resolved, label: bool) -> ExecResult<()> {
     let mut parent = String::new();
     let mut unpacked = false;
-    for (layer, chain) in img.layers.iter().zip(&img.chain_ids) {
+    // A snapshot with children cannot be removed, so when the top layer's
+    // is here every parent is too: one call for an unpacked image (every
+    // task start) instead of one per layer.
+    let whole = match img.top_chain() {
+        Some(top) => snapshot_exists(api, top).await?,
+        None => true,
+    };
+    let missing = if whole { 0 } else { img.layers.len() };
+    for (layer, chain) in img.layers.iter().zip(&img.chain_ids).take(missing) {
         if !snapshot_exists(api, chain).await? {
             let key = format!("apiary-extract-{:016x}-{chain}", rand::random::<u64>());
             let mounts = api

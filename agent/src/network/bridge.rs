@@ -32,6 +32,14 @@ use super::{
 /// Where `ip netns add` puts its namespaces.
 const NETNS_DIR: &str = "/run/netns";
 
+/// A task's files in its state dir, and where they go in the container
+/// (in this order: `attach` writes hosts, resolv.conf, hostname).
+const TASK_FILES: [(&str, &str); 3] = [
+    ("hosts", "/etc/hosts"),
+    ("resolv.conf", "/etc/resolv.conf"),
+    ("hostname", "/etc/hostname"),
+];
+
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
     /// The bridge's name (at most 15 characters), e.g. `apiary0`.
@@ -204,12 +212,16 @@ fn write_sysctl(path: &str, value: &str) -> NetResult<()> {
 }
 
 /// Write `data` to `path` atomically (tmp + fsync + rename).
-fn write_atomic(path: &Path, data: &[u8]) -> NetResult<()> {
+/// Replace a file whole (readers never see half of it); with `durable`,
+/// synced before it replaces the old one.
+fn write_atomic(path: &Path, data: &[u8], durable: bool) -> NetResult<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
     f.write_all(data).map_err(|e| io_err("write", &tmp, e))?;
-    f.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
+    if durable {
+        f.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
+    }
     std::fs::rename(&tmp, path).map_err(|e| io_err("rename to", path, e))
 }
 
@@ -267,7 +279,7 @@ impl Bridge {
             path: self.ips_file(),
             error: e.to_string(),
         })?;
-        write_atomic(&self.ips_file(), &data)
+        write_atomic(&self.ips_file(), &data, true)
     }
 
     /// The bridge, its address, forwarding, and the base rules.
@@ -414,26 +426,33 @@ impl Bridge {
         let dir = self.task_dir(task);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
         let host_resolv = host_resolv_conf();
-        let mut out = Vec::new();
-        for (name, data, target) in [
-            ("hosts", files::hosts(hostname, Some(addr)), "/etc/hosts"),
-            (
-                "resolv.conf",
-                files::resolv_conf(&host_resolv),
-                "/etc/resolv.conf",
-            ),
-            ("hostname", format!("{hostname}\n"), "/etc/hostname"),
-        ] {
-            let p = dir.join(name);
-            write_atomic(&p, data.as_bytes())?;
-            out.push((p, target.to_string()));
+        let data = [
+            files::hosts(hostname, Some(addr)),
+            files::resolv_conf(&host_resolv),
+            format!("{hostname}\n"),
+        ];
+        let mut a = self.planned_paths(task);
+        // Not synced (three fsyncs less on every task start): every attach
+        // writes them again, and no container outlives a host crash.
+        for ((p, _), data) in a.files.iter().zip(data) {
+            write_atomic(p, data.as_bytes(), false)?;
         }
+        a.ip = Some(addr);
         debug!(task.id = task, %addr, netns = %ns_path.display(), "task network attached");
-        Ok(Attachment {
-            netns: Some(ns_path),
-            ip: Some(addr),
-            files: out,
-        })
+        Ok(a)
+    }
+
+    /// The namespace and the /etc files of a task, by its ID alone.
+    fn planned_paths(&self, task: &str) -> Attachment {
+        let dir = self.task_dir(task);
+        Attachment {
+            netns: Some(self.netns_path(task)),
+            ip: None,
+            files: TASK_FILES
+                .iter()
+                .map(|(name, target)| (dir.join(name), target.to_string()))
+                .collect(),
+        }
     }
 
     async fn do_publish(&self, task: &str, ports: &[PortMapping]) -> NetResult<Vec<PortMapping>> {
@@ -668,6 +687,9 @@ impl Network for Bridge {
         hostname: &'a str,
     ) -> BoxFuture<'a, NetResult<Attachment>> {
         self.do_attach(task, hostname).boxed()
+    }
+    fn planned(&self, task: &str) -> Attachment {
+        self.planned_paths(task)
     }
     fn publish<'a>(
         &'a self,

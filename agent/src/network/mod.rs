@@ -163,6 +163,11 @@ pub trait Network: Send + Sync + 'static {
         task: &'a str,
         hostname: &'a str,
     ) -> BoxFuture<'a, NetResult<Attachment>>;
+    /// What `attach` will give this task, without its address: the paths
+    /// depend on the task ID alone, so the worker creates the container
+    /// while the namespace is still being made (the container's spec only
+    /// names them; runc needs them when the task is created).
+    fn planned(&self, task: &str) -> Attachment;
     /// Make `ports` answer on this node; returns them as published.
     /// Idempotent for the task's own ports; a port held by anything else
     /// is `PortInUse`.
@@ -217,6 +222,9 @@ impl Network for HostNetwork {
         _hostname: &'a str,
     ) -> BoxFuture<'a, NetResult<Attachment>> {
         Box::pin(futures::future::ready(Ok(Attachment::default())))
+    }
+    fn planned(&self, _task: &str) -> Attachment {
+        Attachment::default()
     }
     fn publish<'a>(
         &'a self,

@@ -13,7 +13,7 @@
 //!
 //! Networking goes through the `Network` seam: a task is attached (its
 //! namespace, address and /etc files) and its host-mode ports published
-//! before its container is prepared, and detached once the container has
+//! while its container is prepared, before it starts, and detached once the container has
 //! ended — not when it is removed, which waits for the task's deletion:
 //! a finished task must not keep its address or its host ports.
 
@@ -378,33 +378,51 @@ async fn run_task(
             return;
         }
         Some(ContainerStatus::Created) | None => {
+            debug!(task.id = %id, "preparing");
             send(TaskState::Preparing, "preparing", None);
-            let attached = match h.net.attach(&id.0, &spec::hostname(&spec)).await {
-                Ok(a) => a,
-                Err(e) => {
-                    send(TaskState::Rejected, "rejected", Some(e.to_string()));
-                    detach_quietly(&h, &id.0).await;
-                    return;
+            // The network and the container are made at once: the
+            // container's spec only names the namespace and the /etc files
+            // (`Network::planned`), which runc needs when the task is
+            // created, in `start`. Ports are published before the task
+            // starts: a port in use is the task's error before it runs.
+            let planned = spec::with_attachment(spec.clone(), &h.net.planned(&id.0));
+            let network = async {
+                let attached = h.net.attach(&id.0, &spec::hostname(&spec)).await?;
+                let ports = h.net.publish(&id.0, &ports).await?;
+                Ok::<_, crate::network::NetError>((attached, ports))
+            };
+            let (net, prepared) = tokio::join!(network, ex.prepare(&planned));
+            let failed = match (net, prepared) {
+                (Err(e), _) => Err(e.to_string()),
+                (Ok(_), Err(e)) => Err(e.to_string()),
+                (Ok((attached, ports)), Ok(())) => {
+                    let spec = spec::with_attachment(spec.clone(), &attached);
+                    if spec == planned {
+                        Ok(ports)
+                    } else {
+                        // Not expected: the network gave other paths than
+                        // it planned. Make the container from what it gave.
+                        warn!(task.id = %id, "the task's network differs from its plan: creating its container again");
+                        let _ = ex.remove(&id.0).await;
+                        ex.prepare(&spec)
+                            .await
+                            .map(|()| ports)
+                            .map_err(|e| e.to_string())
+                    }
                 }
             };
-            let spec = spec::with_attachment(spec.clone(), &attached);
-            // Before the container exists: a port in use is the task's
-            // error at once, with nothing to undo but the attachment.
-            let ports = match h.net.publish(&id.0, &ports).await {
-                Ok(p) => p,
+            let ports = match failed {
+                Ok(p) => {
+                    debug!(task.id = %id, "network attached and container prepared");
+                    p
+                }
                 Err(e) => {
-                    send(TaskState::Rejected, "rejected", Some(e.to_string()));
+                    send(TaskState::Rejected, "rejected", Some(e));
                     let _ = ex.remove(&id.0).await;
                     detach_quietly(&h, &id.0).await;
                     return;
                 }
             };
-            if let Err(e) = ex.prepare(&spec).await {
-                send(TaskState::Rejected, "rejected", Some(e.to_string()));
-                let _ = ex.remove(&id.0).await;
-                detach_quietly(&h, &id.0).await;
-                return;
-            }
             if *desired.borrow() > TaskState::Running {
                 let _ = ex.remove(&id.0).await;
                 detach_quietly(&h, &id.0).await;
@@ -413,7 +431,10 @@ async fn run_task(
             }
             send(TaskState::Starting, "starting", None);
             match ex.start(&id.0).await {
-                Ok(pid) => running(pid, &ports),
+                Ok(pid) => {
+                    debug!(task.id = %id, pid, "container started");
+                    running(pid, &ports)
+                }
                 Err(e) => {
                     send(TaskState::Failed, "starting", Some(e.to_string()));
                     let _ = ex.remove(&id.0).await;
