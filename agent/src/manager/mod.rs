@@ -1187,7 +1187,7 @@ async fn batching_writer(
                 }
                 return;
             }
-            r = raft.client_write(entry) => r,
+            r = raft.client_write(entry.into()) => r,
         };
         match result {
             Ok(r) if single => {

@@ -1,8 +1,9 @@
 //! The raft log and vote.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, RaftLogReader, StorageIOError, Vote};
@@ -18,16 +19,109 @@ use crate::seal::Sealer;
 
 /// The log half of the raft database: entries, vote, committed and purge
 /// marks. Cheap to clone; clones read the same database (openraft hands one
-/// to each replication task as its log reader).
+/// to each replication task as its log reader) and share `recent`.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     sealer: Arc<Sealer>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// The latest entries appended, in memory: apply and each follower's
+/// replication read what was just appended, and decoding it back from the
+/// database took a sixth of a leader's CPU at 100k tasks. Entries share
+/// their command (`raft::Payload`), so a hit copies no command. Only
+/// entries on disk are here (added after the append committed), and they
+/// leave before a truncate touches the database.
+#[derive(Default)]
+pub(super) struct Recent(pub(super) BTreeMap<u64, Entry<TypeConfig>>);
+
+/// Entries kept in `recent`: a commit pipeline holds a few (payloads of 4
+/// entries); a follower further behind reads from the database. Bounded by
+/// count (at most ~1,000 tasks per entry): 64 entries put a 100k-task
+/// leader over 500 MB, 16 keep it at about 320 MB and run as fast.
+pub(super) const RECENT_ENTRIES: usize = 16;
+
+impl Recent {
+    /// Every entry of `[start, end)`, or None if any is missing.
+    pub(super) fn range(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        if start >= end {
+            return Some(Vec::new());
+        }
+        let first = *self.0.keys().next()?;
+        let last = *self.0.keys().next_back()?;
+        if start < first || end - 1 > last {
+            return None;
+        }
+        // Keys are contiguous: entries are appended in order and removed
+        // from either end only.
+        Some(self.0.range(start..end).map(|(_, e)| e.clone()).collect())
+    }
+
+    pub(super) fn add(&mut self, entries: &[Entry<TypeConfig>]) {
+        for e in entries {
+            let index = e.log_id.index;
+            // An append after a gap (a snapshot installed meanwhile)
+            // starts the run again, keeping the keys contiguous.
+            if self
+                .0
+                .keys()
+                .next_back()
+                .is_some_and(|last| last + 1 != index)
+            {
+                self.0.clear();
+            }
+            self.0.insert(index, e.clone());
+        }
+        while self.0.len() > RECENT_ENTRIES {
+            self.0.pop_first();
+        }
+    }
+
+    /// Forget entries from `index` on.
+    pub(super) fn truncate(&mut self, index: u64) {
+        self.0.split_off(&index);
+    }
+
+    /// Forget entries up to `index`, inclusive.
+    pub(super) fn purge(&mut self, index: u64) {
+        self.0 = self.0.split_off(&(index.saturating_add(1)));
+    }
+}
+
+fn lock(r: &Mutex<Recent>) -> std::sync::MutexGuard<'_, Recent> {
+    // Changed only by whole inserts and removals: a poisoned map is whole.
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `[start, end)` of a range, if it has an end.
+fn bounds(range: &(Bound<u64>, Bound<u64>)) -> Option<(u64, u64)> {
+    let start = match range.0 {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => s.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.1 {
+        Bound::Included(e) => e.checked_add(1)?,
+        Bound::Excluded(e) => e,
+        Bound::Unbounded => return None,
+    };
+    Some((start, end))
 }
 
 impl LogStore {
     pub(super) fn new(db: Arc<Database>, sealer: Arc<Sealer>) -> Self {
-        LogStore { db, sealer }
+        LogStore {
+            db,
+            sealer,
+            recent: Arc::default(),
+        }
+    }
+
+    /// The same database without the in-memory entries (tests compare).
+    #[cfg(test)]
+    pub(super) fn uncached(&self) -> LogStore {
+        LogStore::new(self.db.clone(), self.sealer.clone())
     }
 
     /// True if the database holds a vote or any log (present or purged):
@@ -81,6 +175,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, Error> {
         let range: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
+        if let Some(hit) = bounds(&range).and_then(|(s, e)| lock(&self.recent).range(s, e)) {
+            return Ok(hit);
+        }
         let db = self.db.clone();
         let sealer = self.sealer.clone();
         blocking(Op::ReadLogs, move || {
@@ -187,6 +284,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let sealer = self.sealer.clone();
         let written = blocking(Op::WriteLogs, move || {
+            let entries = entries;
             let txn = db.begin_write().or_io(Op::WriteLogs)?;
             {
                 let mut log = txn.open_table(LOG).or_io(Op::WriteLogs)?;
@@ -206,11 +304,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         .or_io(Op::WriteLogs)?;
                 }
             }
-            txn.commit().or_io(Op::WriteLogs)
+            txn.commit().or_io(Op::WriteLogs)?;
+            Ok(entries)
         })
         .await;
         match written {
-            Ok(()) => {
+            Ok(entries) => {
+                lock(&self.recent).add(&entries);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -223,6 +323,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Delete entries from `log_id.index` on, inclusive.
     async fn truncate(&mut self, log_id: LogId) -> Result<(), Error> {
+        lock(&self.recent).truncate(log_id.index);
         let db = self.db.clone();
         blocking(Op::WriteLogs, move || {
             let txn = db.begin_write().or_io(Op::WriteLogs)?;
@@ -239,6 +340,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Delete entries up to `log_id.index`, inclusive, and remember `log_id`
     /// as the last purged one, in one transaction.
     async fn purge(&mut self, log_id: LogId) -> Result<(), Error> {
+        lock(&self.recent).purge(log_id.index);
         let db = self.db.clone();
         blocking(Op::WriteLogs, move || {
             let txn = db.begin_write().or_io(Op::WriteLogs)?;

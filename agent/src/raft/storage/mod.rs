@@ -37,6 +37,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use log_store::LogStore;
+#[cfg(test)]
+use log_store::{Recent, RECENT_ENTRIES};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 
 use super::{shared_state, StateReader};

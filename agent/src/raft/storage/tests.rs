@@ -113,13 +113,16 @@ fn init_cluster() -> Command {
 fn first_entries() -> Vec<Entry<TypeConfig>> {
     vec![
         entry(1, 1, EntryPayload::Membership(membership())),
-        entry(1, 2, EntryPayload::Normal(init_cluster())),
+        entry(1, 2, EntryPayload::Normal(init_cluster().into())),
         entry(
             1,
             3,
-            EntryPayload::Normal(Command::AddNode {
-                node: node("node2"),
-            }),
+            EntryPayload::Normal(
+                Command::AddNode {
+                    node: node("node2"),
+                }
+                .into(),
+            ),
         ),
         entry(1, 4, EntryPayload::Blank),
     ]
@@ -160,7 +163,7 @@ async fn reopen_restores_vote_log_applied_and_state() -> Result<(), Box<dyn std:
     assert_eq!(entries.len(), 2);
     assert!(matches!(
         &entries[0].payload,
-        EntryPayload::Normal(Command::InitCluster { .. })
+        EntryPayload::Normal(c) if matches!(**c, Command::InitCluster { .. })
     ));
 
     let (applied, mem) = sm.applied_state().await?;
@@ -198,9 +201,12 @@ async fn removed_object_stays_removed_after_reopen() -> Result<(), Box<dyn std::
         let remove = entry(
             1,
             5,
-            EntryPayload::Normal(Command::RemoveNode {
-                id: NodeId("node2".into()),
-            }),
+            EntryPayload::Normal(
+                Command::RemoveNode {
+                    id: NodeId("node2".into()),
+                }
+                .into(),
+            ),
         );
         log.blocking_append(first_entries()).await?;
         log.blocking_append([remove.clone()]).await?;
@@ -262,7 +268,7 @@ async fn install_replaces_existing_objects() -> Result<(), Box<dyn std::error::E
     let (_la, mut sm_a, reader_a) = open_in_memory(key())?;
     sm_a.apply([entry(1, 1, EntryPayload::Membership(membership()))])
         .await?;
-    sm_a.apply([entry(1, 2, EntryPayload::Normal(init_cluster()))])
+    sm_a.apply([entry(1, 2, EntryPayload::Normal(init_cluster().into()))])
         .await?;
     let snap = sm_a.get_snapshot_builder().await.build_snapshot().await?;
 
@@ -307,9 +313,12 @@ async fn reopen_replays_the_committed_entries_after_the_snapshot(
         entry(
             1,
             i,
-            EntryPayload::Normal(Command::AddNode {
-                node: node(&format!("node{i}")),
-            }),
+            EntryPayload::Normal(
+                Command::AddNode {
+                    node: node(&format!("node{i}")),
+                }
+                .into(),
+            ),
         )
     };
     {
@@ -523,9 +532,12 @@ async fn failed_append_is_reported_and_applying_needs_no_disk(
     let node3 = entry(
         1,
         5,
-        EntryPayload::Normal(Command::AddNode {
-            node: node("node3"),
-        }),
+        EntryPayload::Normal(
+            Command::AddNode {
+                node: node("node3"),
+            }
+            .into(),
+        ),
     );
     assert!(
         log.blocking_append([node3.clone()]).await.is_err(),
@@ -535,4 +547,69 @@ async fn failed_append_is_reported_and_applying_needs_no_disk(
     assert_eq!(reader.applied(), 5);
     assert_eq!(reader.read().nodes.len(), 3);
     Ok(())
+}
+
+/// The log's in-memory copy of its latest entries (`Recent`) answers as
+/// the database does, through appends, a truncate (a follower's conflict)
+/// and a purge; ranges it does not hold whole come from the database.
+#[tokio::test]
+async fn recent_entries_answer_as_the_database_does() -> Result<(), Box<dyn std::error::Error>> {
+    let (mut log, _sm, _reader) = open_in_memory(key())?;
+    let add = |term: u64, index: u64| {
+        entry(
+            term,
+            index,
+            EntryPayload::Normal(
+                Command::AddNode {
+                    node: node(&format!("n{index}t{term}")),
+                }
+                .into(),
+            ),
+        )
+    };
+    log.blocking_append((1..=10).map(|i| add(1, i))).await?;
+    log.truncate(log_id(1, 6)).await?;
+    log.blocking_append((6..=8).map(|i| add(2, i))).await?;
+    log.purge(log_id(1, 2)).await?;
+    let mut disk = log.uncached();
+    for range in [3..9, 3..6, 6..9, 8..9, 5..7, 1..9, 3..12, 9..12] {
+        let cached = log.try_get_log_entries(range.clone()).await?;
+        let stored = disk.try_get_log_entries(range.clone()).await?;
+        assert_eq!(cached, stored, "entries {range:?}");
+    }
+    let ids: Vec<u64> = log
+        .try_get_log_entries(3..=8)
+        .await?
+        .iter()
+        .map(|e| e.log_id.leader_id.term)
+        .collect();
+    assert_eq!(ids, vec![1, 1, 1, 2, 2, 2]);
+    Ok(())
+}
+
+#[test]
+fn recent_keeps_a_contiguous_bounded_run() {
+    let mut r = Recent::default();
+    let blank = |i: u64| entry(1, i, EntryPayload::Blank);
+    r.add(&(1..=3).map(blank).collect::<Vec<_>>());
+    assert_eq!(r.range(1, 4).map(|v| v.len()), Some(3));
+    assert_eq!(r.range(0, 2), None, "index 0 was never added");
+    assert_eq!(r.range(2, 5), None, "index 4 was never added");
+    // A gap (a snapshot installed meanwhile) starts the run again.
+    r.add(&[blank(7)]);
+    assert_eq!(r.range(3, 4), None);
+    assert_eq!(r.range(7, 8).map(|v| v.len()), Some(1));
+    r.add(
+        &(8..8 + RECENT_ENTRIES as u64 + 5)
+            .map(blank)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(r.0.len(), RECENT_ENTRIES);
+    assert_eq!(r.range(7, 9), None, "the oldest went first");
+    let last = 8 + RECENT_ENTRIES as u64 + 4;
+    assert_eq!(r.range(last, last + 1).map(|v| v.len()), Some(1));
+    r.truncate(last);
+    assert_eq!(r.range(last, last + 1), None);
+    r.purge(last - 2);
+    assert_eq!(r.0.keys().copied().collect::<Vec<_>>(), vec![last - 1]);
 }
