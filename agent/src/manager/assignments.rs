@@ -52,21 +52,33 @@ fn walk<'a>(
 /// ended, not its progress. The worker's own reports (preparing, starting,
 /// running: several per task) then do not send every task of the node back
 /// to it. The same on every manager, so a poll moves between them.
+///
+/// The tasks' part is kept summed as they change (`TaskIndex::views`): a
+/// poll wakes on every change to its node's tasks, and walking them each
+/// time was the largest item of a manager answering 1,000 nodes. Only a
+/// node whose wanted tasks use secrets or configs is walked, for those.
 pub fn fingerprint(state: &State, node: &NodeId) -> u64 {
-    let (tasks, secret_ids, config_ids) = walk(state, node);
-    fingerprint_of(state, &tasks, &secret_ids, &config_ids)
+    let view = state
+        .task_index
+        .views
+        .get(node)
+        .copied()
+        .unwrap_or_default();
+    if view.with_refs == 0 {
+        return fingerprint_of(state, view.digests, &BTreeSet::new(), &BTreeSet::new());
+    }
+    let (_, secret_ids, config_ids) = walk(state, node);
+    fingerprint_of(state, view.digests, &secret_ids, &config_ids)
 }
 
 fn fingerprint_of(
     state: &State,
-    tasks: &[&Task],
+    digests: u64,
     secret_ids: &BTreeSet<&str>,
     config_ids: &BTreeSet<&str>,
 ) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
-    for t in tasks {
-        t.assignment_digest().hash(&mut h);
-    }
+    digests.hash(&mut h);
     for s in state
         .secrets
         .values()
@@ -111,7 +123,8 @@ pub fn build(state: &State, node: &NodeId, have: &[(TaskId, u64)]) -> Assignment
         .filter(|c| config_ids.contains(c.id.0.as_str()))
         .cloned()
         .collect();
-    let fingerprint = fingerprint_of(state, &tasks, &secret_ids, &config_ids);
+    let digests = state.task_index.views.get(node).map_or(0, |v| v.digests);
+    let fingerprint = fingerprint_of(state, digests, &secret_ids, &config_ids);
     let (kept, changed): (Vec<&Task>, Vec<&Task>) = tasks
         .into_iter()
         .partition(|t| have.get(&t.id) == Some(&t.assignment_digest()));
@@ -229,6 +242,19 @@ mod tests {
         let for_b = build(&st, &NodeId("b".into()), &[]);
         let ids: Vec<&str> = for_b.secrets.iter().map(|s| s.id.0.as_str()).collect();
         assert_eq!(ids, vec!["s2"]);
+        // The long poll's fingerprint is the answer's; a referenced
+        // secret's change moves it, another node's secret does not.
+        let a = NodeId("a".into());
+        assert_eq!(fingerprint(&st, &a), for_a.fingerprint);
+        let mut touched = st.clone();
+        if let Some(s) = touched.secrets.get_mut(&SecretId("s2".into())) {
+            s.version += 1;
+        }
+        assert_eq!(fingerprint(&touched, &a), for_a.fingerprint);
+        if let Some(s) = touched.secrets.get_mut(&SecretId("s1".into())) {
+            s.version += 1;
+        }
+        assert_ne!(fingerprint(&touched, &a), for_a.fingerprint);
         // A change to the node's tasks changes the fingerprint (wakes its poll).
         let before = for_a.fingerprint;
         st.apply(

@@ -18,8 +18,9 @@ mod undo;
 
 pub use ca::{CaRotation, NodeTls};
 pub use services::{
-    PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId, ServiceSpec, Task, TaskCounts,
-    TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus, TaskStatusUpdate, ASSIGNED_MESSAGE,
+    NodeView, PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId, ServiceSpec, Task,
+    TaskCounts, TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus, TaskStatusUpdate,
+    ASSIGNED_MESSAGE,
 };
 pub use spec::SharedSpec;
 pub use state::{Change, State, StoreError, StoreErrorKind};

@@ -373,6 +373,49 @@ pub struct TaskIndex {
     /// listing (polled by every progress display) costs O(services), not
     /// O(tasks).
     pub counts: BTreeMap<ServiceId, TaskCounts>,
+    /// What each node's worker is given, summed as tasks change: a long
+    /// poll's fingerprint (`manager::assignments`) is then O(1) instead of
+    /// a walk over the node's tasks on every wake-up.
+    pub views: BTreeMap<NodeId, NodeView>,
+}
+
+/// A node's assignments in sum (`TaskIndex::views`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeView {
+    /// Wrapping sum of the assignment digests of the node's tasks that are
+    /// assigned or later (those its worker is given).
+    pub digests: u64,
+    /// How many of those are wanted and use secrets or configs: only then
+    /// does the fingerprint need the node's tasks for their references.
+    pub with_refs: u64,
+    /// How many tasks the node holds (the entry goes at zero).
+    pub tasks: u64,
+}
+
+impl NodeView {
+    /// What one task adds to its node's view.
+    pub fn of(t: &Task) -> NodeView {
+        let given = t.status.state >= TaskState::Assigned;
+        let c = t.spec.container_spec.as_ref();
+        let refs = c.is_some_and(|c| {
+            c.secrets.as_ref().is_some_and(|v| !v.is_empty())
+                || c.configs.as_ref().is_some_and(|v| !v.is_empty())
+        });
+        NodeView {
+            digests: if given { t.assignment_digest() } else { 0 },
+            with_refs: u64::from(given && t.desired_state <= TaskState::Running && refs),
+            tasks: 1,
+        }
+    }
+
+    fn shift(&mut self, before: NodeView, after: NodeView) {
+        self.digests = self
+            .digests
+            .wrapping_sub(before.digests)
+            .wrapping_add(after.digests);
+        self.with_refs = (self.with_refs + after.with_refs).saturating_sub(before.with_refs);
+        self.tasks = (self.tasks + after.tasks).saturating_sub(before.tasks);
+    }
 }
 
 /// A task before an in-place change: what it counted as, and what its
@@ -380,6 +423,7 @@ pub struct TaskIndex {
 struct Before {
     counts: TaskCounts,
     seen: (bool, u64),
+    view: NodeView,
 }
 
 impl Before {
@@ -387,6 +431,7 @@ impl Before {
         Before {
             counts: TaskCounts::of(t),
             seen: t.worker_view(),
+            view: NodeView::of(t),
         }
     }
 }
@@ -453,10 +498,17 @@ impl State {
         }
         let old = self.tasks.get(&task.id);
         let before = old.map(TaskCounts::of).unwrap_or_default();
+        let old_view = old.and_then(|o| Some((o.node_id.clone()?, NodeView::of(o))));
         // The node's long poll cares only when what its worker sees of the
         // task changes (not for each of its progress reports).
         let seen_before = old.map(|o| (o.node_id.clone(), o.worker_view()));
         self.count(&task.service_id, before, TaskCounts::of(&task));
+        if let Some((n, v)) = old_view {
+            self.view(&n, v, NodeView::default());
+        }
+        if let Some(n) = &task.node_id {
+            self.view(n, NodeView::default(), NodeView::of(&task));
+        }
         let hints = &self.task_index.hints;
         hints.service(&task.service_id);
         if let Some(n) = &task.node_id {
@@ -510,6 +562,7 @@ impl State {
         self.task_index.pending.remove(id);
         self.task_index.hints.service(&task.service_id);
         if let Some(n) = &task.node_id {
+            self.view(n, NodeView::of(&task), NodeView::default());
             self.task_index.hints.node(n);
             if let Some(set) = self.task_index.by_node.get_mut(n) {
                 set.remove(id);
@@ -530,6 +583,30 @@ impl State {
     /// After a task was changed in place: keep the pending set, tell its
     /// node's long poll, and mark its service for the orchestrator when
     /// `orchestrator_cares`.
+    /// Shift a node's view by one task's change (as `count` does for
+    /// services).
+    fn view(&mut self, node: &NodeId, before: NodeView, after: NodeView) {
+        if before == after {
+            return;
+        }
+        let views = &mut self.task_index.views;
+        match views.get_mut(node) {
+            Some(v) => {
+                v.shift(before, after);
+                if v.tasks == 0 {
+                    views.remove(node);
+                }
+            }
+            None => {
+                let mut v = NodeView::default();
+                v.shift(before, after);
+                if v.tasks != 0 {
+                    views.insert(node.clone(), v);
+                }
+            }
+        }
+    }
+
     fn count(&mut self, service: &ServiceId, before: TaskCounts, after: TaskCounts) {
         if before == after {
             return;
@@ -558,8 +635,12 @@ impl State {
         let Some(t) = self.tasks.get(id) else { return };
         let (after, service) = (TaskCounts::of(t), t.service_id.clone());
         let node_cares = before.seen != t.worker_view();
+        let view = t.node_id.clone().map(|n| (n, NodeView::of(t)));
         if before.counts != after {
             self.count(&service, before.counts, after);
+        }
+        if let Some((n, v)) = view {
+            self.view(&n, before.view, v);
         }
         let Some(t) = self.tasks.get(id) else { return };
         if t.waits_for_placement() {

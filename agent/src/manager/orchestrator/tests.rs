@@ -149,6 +149,18 @@ pub(crate) fn assert_counts_kept(state: &State) {
     }
     recount.retain(|_, c| *c != Default::default());
     assert_eq!(state.task_index.counts, recount);
+    // And each node's view (`manager::assignments`' fingerprints).
+    let mut views: std::collections::BTreeMap<crate::store::NodeId, crate::store::NodeView> =
+        Default::default();
+    for t in state.tasks.values() {
+        let Some(n) = &t.node_id else { continue };
+        let v = crate::store::NodeView::of(t);
+        let e = views.entry(n.clone()).or_default();
+        e.digests = e.digests.wrapping_add(v.digests);
+        e.with_refs += v.with_refs;
+        e.tasks += v.tasks;
+    }
+    assert_eq!(state.task_index.views, views);
 }
 
 /// Plans compared regardless of the order the reaper found its tasks in.
