@@ -436,6 +436,28 @@ impl Before {
     }
 }
 
+/// Change `map[key]` (from its default when absent) with `shift`, which
+/// says whether the entry is now empty and goes.
+fn shift_entry<K: Ord + Clone, V: Default>(
+    map: &mut BTreeMap<K, V>,
+    key: &K,
+    shift: impl FnOnce(&mut V) -> bool,
+) {
+    match map.get_mut(key) {
+        Some(v) => {
+            if shift(v) {
+                map.remove(key);
+            }
+        }
+        None => {
+            let mut v = V::default();
+            if !shift(&mut v) {
+                map.insert(key.clone(), v);
+            }
+        }
+    }
+}
+
 /// A service's tasks, counted as `service ls` shows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskCounts {
@@ -580,57 +602,30 @@ impl State {
         Some(task)
     }
 
-    /// After a task was changed in place: keep the pending set, tell its
-    /// node's long poll, and mark its service for the orchestrator when
-    /// `orchestrator_cares`.
-    /// Shift a node's view by one task's change (as `count` does for
-    /// services).
+    /// Shift a node's view by one task's change.
     fn view(&mut self, node: &NodeId, before: NodeView, after: NodeView) {
-        if before == after {
-            return;
-        }
-        let views = &mut self.task_index.views;
-        match views.get_mut(node) {
-            Some(v) => {
+        if before != after {
+            shift_entry(&mut self.task_index.views, node, |v| {
                 v.shift(before, after);
-                if v.tasks == 0 {
-                    views.remove(node);
-                }
-            }
-            None => {
-                let mut v = NodeView::default();
-                v.shift(before, after);
-                if v.tasks != 0 {
-                    views.insert(node.clone(), v);
-                }
-            }
+                v.tasks == 0
+            });
         }
     }
 
+    /// Shift a service's counts by one task's change.
     fn count(&mut self, service: &ServiceId, before: TaskCounts, after: TaskCounts) {
-        if before == after {
-            return;
-        }
-        let counts = &mut self.task_index.counts;
-        match counts.get_mut(service) {
-            Some(c) => {
+        if before != after {
+            shift_entry(&mut self.task_index.counts, service, |c| {
                 c.shift(before, after);
-                if *c == TaskCounts::default() {
-                    counts.remove(service);
-                }
-            }
-            None => {
-                let mut c = TaskCounts::default();
-                c.shift(before, after);
-                if c != TaskCounts::default() {
-                    counts.insert(service.clone(), c);
-                }
-            }
+                *c == TaskCounts::default()
+            });
         }
     }
 
     /// After a task was changed in place (`before`: what it counted as,
-    /// and what its worker saw of it).
+    /// and what its worker saw of it): keep the counts, the node's view and
+    /// the pending set, tell its node's long poll, and mark its service for
+    /// the orchestrator when `orchestrator_cares`.
     fn retouch(&mut self, id: &TaskId, orchestrator_cares: bool, before: Before) {
         let Some(t) = self.tasks.get(id) else { return };
         let (after, service) = (TaskCounts::of(t), t.service_id.clone());
