@@ -391,23 +391,44 @@ async fn run_task(
                 let ports = h.net.publish(&id.0, &ports).await?;
                 Ok::<_, crate::network::NetError>((attached, ports))
             };
-            let (net, prepared) = tokio::join!(network, ex.prepare(&planned));
-            let failed = match (net, prepared) {
-                (Err(e), _) => Err(e.to_string()),
-                (Ok(_), Err(e)) => Err(e.to_string()),
-                (Ok((attached, ports)), Ok(())) => {
+            tokio::pin!(network);
+            let prepare = ex.prepare(&planned);
+            tokio::pin!(prepare);
+            // A network error ends the wait at once: a port in use must not
+            // wait for an image pull (the unfinished prepare is dropped;
+            // whatever it made is removed below, its lease expires).
+            let mut prepared = None;
+            let net = loop {
+                tokio::select! {
+                    n = &mut network => break n,
+                    p = &mut prepare, if prepared.is_none() => prepared = Some(p),
+                }
+            };
+            let failed = match net {
+                Err(e) => Err(e.to_string()),
+                Ok((attached, ports)) => match prepared {
+                    Some(p) => p,
+                    None => prepare.await,
+                }
+                .map_err(|e| e.to_string())
+                .map(|()| (attached, ports)),
+            };
+            let failed = match failed {
+                Err(e) => Err(e),
+                Ok((attached, ports)) => {
                     let spec = spec::with_attachment(spec.clone(), &attached);
                     if spec == planned {
                         Ok(ports)
                     } else {
                         // Not expected: the network gave other paths than
-                        // it planned. Make the container from what it gave.
+                        // it planned. Make the container from what it gave
+                        // (prepare keeps an existing one: it must go first).
                         warn!(task.id = %id, "the task's network differs from its plan: creating its container again");
-                        let _ = ex.remove(&id.0).await;
-                        ex.prepare(&spec)
-                            .await
-                            .map(|()| ports)
-                            .map_err(|e| e.to_string())
+                        match ex.remove(&id.0).await {
+                            Ok(()) => ex.prepare(&spec).await.map(|()| ports),
+                            Err(e) => Err(e),
+                        }
+                        .map_err(|e| e.to_string())
                     }
                 }
             };

@@ -32,7 +32,10 @@ pub struct LogStore {
 /// database took a sixth of a leader's CPU at 100k tasks. Entries share
 /// their command (`raft::Payload`), so a hit copies no command. Only
 /// entries on disk are here (added after the append committed), and they
-/// leave before a truncate touches the database.
+/// leave before a truncate touches the database. openraft calls append,
+/// truncate and purge one at a time (`&mut self` on its one handle);
+/// readers see the entries before or after a change, which the database
+/// then agrees with.
 #[derive(Default)]
 pub(super) struct Recent(pub(super) BTreeMap<u64, Entry<TypeConfig>>);
 
