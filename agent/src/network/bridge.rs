@@ -75,7 +75,7 @@ fn check_task(task: &str) -> NetResult<()> {
         Ok(())
     } else {
         Err(NetError::Invalid(format!(
-            "invalid task ID {task:?}: use at most {} letters, digits, '_' or '.'",
+            "invalid task ID {task:?}: use at most {} letters, digits, '_' or '.', not dots alone",
             sweep::TASK_ID_MAX
         )))
     }

@@ -29,6 +29,8 @@ pub fn is_task_id(s: &str) -> bool {
         && s.len() <= TASK_ID_MAX
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'))
+        // "." and ".." would name the tasks dir or its parent.
+        && !s.chars().all(|c| c == '.')
 }
 
 /// The task whose namespace this is, if it is one of `bridge`'s.

@@ -218,6 +218,9 @@ fn task_ids_never_blur_into_bridge_names() {
     assert_eq!(task_of_netns("apiary0", "apiary0"), None);
     assert_eq!(task_of_netns("apiary0", "cni-1234"), None);
     assert!(!super::sweep::is_task_id("a-b"));
+    assert!(!super::sweep::is_task_id(".."));
+    assert!(!super::sweep::is_task_id("."));
+    assert!(super::sweep::is_task_id("a.b"));
     assert!(!super::sweep::is_task_id(&"a".repeat(65)));
 }
 
