@@ -130,12 +130,22 @@ pub fn open(
     path: &Path,
     sealer: Arc<Sealer>,
 ) -> Result<(LogStore, StateMachineStore, StateReader), OpenError> {
-    let db = Database::create(path).map_err(|source| OpenError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let db = Database::builder()
+        .set_cache_size(DB_CACHE_BYTES)
+        .create(path)
+        .map_err(|source| OpenError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
     init(db, path, sealer)
 }
+
+/// redb's page cache. Its default, 1 GiB, is most of a small board's
+/// memory, and it filled: a 100k-task leader peaked at 474–502 MiB with it.
+/// The state lives in memory and recent entries are kept decoded
+/// (`LogStore`), so the file is mostly appended to and read back by
+/// followers that fell behind (the OS's page cache serves those).
+const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// [`open`] over redb's in-memory backend, for tests.
 pub fn open_in_memory(
