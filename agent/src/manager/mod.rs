@@ -1275,6 +1275,13 @@ fn outlives_policy(cert_expiry: &str, policy_ns: i64) -> bool {
     expiry > limit
 }
 
+impl Manager {
+    /// The managers' addresses in this manager's copy of the state.
+    pub fn known_manager_addrs(&self) -> Vec<String> {
+        manager_addrs(&self.state.read())
+    }
+}
+
 fn manager_addrs(state: &State) -> Vec<String> {
     state
         .managers()

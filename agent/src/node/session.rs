@@ -35,6 +35,7 @@ pub(super) async fn call_with_timeout(
     req: Request,
     timeout: Duration,
 ) -> Result<Reply, ControlError> {
+    let mut managers = running.file().managers;
     if let Some(m) = running.manager() {
         let reply = m.handle(running.self_caller(), req.clone()).await;
         // Our own raft may be cut off (being demoted, partitioned): then ask
@@ -45,14 +46,17 @@ pub(super) async fn call_with_timeout(
         ) {
             return Ok(reply);
         }
+        // The list from heartbeats can be older than our own state: a
+        // manager demoted just after others joined knew none of them, and
+        // could never learn it had been demoted.
+        for a in m.known_manager_addrs() {
+            if !managers.contains(&a) {
+                managers.push(a);
+            }
+        }
     }
     let me = running.file().advertise_addr;
-    let managers: Vec<String> = running
-        .file()
-        .managers
-        .into_iter()
-        .filter(|a| *a != me)
-        .collect();
+    managers.retain(|a| *a != me);
     let bytes = rpc::encode(&req);
     let mut last = ControlError::Unavailable("this node knows no manager to talk to".into());
     for addr in &managers {
