@@ -380,59 +380,9 @@ async fn run_task(
         Some(ContainerStatus::Created) | None => {
             debug!(task.id = %id, "preparing");
             send(TaskState::Preparing, "preparing", None);
-            // The network and the container are made at once: the
-            // container's spec only names the namespace and the /etc files
-            // (`Network::planned`), which runc needs when the task is
-            // created, in `start`. Ports are published before the task
-            // starts: a port in use is the task's error before it runs.
-            let planned = spec::with_attachment(spec.clone(), &h.net.planned(&id.0));
-            let network = async {
-                let attached = h.net.attach(&id.0, &spec::hostname(&spec)).await?;
-                let ports = h.net.publish(&id.0, &ports).await?;
-                Ok::<_, crate::network::NetError>((attached, ports))
-            };
-            tokio::pin!(network);
-            let prepare = ex.prepare(&planned);
-            tokio::pin!(prepare);
-            // A network error ends the wait at once: a port in use must not
-            // wait for an image pull (the unfinished prepare is dropped;
-            // whatever it made is removed below, its lease expires).
-            let mut prepared = None;
-            let net = loop {
-                tokio::select! {
-                    n = &mut network => break n,
-                    p = &mut prepare, if prepared.is_none() => prepared = Some(p),
-                }
-            };
-            let failed = match net {
-                Err(e) => Err(e.to_string()),
-                Ok((attached, ports)) => match prepared {
-                    Some(p) => p,
-                    None => prepare.await,
-                }
-                .map_err(|e| e.to_string())
-                .map(|()| (attached, ports)),
-            };
-            let failed = match failed {
-                Err(e) => Err(e),
-                Ok((attached, ports)) => {
-                    let spec = spec::with_attachment(spec.clone(), &attached);
-                    if spec == planned {
-                        Ok(ports)
-                    } else {
-                        // Not expected: the network gave other paths than
-                        // it planned. Make the container from what it gave
-                        // (prepare keeps an existing one: it must go first).
-                        warn!(task.id = %id, "the task's network differs from its plan: creating its container again");
-                        match ex.remove(&id.0).await {
-                            Ok(()) => ex.prepare(&spec).await.map(|()| ports),
-                            Err(e) => Err(e),
-                        }
-                        .map_err(|e| e.to_string())
-                    }
-                }
-            };
-            let ports = match failed {
+            // Ports are published before the task starts: a port in use
+            // is the task's error before it runs.
+            let ports = match prepare_networked(&h, &id, &spec, &ports).await {
                 Ok(p) => {
                     debug!(task.id = %id, "network attached and container prepared");
                     p
@@ -534,6 +484,51 @@ async fn run_task(
             }
         }
     }
+}
+
+/// Attach and publish the task's network while its container is prepared;
+/// returns the published ports. The container's spec only names the
+/// namespace and the /etc files (`Network::planned`), which runc needs when
+/// the task is created, in `start`. A network error ends the wait at once:
+/// a port in use must not wait for an image pull (the unfinished prepare is
+/// dropped; the caller removes whatever it made, its lease expires).
+async fn prepare_networked(
+    h: &Host,
+    id: &TaskId,
+    spec: &ContainerSpec,
+    ports: &[PortMapping],
+) -> Result<Vec<PortMapping>, String> {
+    let planned = spec::with_attachment(spec.clone(), &h.net.planned(&id.0));
+    let network = async {
+        let attached = h.net.attach(&id.0, &spec::hostname(spec)).await?;
+        let ports = h.net.publish(&id.0, ports).await?;
+        Ok::<_, crate::network::NetError>((attached, ports))
+    };
+    tokio::pin!(network);
+    let prepare = h.ex.prepare(&planned);
+    tokio::pin!(prepare);
+    let mut prepared = None;
+    let (attached, ports) = loop {
+        tokio::select! {
+            n = &mut network => break n.map_err(|e| e.to_string())?,
+            p = &mut prepare, if prepared.is_none() => prepared = Some(p),
+        }
+    };
+    match prepared {
+        Some(p) => p,
+        None => prepare.await,
+    }
+    .map_err(|e| e.to_string())?;
+    let spec = spec::with_attachment(spec.clone(), &attached);
+    if spec != planned {
+        // Not expected: the network gave other paths than it planned. Make
+        // the container from what it gave (prepare keeps an existing one:
+        // it must go first).
+        warn!(task.id = %id, "the task's network differs from its plan: creating its container again");
+        h.ex.remove(&id.0).await.map_err(|e| e.to_string())?;
+        h.ex.prepare(&spec).await.map_err(|e| e.to_string())?;
+    }
+    Ok(ports)
 }
 
 async fn finish(id: &TaskId, code: i64, reports: &Reports) {

@@ -52,6 +52,14 @@ fn openraft_suite_in_memory() -> Result<(), Error> {
     Suite::test_all(InMemoryBuilder)
 }
 
+/// The error opening `path` gives; an error of the test if it opens.
+fn open_fails(path: &Path, why: &str) -> Result<OpenError, String> {
+    match open(path, key()) {
+        Ok(_) => Err(format!("{why}: open must fail")),
+        Err(e) => Ok(e),
+    }
+}
+
 fn log_id(term: u64, index: u64) -> LogId {
     openraft::LogId::new(CommittedLeaderId::new(term, 1), index)
 }
@@ -352,10 +360,7 @@ async fn a_committed_entry_missing_from_the_log_fails_open(
         log.blocking_append(first_entries()).await?;
         log.save_committed(Some(log_id(1, 6))).await?;
     }
-    let err = match open(&path, key()) {
-        Ok(_) => return Err("a committed entry is missing: open must fail".into()),
-        Err(e) => e,
-    };
+    let err = open_fails(&path, "a committed entry is missing")?;
     assert!(matches!(err, OpenError::State { .. }), "{err:?}");
     assert!(err.to_string().contains("committed log entry 5"), "{err}");
     Ok(())
@@ -420,10 +425,7 @@ fn corrupt_row_fails_open_naming_the_file() -> Result<(), Box<dyn std::error::Er
             .insert(META_LAST_APPLIED, applied.as_slice())?;
         txn.commit()?;
     }
-    let err = match open(&path, key()) {
-        Ok(_) => return Err("a corrupt row must fail open".into()),
-        Err(e) => e,
-    };
+    let err = open_fails(&path, "a corrupt row")?;
     assert!(matches!(err, OpenError::State { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&path.display().to_string()),
@@ -437,10 +439,7 @@ fn corrupt_row_fails_open_naming_the_file() -> Result<(), Box<dyn std::error::Er
             .insert("node/x", b"not sealed at all, just bytes".as_slice())?;
         txn.commit()?;
     }
-    let err = match open(&path, key()) {
-        Ok(_) => return Err("a tampered row must fail open".into()),
-        Err(e) => e,
-    };
+    let err = open_fails(&path, "a tampered row")?;
     assert!(matches!(err, OpenError::Sealed { .. }), "{err:?}");
     assert!(err.to_string().contains("does not open"), "{err}");
     Ok(())
