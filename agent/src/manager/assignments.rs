@@ -58,17 +58,22 @@ fn walk<'a>(
 /// time was the largest item of a manager answering 1,000 nodes. Only a
 /// node whose wanted tasks use secrets or configs is walked, for those.
 pub fn fingerprint(state: &State, node: &NodeId) -> u64 {
-    let view = state
-        .task_index
-        .views
-        .get(node)
-        .copied()
-        .unwrap_or_default();
+    let view = view(state, node);
     if view.with_refs == 0 {
         return fingerprint_of(state, view.digests, &BTreeSet::new(), &BTreeSet::new());
     }
     let (_, secret_ids, config_ids) = walk(state, node);
     fingerprint_of(state, view.digests, &secret_ids, &config_ids)
+}
+
+/// The node's tasks in sum, as the state keeps them.
+fn view(state: &State, node: &NodeId) -> crate::store::NodeView {
+    state
+        .task_index
+        .views
+        .get(node)
+        .copied()
+        .unwrap_or_default()
 }
 
 fn fingerprint_of(
@@ -123,8 +128,7 @@ pub fn build(state: &State, node: &NodeId, have: &[(TaskId, u64)]) -> Assignment
         .filter(|c| config_ids.contains(c.id.0.as_str()))
         .cloned()
         .collect();
-    let digests = state.task_index.views.get(node).map_or(0, |v| v.digests);
-    let fingerprint = fingerprint_of(state, digests, &secret_ids, &config_ids);
+    let fingerprint = fingerprint_of(state, view(state, node).digests, &secret_ids, &config_ids);
     let (kept, changed): (Vec<&Task>, Vec<&Task>) = tasks
         .into_iter()
         .partition(|t| have.get(&t.id) == Some(&t.assignment_digest()));
