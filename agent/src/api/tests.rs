@@ -162,7 +162,7 @@ impl Fake {
         let mut s = self.lock();
         s.index += 1;
         let index = s.index;
-        let (r, _) = s.objects.apply(index, &cmd);
+        let r = s.objects.apply(index, &cmd);
         match r.error {
             None => Ok(()),
             Some(e) => Err(match e.kind {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Change, State, StoreError};
+use super::state::{State, StoreError};
 use super::types::{NodeId, RootCa};
 
 pub(super) const NODE_TLS_PREFIX: &str = "nodetls/";
@@ -44,16 +44,6 @@ pub struct NodeTls {
 }
 
 impl State {
-    pub(super) fn node_tls_change(&self, id: &NodeId) -> Change {
-        Change {
-            key: format!("{NODE_TLS_PREFIX}{id}"),
-            value: self
-                .node_tls
-                .get(id)
-                .map(|t| serde_json::to_vec(t).unwrap_or_default()),
-        }
-    }
-
     /// `swarm ca --rotate`: the new root signs from now on; the current one
     /// (and any a rotation in progress was replacing) stays trusted.
     pub(super) fn apply_rotate_root_ca(
@@ -63,7 +53,7 @@ impl State {
         from_root_cert: &str,
         cross_signed: &[String],
         now: &str,
-    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let cluster = self
             .cluster
             .as_mut()
@@ -84,7 +74,7 @@ impl State {
         cluster.rotation = Some(rotation);
         cluster.version = index;
         cluster.updated_at = now.to_string();
-        Ok((Some(index), vec![self.cluster_change_pub()]))
+        Ok(Some(index))
     }
 
     /// Every live node moved: drop the previous roots (no longer trusted).
@@ -93,7 +83,7 @@ impl State {
         index: u64,
         root_cert: &str,
         now: &str,
-    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let cluster = self
             .cluster
             .as_mut()
@@ -104,23 +94,23 @@ impl State {
             ));
         }
         if cluster.rotation.take().is_none() {
-            return Ok((None, Vec::new()));
+            return Ok(None);
         }
         cluster.version = index;
         cluster.updated_at = now.to_string();
-        Ok((Some(index), vec![self.cluster_change_pub()]))
+        Ok(Some(index))
     }
 
     pub(super) fn apply_set_node_tls(
         &mut self,
         id: &NodeId,
         tls: &NodeTls,
-    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         // A node removed meanwhile: nothing to record (as SetNodeStatus).
         if !self.nodes.contains_key(id) {
-            return Ok((None, Vec::new()));
+            return Ok(None);
         }
         self.node_tls.insert(id.clone(), tls.clone());
-        Ok((None, vec![self.node_tls_change(id)]))
+        Ok(None)
     }
 }

@@ -14,7 +14,6 @@ mod services;
 pub mod spec;
 mod state;
 mod types;
-mod undo;
 
 pub use ca::{CaRotation, NodeTls};
 pub use services::{
@@ -23,6 +22,5 @@ pub use services::{
     ASSIGNED_MESSAGE,
 };
 pub use spec::SharedSpec;
-pub use state::{Change, State, StoreError, StoreErrorKind};
+pub use state::{State, StoreError, StoreErrorKind};
 pub use types::*;
-pub use undo::Undo;

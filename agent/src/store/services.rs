@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Change, State, StoreError};
+use super::state::{State, StoreError};
 use super::types::NodeId;
 
 pub type ServiceSpec = bollard_stubs::models::ServiceSpec;
@@ -352,10 +352,6 @@ pub struct TaskStatusUpdate {
 pub(super) const SERVICE_PREFIX: &str = "service/";
 pub(super) const TASK_PREFIX: &str = "task/";
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
 /// Indexes over tasks, rebuilt on load and kept in step by every task write
 /// (never persisted): the dispatcher and scheduler ask "tasks of node N" and
 /// "tasks of service S" on every change, which a scan of 100k tasks would
@@ -494,20 +490,6 @@ impl Task {
 }
 
 impl State {
-    pub(super) fn service_change(&self, id: &ServiceId) -> Change {
-        Change {
-            key: format!("{SERVICE_PREFIX}{id}"),
-            value: self.services.get(id).map(encode),
-        }
-    }
-
-    pub(super) fn task_change(&self, id: &TaskId) -> Change {
-        Change {
-            key: format!("{TASK_PREFIX}{id}"),
-            value: self.tasks.get(id).map(super::spec::encode_by_reference),
-        }
-    }
-
     /// Insert or replace a task, keeping the indexes in step.
     pub(super) fn put_task(&mut self, mut task: Task) {
         match self.tasks.get(&task.id) {
@@ -691,7 +673,7 @@ impl State {
         &mut self,
         index: u64,
         service: &Service,
-    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         if self.services.contains_key(&service.id) {
             return Err(StoreError::conflict(format!(
                 "service {} already exists",
@@ -710,7 +692,7 @@ impl State {
         s.spec_version = index;
         self.services.insert(s.id.clone(), s);
         self.task_index.hints.service(&service.id);
-        Ok((Some(index), vec![self.service_change(&service.id)]))
+        Ok(Some(index))
     }
 
     pub(super) fn update_service(
@@ -721,7 +703,7 @@ impl State {
         spec: &ServiceSpec,
         registry_auth: Option<&RegistryAuth>,
         now: &str,
-    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let current = self
             .services
             .get(id)
@@ -760,7 +742,7 @@ impl State {
         s.version = index;
         s.updated_at = now.to_string();
         self.task_index.hints.service(id);
-        Ok((Some(index), vec![self.service_change(id)]))
+        Ok(Some(index))
     }
 
     /// Removing a service asks all its tasks to go; the orchestrator deletes
@@ -770,11 +752,10 @@ impl State {
         index: u64,
         id: &ServiceId,
         now: &str,
-    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         if self.services.remove(id).is_none() {
             return Err(StoreError::not_found(format!("service {id} not found")));
         }
-        let mut changes = vec![self.service_change(id)];
         let ids = self.task_ids_of_service(id);
         self.task_index.hints.service(id);
         for tid in ids {
@@ -785,18 +766,16 @@ impl State {
                     t.version = index;
                     t.updated_at = now.to_string();
                     self.retouch(&tid, true, before);
-                    changes.push(self.task_change(&tid));
                 }
             }
         }
-        Ok((Some(index), changes))
+        Ok(Some(index))
     }
 
     /// New tasks from the orchestrator. A task whose slot (or, for global
     /// services, node) already has a live task is skipped: a second leader
     /// replaying the same decision must not double a replica.
-    pub(super) fn create_tasks(&mut self, index: u64, tasks: &[Task]) -> Vec<Change> {
-        let mut changes = Vec::new();
+    pub(super) fn create_tasks(&mut self, index: u64, tasks: &[Task]) {
         // Where each service already has a live task: its slots, or for a
         // global service its nodes (looked up once per service, not once
         // per new task: a command carries hundreds).
@@ -841,21 +820,12 @@ impl State {
                     t.node_id = None;
                 }
             }
-            let id = t.id.clone();
             self.put_task(t);
-            changes.push(self.task_change(&id));
         }
-        changes
     }
 
     /// The scheduler's placements: only tasks still pending and wanted.
-    pub(super) fn assign_tasks(
-        &mut self,
-        index: u64,
-        assignments: &[(TaskId, NodeId)],
-        now: &str,
-    ) -> Vec<Change> {
-        let mut changes = Vec::new();
+    pub(super) fn assign_tasks(&mut self, index: u64, assignments: &[(TaskId, NodeId)], now: &str) {
         for (id, node) in assignments {
             let Some(t) = self.tasks.get(id) else {
                 continue;
@@ -872,9 +842,7 @@ impl State {
             t.version = index;
             t.updated_at = now.to_string();
             self.put_task(t);
-            changes.push(self.task_change(id));
         }
-        changes
     }
 
     /// Status reports. A task only moves forward (a late "running" after
@@ -885,8 +853,7 @@ impl State {
         index: u64,
         updates: &[TaskStatusUpdate],
         reporter: Option<&NodeId>,
-    ) -> Vec<Change> {
-        let mut changes = Vec::new();
+    ) {
         for u in updates {
             let Some(t) = self.tasks.get_mut(&u.id) else {
                 continue;
@@ -919,9 +886,7 @@ impl State {
             t.version = index;
             t.updated_at = u.status.timestamp.clone();
             self.retouch(&u.id, cares, before);
-            changes.push(self.task_change(&u.id));
         }
-        changes
     }
 
     /// Desired state only rises (running → shutdown → remove).
@@ -931,8 +896,7 @@ impl State {
         ids: &[TaskId],
         desired: TaskState,
         now: &str,
-    ) -> Vec<Change> {
-        let mut changes = Vec::new();
+    ) {
         for id in ids {
             let Some(t) = self.tasks.get_mut(id) else {
                 continue;
@@ -945,21 +909,12 @@ impl State {
             t.version = index;
             t.updated_at = now.to_string();
             self.retouch(id, true, before);
-            changes.push(self.task_change(id));
         }
-        changes
     }
 
-    pub(super) fn delete_tasks(&mut self, ids: &[TaskId]) -> Vec<Change> {
-        let mut changes = Vec::new();
+    pub(super) fn delete_tasks(&mut self, ids: &[TaskId]) {
         for id in ids {
-            if self.delete_task(id).is_some() {
-                changes.push(Change {
-                    key: format!("{TASK_PREFIX}{id}"),
-                    value: None,
-                });
-            }
+            self.delete_task(id);
         }
-        changes
     }
 }

@@ -20,7 +20,7 @@
 //! encoding and decoding run synchronously on one thread.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
@@ -31,7 +31,6 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::services::Task;
-use super::state::Change;
 
 /// Persisted rows of specs: `spec/<key>`.
 pub const SPEC_PREFIX: &str = "spec/";
@@ -291,8 +290,6 @@ pub mod tasks {
 #[derive(Clone, Debug, Default)]
 pub struct SpecTable {
     by_key: HashMap<String, (SharedSpec, u64)>,
-    /// Keys whose row must be written (new) or deleted (no task left).
-    dirty: BTreeSet<String>,
 }
 
 impl PartialEq for SpecTable {
@@ -317,9 +314,7 @@ impl SpecTable {
                 }
             }
             None => {
-                let key = key.to_string();
-                self.dirty.insert(key.clone());
-                self.by_key.insert(key, (spec.clone(), 1));
+                self.by_key.insert(key.to_string(), (spec.clone(), 1));
             }
         }
     }
@@ -331,7 +326,6 @@ impl SpecTable {
             *n -= 1;
             if *n == 0 {
                 self.by_key.remove(key);
-                self.dirty.insert(key.to_string());
             }
         }
     }
@@ -342,17 +336,6 @@ impl SpecTable {
 
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
-    }
-
-    /// Row changes for the specs that came or went since the last call.
-    pub fn take_changes(&mut self) -> Vec<Change> {
-        std::mem::take(&mut self.dirty)
-            .into_iter()
-            .map(|key| Change {
-                value: self.by_key.get(&key).map(|(s, _)| spec_row(s)),
-                key: format!("{SPEC_PREFIX}{key}"),
-            })
-            .collect()
     }
 
     /// Every spec as a persisted row (for snapshots).
@@ -477,20 +460,18 @@ mod tests {
     }
 
     #[test]
-    fn the_table_counts_holders_and_reports_rows_that_come_and_go() {
+    fn the_table_counts_holders_and_keeps_a_row_while_one_holds_it() {
         let mut table = SpecTable::default();
         let (mut a1, mut a2) = (spec("busybox"), spec("busybox"));
         table.hold(&mut a1);
         table.hold(&mut a2);
         assert!(a1.same(&a2), "equal specs share one copy");
-        let ch = table.take_changes();
-        assert_eq!(ch.len(), 1);
-        assert!(ch[0].value.is_some());
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.rows().count(), 1);
         table.release(&a1);
-        assert!(table.take_changes().is_empty());
+        assert_eq!(table.len(), 1, "one task still holds it");
         table.release(&a2);
-        let ch = table.take_changes();
-        assert_eq!((ch.len(), ch[0].value.is_none()), (1, true));
         assert!(table.is_empty());
+        assert_eq!(table.rows().count(), 0);
     }
 }

@@ -46,14 +46,6 @@ impl StoreError {
     }
 }
 
-/// One persisted row changed by an apply: `value: None` deletes it.
-/// Keys are `"<kind>/<id>"`, values are the object's JSON.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    pub key: String,
-    pub value: Option<Vec<u8>>,
-}
-
 const CLUSTER_KEY: &str = "cluster/default";
 const NODE_PREFIX: &str = "node/";
 const REMOVED_PREFIX: &str = "removed/";
@@ -171,30 +163,7 @@ impl State {
             })?;
             state.put_task(task);
         }
-        // The rows just read are what is stored: nothing to write back.
-        state.task_index.specs.take_changes();
         Ok(state)
-    }
-
-    fn node_change(&self, id: &NodeId) -> Change {
-        Change {
-            key: format!("{NODE_PREFIX}{id}"),
-            value: self.nodes.get(id).map(encode),
-        }
-    }
-
-    fn secret_change(&self, id: &SecretId) -> Change {
-        Change {
-            key: format!("{SECRET_PREFIX}{id}"),
-            value: self.secrets.get(id).map(encode),
-        }
-    }
-
-    fn config_change(&self, id: &ConfigId) -> Change {
-        Change {
-            key: format!("{CONFIG_PREFIX}{id}"),
-            value: self.configs.get(id).map(encode),
-        }
     }
 
     /// Names of the services whose task template references a secret
@@ -224,67 +193,40 @@ impl State {
             .collect()
     }
 
-    pub(super) fn cluster_change_pub(&self) -> Change {
-        self.cluster_change()
-    }
-
-    fn cluster_change(&self) -> Change {
-        Change {
-            key: CLUSTER_KEY.to_string(),
-            value: self.cluster.as_ref().map(encode),
-        }
-    }
-
     pub fn managers(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values().filter(|n| n.manager_status.is_some())
     }
 
     /// Apply one committed command at log `index`. Deterministic: the same
     /// state, index and command give the same result on every manager.
-    pub fn apply(&mut self, index: u64, cmd: &Command) -> (Response, Vec<Change>) {
+    ///
+    /// Nothing is encoded here: the state is durable as its snapshot plus
+    /// the committed log (`raft::storage`), so an apply only changes memory.
+    /// (It used to also return each changed object as an encoded row, which
+    /// nothing read any more: a JSON encoding of every touched task.)
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Response {
         if let Command::Batch(cmds) = cmd {
-            let mut changes = Vec::new();
-            let mut batch = Vec::with_capacity(cmds.len());
-            for c in cmds {
-                let (r, ch) = self.apply(index, c);
-                changes.extend(ch);
-                batch.push(r);
-            }
-            return (
-                Response {
-                    version: None,
-                    error: None,
-                    batch,
-                },
-                changes,
-            );
+            return Response {
+                version: None,
+                error: None,
+                batch: cmds.iter().map(|c| self.apply(index, c)).collect(),
+            };
         }
         let result = self.apply_inner(index, cmd);
         if result.is_ok() {
             self.hint(cmd);
         }
-        // Specs that tasks came to hold or stopped holding.
-        let spec_rows = self.task_index.specs.take_changes();
         match result {
-            Ok((version, mut changes)) => {
-                changes.extend(spec_rows);
-                (
-                    Response {
-                        version,
-                        error: None,
-                        batch: Vec::new(),
-                    },
-                    changes,
-                )
-            }
-            Err(e) => (
-                Response {
-                    version: None,
-                    error: Some(e),
-                    batch: Vec::new(),
-                },
-                Vec::new(),
-            ),
+            Ok(version) => Response {
+                version,
+                error: None,
+                batch: Vec::new(),
+            },
+            Err(e) => Response {
+                version: None,
+                error: Some(e),
+                batch: Vec::new(),
+            },
         }
     }
 
@@ -308,11 +250,7 @@ impl State {
         }
     }
 
-    fn apply_inner(
-        &mut self,
-        index: u64,
-        cmd: &Command,
-    ) -> Result<(Option<u64>, Vec<Change>), StoreError> {
+    fn apply_inner(&mut self, index: u64, cmd: &Command) -> Result<Option<u64>, StoreError> {
         match cmd {
             // `apply` unpacks batches before they get here.
             Command::Batch(_) => Err(StoreError::invalid("a batch inside apply_inner")),
@@ -323,12 +261,8 @@ impl State {
                 self.cluster = Some(cluster);
                 let mut node = node.clone();
                 node.version = index;
-                let id = node.id.clone();
-                self.nodes.insert(id.clone(), node);
-                Ok((
-                    Some(index),
-                    vec![self.cluster_change(), self.node_change(&id)],
-                ))
+                self.nodes.insert(node.id.clone(), node);
+                Ok(Some(index))
             }
             Command::Restore {
                 cluster,
@@ -341,50 +275,30 @@ impl State {
             } => {
                 // Old versions belong to the old log; restamping every object
                 // with this index keeps `?version=` checks meaningful.
-                let mut changes: Vec<Change> = self
-                    .nodes
-                    .keys()
-                    .map(|id| Change {
-                        key: format!("{NODE_PREFIX}{id}"),
-                        value: None,
-                    })
-                    .collect();
                 self.nodes.clear();
                 let mut cluster = cluster.clone();
                 cluster.version = index;
                 self.cluster = Some(cluster);
-                changes.push(self.cluster_change());
                 for n in nodes {
                     let mut n = n.clone();
                     n.version = index;
-                    let id = n.id.clone();
-                    self.nodes.insert(id.clone(), n);
-                    changes.push(self.node_change(&id));
+                    self.nodes.insert(n.id.clone(), n);
                 }
-                changes.extend(self.restore_secrets_and_configs(index, secrets, configs));
+                self.restore_secrets_and_configs(index, secrets, configs);
                 for id in removed {
-                    if self.removed.insert(id.clone()) {
-                        changes.push(Change {
-                            key: format!("{REMOVED_PREFIX}{id}"),
-                            value: Some(encode(&true)),
-                        });
-                    }
+                    self.removed.insert(id.clone());
                 }
                 for s in services {
                     let mut s = s.clone();
                     s.version = index;
-                    let id = s.id.clone();
-                    self.services.insert(id.clone(), s);
-                    changes.push(self.service_change(&id));
+                    self.services.insert(s.id.clone(), s);
                 }
                 for t in tasks {
                     let mut t = t.clone();
                     t.version = index;
-                    let id = t.id.clone();
                     self.put_task(t);
-                    changes.push(self.task_change(&id));
                 }
-                Ok((Some(index), changes))
+                Ok(Some(index))
             }
             Command::CreateService { service } => self.create_service(index, service),
             Command::UpdateService {
@@ -395,18 +309,26 @@ impl State {
                 now,
             } => self.update_service(index, id, *version, spec, registry_auth.as_ref(), now),
             Command::RemoveService { id, now } => self.remove_service(index, id, now),
-            Command::CreateTasks { tasks } => Ok((None, self.create_tasks(index, tasks))),
+            Command::CreateTasks { tasks } => {
+                self.create_tasks(index, tasks);
+                Ok(None)
+            }
             Command::AssignTasks { assignments, now } => {
-                Ok((None, self.assign_tasks(index, assignments, now)))
+                self.assign_tasks(index, assignments, now);
+                Ok(None)
             }
-            Command::SetTaskStatus { updates, reporter } => Ok((
-                None,
-                self.set_task_status(index, updates, reporter.as_ref()),
-            )),
+            Command::SetTaskStatus { updates, reporter } => {
+                self.set_task_status(index, updates, reporter.as_ref());
+                Ok(None)
+            }
             Command::SetTasksDesired { ids, desired, now } => {
-                Ok((None, self.set_tasks_desired(index, ids, *desired, now)))
+                self.set_tasks_desired(index, ids, *desired, now);
+                Ok(None)
             }
-            Command::DeleteTasks { ids } => Ok((None, self.delete_tasks(ids))),
+            Command::DeleteTasks { ids } => {
+                self.delete_tasks(ids);
+                Ok(None)
+            }
             Command::AddNode { node } => {
                 if self.nodes.contains_key(&node.id) {
                     return Err(StoreError::conflict(format!(
@@ -416,9 +338,8 @@ impl State {
                 }
                 let mut node = node.clone();
                 node.version = index;
-                let id = node.id.clone();
-                self.nodes.insert(id.clone(), node);
-                Ok((Some(index), vec![self.node_change(&id)]))
+                self.nodes.insert(node.id.clone(), node);
+                Ok(Some(index))
             }
             Command::UpdateNodeSpec {
                 id,
@@ -455,10 +376,9 @@ impl State {
                 node.spec = spec.clone();
                 node.version = index;
                 node.updated_at = now.clone();
-                Ok((Some(index), vec![self.node_change(id)]))
+                Ok(Some(index))
             }
             Command::SetNodeStatus { updates, now } => {
-                let mut changes = Vec::with_capacity(updates.len());
                 for u in updates {
                     // A node removed while its status was in flight: skip it.
                     let Some(node) = self.nodes.get_mut(&u.id) else {
@@ -481,9 +401,8 @@ impl State {
                     }
                     node.version = index;
                     node.updated_at = now.clone();
-                    changes.push(self.node_change(&u.id));
                 }
-                Ok((Some(index), changes))
+                Ok(Some(index))
             }
             Command::SetNodeRole {
                 id,
@@ -507,7 +426,7 @@ impl State {
                 }
                 node.version = index;
                 node.updated_at = now.clone();
-                Ok((Some(index), vec![self.node_change(id)]))
+                Ok(Some(index))
             }
             Command::RemoveNode { id } => {
                 let node = self
@@ -521,15 +440,8 @@ impl State {
                 }
                 self.nodes.remove(id);
                 self.removed.insert(id.clone());
-                let tombstone = Change {
-                    key: format!("{REMOVED_PREFIX}{id}"),
-                    value: Some(encode(&true)),
-                };
-                let mut changes = vec![self.node_change(id), tombstone];
-                if self.node_tls.remove(id).is_some() {
-                    changes.push(self.node_tls_change(id));
-                }
-                Ok((None, changes))
+                self.node_tls.remove(id);
+                Ok(None)
             }
             Command::UpdateCluster { version, spec, now } => {
                 let cluster = self
@@ -545,7 +457,7 @@ impl State {
                 cluster.spec = spec.clone();
                 cluster.version = index;
                 cluster.updated_at = now.clone();
-                Ok((Some(index), vec![self.cluster_change()]))
+                Ok(Some(index))
             }
             Command::RotateJoinSecrets {
                 worker,
@@ -564,7 +476,7 @@ impl State {
                 }
                 cluster.version = index;
                 cluster.updated_at = now.clone();
-                Ok((Some(index), vec![self.cluster_change()]))
+                Ok(Some(index))
             }
             Command::SetUnlockKey { key, now } => {
                 let cluster = self
@@ -574,7 +486,7 @@ impl State {
                 cluster.unlock_key = key.clone();
                 cluster.version = index;
                 cluster.updated_at = now.clone();
-                Ok((Some(index), vec![self.cluster_change()]))
+                Ok(Some(index))
             }
             Command::SetRootCa { root_ca, now } => {
                 let cluster = self
@@ -584,7 +496,7 @@ impl State {
                 cluster.root_ca = root_ca.clone();
                 cluster.version = index;
                 cluster.updated_at = now.clone();
-                Ok((Some(index), vec![self.cluster_change()]))
+                Ok(Some(index))
             }
             Command::CreateSecret { secret } => {
                 if self.secrets.contains_key(&secret.id) {
@@ -601,9 +513,8 @@ impl State {
                 }
                 let mut secret = secret.clone();
                 secret.version = index;
-                let id = secret.id.clone();
-                self.secrets.insert(id.clone(), secret);
-                Ok((Some(index), vec![self.secret_change(&id)]))
+                self.secrets.insert(secret.id.clone(), secret);
+                Ok(Some(index))
             }
             Command::UpdateSecret {
                 id,
@@ -624,7 +535,7 @@ impl State {
                 secret.spec.labels = labels.clone();
                 secret.version = index;
                 secret.updated_at = now.clone();
-                Ok((Some(index), vec![self.secret_change(id)]))
+                Ok(Some(index))
             }
             Command::RemoveSecret { id } => {
                 let secret = self
@@ -640,7 +551,7 @@ impl State {
                     )));
                 }
                 self.secrets.remove(id);
-                Ok((None, vec![self.secret_change(id)]))
+                Ok(None)
             }
             Command::CreateConfig { config } => {
                 if self.configs.contains_key(&config.id) {
@@ -657,9 +568,8 @@ impl State {
                 }
                 let mut config = config.clone();
                 config.version = index;
-                let id = config.id.clone();
-                self.configs.insert(id.clone(), config);
-                Ok((Some(index), vec![self.config_change(&id)]))
+                self.configs.insert(config.id.clone(), config);
+                Ok(Some(index))
             }
             Command::UpdateConfig {
                 id,
@@ -680,7 +590,7 @@ impl State {
                 config.spec.labels = labels.clone();
                 config.version = index;
                 config.updated_at = now.clone();
-                Ok((Some(index), vec![self.config_change(id)]))
+                Ok(Some(index))
             }
             Command::RemoveConfig { id } => {
                 let config = self
@@ -696,7 +606,7 @@ impl State {
                     )));
                 }
                 self.configs.remove(id);
-                Ok((None, vec![self.config_change(id)]))
+                Ok(None)
             }
             Command::RotateRootCa {
                 root_ca,
@@ -713,41 +623,19 @@ impl State {
 
     /// The secrets and configs part of `Restore`: replace them all,
     /// restamped with `index` like the nodes.
-    fn restore_secrets_and_configs(
-        &mut self,
-        index: u64,
-        secrets: &[Secret],
-        configs: &[Config],
-    ) -> Vec<Change> {
-        let mut changes: Vec<Change> = self
-            .secrets
-            .keys()
-            .map(|id| Change {
-                key: format!("{SECRET_PREFIX}{id}"),
-                value: None,
-            })
-            .chain(self.configs.keys().map(|id| Change {
-                key: format!("{CONFIG_PREFIX}{id}"),
-                value: None,
-            }))
-            .collect();
+    fn restore_secrets_and_configs(&mut self, index: u64, secrets: &[Secret], configs: &[Config]) {
         self.secrets.clear();
         self.configs.clear();
         for s in secrets {
             let mut s = s.clone();
             s.version = index;
-            let id = s.id.clone();
-            self.secrets.insert(id.clone(), s);
-            changes.push(self.secret_change(&id));
+            self.secrets.insert(s.id.clone(), s);
         }
         for c in configs {
             let mut c = c.clone();
             c.version = index;
-            let id = c.id.clone();
-            self.configs.insert(id.clone(), c);
-            changes.push(self.config_change(&id));
+            self.configs.insert(c.id.clone(), c);
         }
-        changes
     }
 }
 

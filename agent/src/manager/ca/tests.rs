@@ -35,7 +35,7 @@ fn rotate(state: &mut State) -> RootCa {
     let old = state.cluster.as_ref().expect("cluster").root_ca.clone();
     let new = pki::new_root_ca().expect("root");
     let cross = pki::cross_sign(&new, &old).expect("cross");
-    let (r, _) = state.apply(
+    let r = state.apply(
         10,
         &Command::RotateRootCa {
             root_ca: new.clone(),
@@ -96,7 +96,7 @@ fn rotation_waits_for_live_nodes_only_and_bundles_both_roots_meanwhile() {
     assert_eq!(rotation_done(&state), Some(new.cert_pem.clone()));
 
     // Completing drops the old root; everyone renews once more for the bundle.
-    let (r, _) = state.apply(
+    let r = state.apply(
         11,
         &Command::CompleteCaRotation {
             root_cert: new.cert_pem.clone(),
@@ -122,7 +122,7 @@ fn a_stale_rotation_or_completion_is_refused() {
     state.cluster = Some(cluster(pki::new_root_ca().expect("root")));
     let first = rotate(&mut state);
     // A second rotation prepared against the old root loses.
-    let (r, _) = state.apply(
+    let r = state.apply(
         12,
         &Command::RotateRootCa {
             root_ca: pki::new_root_ca().expect("root"),
@@ -143,7 +143,7 @@ fn a_stale_rotation_or_completion_is_refused() {
         3
     );
     // Completing the first rotation's root is refused: a newer one runs.
-    let (r, _) = state.apply(
+    let r = state.apply(
         13,
         &Command::CompleteCaRotation {
             root_cert: first.cert_pem,

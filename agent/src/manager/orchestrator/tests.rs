@@ -498,7 +498,8 @@ fn a_service_update_with_a_stale_version_is_refused_and_changes_nothing() {
     let before = st.services[&sid].clone();
     let mut spec = before.spec.clone();
     spec.labels = Some([("x".to_string(), "y".to_string())].into());
-    let (resp, changes) = st.apply(
+    let whole = st.clone();
+    let resp = st.apply(
         60_000,
         &Command::UpdateService {
             id: sid.clone(),
@@ -511,6 +512,6 @@ fn a_service_update_with_a_stale_version_is_refused_and_changes_nothing() {
     let err = resp.error.expect("refused");
     assert_eq!(err.kind, crate::store::StoreErrorKind::Conflict);
     assert!(err.message.contains("out of sequence"), "{}", err.message);
-    assert!(changes.is_empty());
     assert_eq!(st.services[&sid], before);
+    assert_eq!(st, whole);
 }

@@ -64,7 +64,7 @@ fn state_with(secrets: &[(&str, &str)]) -> State {
     for (i, (id, name)) in secrets.iter().enumerate() {
         let mut s = new_secret(spec(name, 3), "t");
         s.id = SecretId(id.to_string());
-        let (r, _) = st.apply(i as u64 + 1, &Command::CreateSecret { secret: s });
+        let r = st.apply(i as u64 + 1, &Command::CreateSecret { secret: s });
         assert_eq!(r.error, None);
     }
     st

@@ -309,7 +309,7 @@ fn init(
             let entry = log_store::decode_entry(&sealer, index, v.value())
                 .map_err(|e| replay_err(index, &e))?;
             // Nothing to roll back to here: a failure fails the open.
-            let batch = state_machine::apply_entries(&mut state, None, &[entry])
+            let batch = state_machine::apply_entries(&mut state, &[entry])
                 .map_err(|e| replay_err(index, &e))?;
             last_applied = Some(batch.last);
             if let Some(m) = batch.membership {

@@ -55,7 +55,7 @@ fn cluster() -> Cluster {
 
 fn initialised() -> State {
     let mut s = State::default();
-    let (r, _) = s.apply(
+    let r = s.apply(
         1,
         &Command::InitCluster {
             cluster: cluster(),
@@ -70,14 +70,13 @@ fn initialised() -> State {
 fn versions_are_log_indexes() {
     let mut s = initialised();
     assert_eq!(s.cluster.as_ref().map(|c| c.version), Some(1));
-    let (r, changes) = s.apply(
+    let r = s.apply(
         5,
         &Command::AddNode {
             node: node("w1", Role::Worker),
         },
     );
     assert_eq!(r.version, Some(5));
-    assert_eq!(changes.len(), 1);
     assert_eq!(s.nodes[&NodeId("w1".into())].version, 5);
 }
 
@@ -93,7 +92,7 @@ fn stale_node_update_is_refused_and_changes_nothing() {
     let mut spec = s.nodes[&NodeId("w1".into())].spec.clone();
     spec.labels.insert("a".into(), "b".into());
     let before = s.clone();
-    let (r, changes) = s.apply(
+    let r = s.apply(
         3,
         &Command::UpdateNodeSpec {
             id: NodeId("w1".into()),
@@ -103,9 +102,8 @@ fn stale_node_update_is_refused_and_changes_nothing() {
         },
     );
     assert_eq!(r.error.map(|e| e.kind), Some(StoreErrorKind::Conflict));
-    assert!(changes.is_empty());
     assert_eq!(s, before);
-    let (r, _) = s.apply(
+    let r = s.apply(
         4,
         &Command::UpdateNodeSpec {
             id: NodeId("w1".into()),
@@ -123,7 +121,7 @@ fn the_last_manager_cannot_be_demoted() {
     let mut s = initialised();
     let mut spec = s.nodes[&NodeId("m1".into())].spec.clone();
     spec.role = Role::Worker;
-    let (r, _) = s.apply(
+    let r = s.apply(
         2,
         &Command::UpdateNodeSpec {
             id: NodeId("m1".into()),
@@ -140,7 +138,7 @@ fn the_last_manager_cannot_be_demoted() {
 #[test]
 fn raft_members_cannot_be_removed() {
     let mut s = initialised();
-    let (r, _) = s.apply(
+    let r = s.apply(
         2,
         &Command::RemoveNode {
             id: NodeId("m1".into()),
@@ -157,32 +155,20 @@ fn raft_members_cannot_be_removed() {
             node: node("w1", Role::Worker),
         },
     );
-    let (r, changes) = s.apply(
+    let r = s.apply(
         4,
         &Command::RemoveNode {
             id: NodeId("w1".into()),
         },
     );
     assert_eq!(r.error, None);
-    assert_eq!(
-        changes,
-        vec![
-            Change {
-                key: "node/w1".into(),
-                value: None
-            },
-            Change {
-                key: "removed/w1".into(),
-                value: Some(b"true".to_vec())
-            },
-        ]
-    );
+    assert!(!s.nodes.contains_key(&NodeId("w1".into())));
     assert!(
         s.removed.contains(&NodeId("w1".into())),
         "a removed node stays revoked"
     );
     assert_eq!(State::from_rows(s.rows()).expect("rows").removed, s.removed);
-    let (r, _) = s.apply(
+    let r = s.apply(
         5,
         &Command::RemoveNode {
             id: NodeId("w1".into()),
@@ -217,7 +203,7 @@ fn restore_restamps_versions_and_replaces_everything() {
             node: node("gone", Role::Worker),
         },
     );
-    let (r, changes) = s.apply(
+    let r = s.apply(
         1,
         &Command::Restore {
             cluster: cluster(),
@@ -230,9 +216,7 @@ fn restore_restamps_versions_and_replaces_everything() {
         },
     );
     assert_eq!(r.error, None);
-    assert!(changes
-        .iter()
-        .any(|c| c.key == "node/gone" && c.value.is_none()));
+    assert!(!s.nodes.contains_key(&NodeId("gone".into())));
     assert_eq!(s.nodes.len(), 1);
     assert!(s.nodes.values().all(|n| n.version == 1));
 }
@@ -248,7 +232,7 @@ fn status_updates_skip_removed_nodes() {
         reachability: Some(Reachability::Unreachable),
         description: None,
     };
-    let (r, changes) = s.apply(
+    let r = s.apply(
         2,
         &Command::SetNodeStatus {
             updates: vec![upd("m1"), upd("ghost")],
@@ -256,7 +240,10 @@ fn status_updates_skip_removed_nodes() {
         },
     );
     assert_eq!(r.error, None);
-    assert_eq!(changes.len(), 1);
+    assert!(
+        !s.nodes.contains_key(&NodeId("ghost".into())),
+        "an update for an unknown node makes none"
+    );
     let m1 = &s.nodes[&NodeId("m1".into())];
     assert_eq!(m1.status.state, NodeState::Down);
     assert_eq!(
@@ -296,7 +283,7 @@ fn config(id: &str, name: &str) -> Config {
 #[test]
 fn secret_names_are_unique() {
     let mut s = initialised();
-    let (r, changes) = s.apply(
+    let r = s.apply(
         2,
         &Command::CreateSecret {
             secret: secret("s1", "web-key"),
@@ -304,12 +291,11 @@ fn secret_names_are_unique() {
     );
     assert_eq!(r.error, None);
     assert_eq!(r.version, Some(2));
-    assert_eq!(changes.len(), 1);
-    assert_eq!(changes[0].key, "secret/s1");
+    assert_eq!(s.secrets.len(), 1);
     assert_eq!(s.secrets[&SecretId("s1".into())].version, 2);
 
     let before = s.clone();
-    let (r, changes) = s.apply(
+    let r = s.apply(
         3,
         &Command::CreateSecret {
             secret: secret("s2", "web-key"),
@@ -322,10 +308,9 @@ fn secret_names_are_unique() {
         "{}",
         e.message
     );
-    assert!(changes.is_empty());
     assert_eq!(s, before);
 
-    let (r, _) = s.apply(
+    let r = s.apply(
         4,
         &Command::CreateSecret {
             secret: secret("s1", "other"),
@@ -334,14 +319,14 @@ fn secret_names_are_unique() {
     assert_eq!(r.error.map(|e| e.kind), Some(StoreErrorKind::Conflict));
 
     // A config may share a secret's name: they are separate namespaces.
-    let (r, _) = s.apply(
+    let r = s.apply(
         5,
         &Command::CreateConfig {
             config: config("c1", "web-key"),
         },
     );
     assert_eq!(r.error, None);
-    let (r, _) = s.apply(
+    let r = s.apply(
         6,
         &Command::CreateConfig {
             config: config("c2", "web-key"),
@@ -373,20 +358,19 @@ fn secret_updates_change_labels_with_the_right_version() {
         labels: labels.clone(),
         now: "t1".into(),
     };
-    let (r, _) = s.apply(3, &upd(1));
+    let r = s.apply(3, &upd(1));
     let e = r.error.expect("stale");
     assert_eq!(e.kind, StoreErrorKind::Conflict);
     assert!(e.message.contains("out of sequence"), "{}", e.message);
-    let (r, changes) = s.apply(4, &upd(2));
+    let r = s.apply(4, &upd(2));
     assert_eq!(r.error, None);
-    assert_eq!(changes.len(), 1);
     let stored = &s.secrets[&SecretId("s1".into())];
     assert_eq!(stored.spec.labels, labels);
     assert_eq!(stored.spec.data, b"hunter2", "data is untouched");
     assert_eq!((stored.version, stored.updated_at.as_str()), (4, "t1"));
     assert_eq!(stored.created_at, "t0");
 
-    let (r, _) = s.apply(
+    let r = s.apply(
         5,
         &Command::UpdateSecret {
             id: SecretId("ghost".into()),
@@ -403,7 +387,7 @@ fn secret_updates_change_labels_with_the_right_version() {
             config: config("c1", "app"),
         },
     );
-    let (r, _) = s.apply(
+    let r = s.apply(
         7,
         &Command::UpdateConfig {
             id: ConfigId("c1".into()),
@@ -434,35 +418,29 @@ fn removing_secrets_and_configs() {
     );
     // No services exist yet, so nothing uses them and removal goes through.
     assert!(s.services_using_secret(&SecretId("s1".into())).is_empty());
-    let (r, changes) = s.apply(
+    let r = s.apply(
         4,
         &Command::RemoveSecret {
             id: SecretId("s1".into()),
         },
     );
     assert_eq!(r.error, None);
-    assert_eq!(
-        changes,
-        vec![Change {
-            key: "secret/s1".into(),
-            value: None
-        }]
-    );
-    let (r, _) = s.apply(
+    assert!(!s.secrets.contains_key(&SecretId("s1".into())));
+    assert!(s.configs.contains_key(&ConfigId("c1".into())));
+    let r = s.apply(
         5,
         &Command::RemoveSecret {
             id: SecretId("s1".into()),
         },
     );
     assert_eq!(r.error.map(|e| e.kind), Some(StoreErrorKind::NotFound));
-    let (r, changes) = s.apply(
+    let r = s.apply(
         6,
         &Command::RemoveConfig {
             id: ConfigId("c1".into()),
         },
     );
     assert_eq!(r.error, None);
-    assert_eq!(changes[0].key, "config/c1");
     assert!(s.secrets.is_empty() && s.configs.is_empty());
 }
 
@@ -505,7 +483,7 @@ fn secrets_and_configs_persist_as_rows_and_survive_restore() {
     let secrets: Vec<Secret> = s.secrets.values().cloned().collect();
     let configs: Vec<Config> = s.configs.values().cloned().collect();
     let mut fresh = State::default();
-    let (r, changes) = fresh.apply(
+    let r = fresh.apply(
         1,
         &Command::Restore {
             cluster: cluster(),
@@ -518,9 +496,6 @@ fn secrets_and_configs_persist_as_rows_and_survive_restore() {
         },
     );
     assert_eq!(r.error, None);
-    assert!(changes
-        .iter()
-        .any(|c| c.key == "secret/s1" && c.value.is_some()));
     assert_eq!(fresh.secrets[&SecretId("s1".into())].version, 1);
     assert_eq!(fresh.secrets[&SecretId("s1".into())].spec.data, b"hunter2");
     assert_eq!(fresh.configs[&ConfigId("c1".into())].version, 1);
@@ -566,7 +541,7 @@ fn a_batch_answers_each_command_and_one_failure_stops_none() {
             node: node("w2", Role::Worker),
         },
     ]);
-    let (r, changes) = s.apply(7, &batch);
+    let r = s.apply(7, &batch);
     assert_eq!(r.batch.len(), 3);
     assert_eq!(r.batch[0].error, None);
     assert_eq!(
@@ -574,7 +549,7 @@ fn a_batch_answers_each_command_and_one_failure_stops_none() {
         Some(StoreErrorKind::Conflict)
     );
     assert_eq!(r.batch[2].version, Some(7));
-    assert_eq!(changes.len(), 2);
+    assert_eq!(s.nodes[&NodeId("w1".into())].version, 7);
     assert!(s.nodes.contains_key(&NodeId("w2".into())));
 }
 
@@ -619,10 +594,10 @@ fn task(id: &str, service: &str, slot: u64) -> Task {
     }
 }
 
-/// Any mix of commands applied in place, then rolled back, leaves the
-/// state (tasks, indexes and the rest) exactly as it was.
+/// Any mix of commands applied in place leaves the indexes as a rebuild
+/// from the rows makes them.
 #[test]
-fn rollback_restores_the_state_exactly() {
+fn in_place_changes_keep_the_indexes_as_a_rebuild_makes_them() {
     use crate::store::{TaskState, TaskStatus, TaskStatusUpdate};
     let mut state = initialised();
     for n in ["n1", "n2"] {
@@ -703,15 +678,11 @@ fn rollback_restores_the_state_exactly() {
             service: service("s3", 2),
         },
     ];
-    let mut undo = crate::store::Undo::default();
     for (i, c) in cmds.iter().enumerate() {
-        state.apply_undoable(10 + i as u64, c, &mut undo);
+        state.apply(10 + i as u64, c);
     }
     assert_ne!(state, before, "the commands changed something");
     assert_eq!(state.tasks.len(), 3, "t4 created, t3 deleted");
-    state.rollback(undo);
-    assert_eq!(state, before);
-    // The indexes are as a rebuild from the rows makes them.
-    let rebuilt = State::from_rows(before.rows()).expect("rows decode");
+    let rebuilt = State::from_rows(state.rows()).expect("rows decode");
     assert_eq!(state.task_index, rebuilt.task_index);
 }
