@@ -55,11 +55,11 @@ pub enum Request {
     /// they change or after a while.
     Assignments {
         known: u64,
-        /// The tasks the node holds from earlier answers, each with its
-        /// `assignments::digest`: those that did not change come back by
-        /// ID only (`Assignments::kept`).
+        /// The tasks the node holds from earlier answers, by their
+        /// `Task::assignment_digest` (which covers the task's ID): those
+        /// that still stand are not sent again.
         #[serde(default)]
-        have: Vec<(TaskId, u64)>,
+        have: Vec<u64>,
     },
     /// A node reports the state of its tasks.
     ReportTasks {
@@ -138,12 +138,15 @@ pub struct HeartbeatReply {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Assignments {
     pub fingerprint: u64,
-    /// New tasks, and tasks that changed since the node's copy.
+    /// New tasks, and tasks that changed since the node's copy: with the
+    /// copies in `have` that are not `dropped`, the node's whole set.
     #[serde(with = "crate::store::spec::tasks")]
     pub tasks: Vec<Task>,
-    /// Tasks the node already holds as they are (see `have`).
+    /// The digests of `have` that no longer stand (the task changed, was
+    /// deleted or went to another node): drop those copies.
     #[serde(default)]
-    pub kept: Vec<TaskId>,
+    pub dropped: Vec<u64>,
+    /// The names of the services of `tasks`.
     pub service_names: BTreeMap<ServiceId, String>,
     pub secrets: Vec<Secret>,
     pub configs: Vec<Config>,

@@ -213,7 +213,7 @@ fn stranded(state: &State) -> HashMap<&ServiceId, u64> {
         if up {
             continue;
         }
-        for t in ids.iter().filter_map(|id| state.tasks.get(id)) {
+        for t in ids.keys().filter_map(|id| state.tasks.get(id)) {
             if TaskCounts::of(t).running > 0 {
                 *out.entry(&t.service_id).or_insert(0) += 1;
             }

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::rpc::{Assignments, Reply, Request};
-use crate::store::{TaskId, TaskStatusUpdate};
+use crate::store::TaskStatusUpdate;
 
 use super::{session, Running};
 
@@ -34,7 +34,7 @@ impl crate::worker::Cluster for Link {
     fn assignments(
         &self,
         known: u64,
-        have: Vec<(TaskId, u64)>,
+        have: Vec<u64>,
     ) -> BoxFuture<'_, Result<Assignments, String>> {
         async move {
             let running = self.running.upgrade().ok_or("the node is leaving")?;

@@ -274,6 +274,12 @@ impl Task {
         )
     }
 
+    /// The assignment digest of a task its node's worker is given
+    /// (assigned or later); None before.
+    pub fn given_digest(&self) -> Option<u64> {
+        (self.status.state >= TaskState::Assigned).then(|| self.assignment_digest())
+    }
+
     /// What the task hashes to over what a worker acts on: its ID, spec,
     /// desired state and whether it ended, not its progress. Managers and
     /// workers compute it alike (`rpc::Request::Assignments::have`).
@@ -358,7 +364,10 @@ pub(super) const TASK_PREFIX: &str = "task/";
 /// make too slow.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskIndex {
-    pub by_node: BTreeMap<NodeId, BTreeSet<TaskId>>,
+    /// Each node's tasks, with the assignment digest of those given to
+    /// its worker (assigned or later): a long poll's answer compares these
+    /// with the worker's copies without touching the tasks themselves.
+    pub by_node: BTreeMap<NodeId, BTreeMap<TaskId, Option<u64>>>,
     pub by_service: BTreeMap<ServiceId, BTreeSet<TaskId>>,
     /// Tasks waiting for the scheduler (pending and wanted).
     pub pending: BTreeSet<TaskId>,
@@ -391,15 +400,19 @@ pub struct NodeView {
 impl NodeView {
     /// What one task adds to its node's view.
     pub fn of(t: &Task) -> NodeView {
-        let given = t.status.state >= TaskState::Assigned;
+        NodeView::with_digest(t, t.given_digest())
+    }
+
+    /// The same, with the task's `given_digest` already at hand.
+    fn with_digest(t: &Task, given: Option<u64>) -> NodeView {
         let c = t.spec.container_spec.as_ref();
         let refs = c.is_some_and(|c| {
             c.secrets.as_ref().is_some_and(|v| !v.is_empty())
                 || c.configs.as_ref().is_some_and(|v| !v.is_empty())
         });
         NodeView {
-            digests: if given { t.assignment_digest() } else { 0 },
-            with_refs: u64::from(given && t.desired_state <= TaskState::Running && refs),
+            digests: given.unwrap_or(0),
+            with_refs: u64::from(given.is_some() && t.desired_state <= TaskState::Running && refs),
             tasks: 1,
         }
     }
@@ -424,10 +437,44 @@ struct Before {
 
 impl Before {
     fn of(t: &Task) -> Before {
+        let seen = t.worker_view();
         Before {
             counts: TaskCounts::of(t),
-            seen: t.worker_view(),
-            view: NodeView::of(t),
+            seen,
+            view: NodeView::with_digest(t, seen.0.then_some(seen.1)),
+        }
+    }
+}
+
+/// Put `id → digest` in `node`'s entry of the node index.
+fn index_on_node(
+    by_node: &mut BTreeMap<NodeId, BTreeMap<TaskId, Option<u64>>>,
+    node: &NodeId,
+    id: &TaskId,
+    digest: Option<u64>,
+) {
+    let tasks = match by_node.get_mut(node) {
+        Some(t) => t,
+        None => by_node.entry(node.clone()).or_default(),
+    };
+    match tasks.get_mut(id) {
+        Some(d) => *d = digest,
+        None => {
+            tasks.insert(id.clone(), digest);
+        }
+    }
+}
+
+/// Take `id` out of `node`'s entry of the node index.
+fn unindex_on_node(
+    by_node: &mut BTreeMap<NodeId, BTreeMap<TaskId, Option<u64>>>,
+    node: &NodeId,
+    id: &TaskId,
+) {
+    if let Some(tasks) = by_node.get_mut(node) {
+        tasks.remove(id);
+        if tasks.is_empty() {
+            by_node.remove(node);
         }
     }
 }
@@ -451,6 +498,40 @@ fn shift_entry<K: Ord + Clone, V: Default>(
                 map.insert(key.clone(), v);
             }
         }
+    }
+}
+
+/// What `put_task` needs of the task it replaces.
+struct Old {
+    counts: TaskCounts,
+    node: Option<NodeId>,
+    seen: (bool, u64),
+    view: NodeView,
+    same_service: bool,
+}
+
+/// Shift a node's view by one task's change.
+fn view(views: &mut BTreeMap<NodeId, NodeView>, node: &NodeId, before: NodeView, after: NodeView) {
+    if before != after {
+        shift_entry(views, node, |v| {
+            v.shift(before, after);
+            v.tasks == 0
+        });
+    }
+}
+
+/// Shift a service's counts by one task's change.
+fn count(
+    counts: &mut BTreeMap<ServiceId, TaskCounts>,
+    service: &ServiceId,
+    before: TaskCounts,
+    after: TaskCounts,
+) {
+    if before != after {
+        shift_entry(counts, service, |c| {
+            c.shift(before, after);
+            *c == TaskCounts::default()
+        });
     }
 }
 
@@ -490,146 +571,157 @@ impl Task {
 }
 
 impl State {
-    /// Insert or replace a task, keeping the indexes in step.
+    /// Insert or replace a task, keeping the indexes in step. (Called for
+    /// every task of every create and placement: each index is looked up
+    /// once, and keys are cloned only when they are new.)
     pub(super) fn put_task(&mut self, mut task: Task) {
-        match self.tasks.get(&task.id) {
-            Some(old) if old.spec == task.spec => task.spec = old.spec.clone(),
-            Some(old) => {
-                self.task_index.specs.release(&old.spec);
-                self.task_index.specs.hold(&mut task.spec);
+        let seen = task.worker_view();
+        let given = seen.0.then_some(seen.1);
+        let old = match self.tasks.get(&task.id) {
+            Some(o) => {
+                if o.spec == task.spec {
+                    task.spec = o.spec.clone();
+                } else {
+                    self.task_index.specs.release(&o.spec);
+                    self.task_index.specs.hold(&mut task.spec);
+                }
+                let o_seen = o.worker_view();
+                Some(Old {
+                    counts: TaskCounts::of(o),
+                    node: o.node_id.clone(),
+                    seen: o_seen,
+                    view: NodeView::with_digest(o, o_seen.0.then_some(o_seen.1)),
+                    same_service: o.service_id == task.service_id,
+                })
             }
-            None => self.task_index.specs.hold(&mut task.spec),
+            None => {
+                self.task_index.specs.hold(&mut task.spec);
+                None
+            }
+        };
+        let index = &mut self.task_index;
+        count(
+            &mut index.counts,
+            &task.service_id,
+            old.as_ref().map(|o| o.counts).unwrap_or_default(),
+            TaskCounts::of(&task),
+        );
+        if let Some(o) = &old {
+            if let Some(n) = &o.node {
+                view(&mut index.views, n, o.view, NodeView::default());
+            }
         }
-        let old = self.tasks.get(&task.id);
-        let before = old.map(TaskCounts::of).unwrap_or_default();
-        let old_view = old.and_then(|o| Some((o.node_id.clone()?, NodeView::of(o))));
+        if let Some(n) = &task.node_id {
+            view(
+                &mut index.views,
+                n,
+                NodeView::default(),
+                NodeView::with_digest(&task, given),
+            );
+        }
+        index.hints.service(&task.service_id);
         // The node's long poll cares only when what its worker sees of the
         // task changes (not for each of its progress reports).
-        let seen_before = old.map(|o| (o.node_id.clone(), o.worker_view()));
-        self.count(&task.service_id, before, TaskCounts::of(&task));
-        if let Some((n, v)) = old_view {
-            self.view(&n, v, NodeView::default());
-        }
-        if let Some(n) = &task.node_id {
-            self.view(n, NodeView::default(), NodeView::of(&task));
-        }
-        let hints = &self.task_index.hints;
-        hints.service(&task.service_id);
-        if let Some(n) = &task.node_id {
-            if seen_before != Some((task.node_id.clone(), task.worker_view())) {
-                hints.node(n);
-            }
+        let unseen_change = !old
+            .as_ref()
+            .is_some_and(|o| o.node == task.node_id && o.seen == seen);
+        if let Some(n) = task.node_id.as_ref().filter(|_| unseen_change) {
+            index.hints.node(n);
         }
         if task.waits_for_placement() {
-            self.task_index.pending.insert(task.id.clone());
+            index.pending.insert(task.id.clone());
         } else {
-            self.task_index.pending.remove(&task.id);
+            index.pending.remove(&task.id);
         }
-        if let Some(old) = self.tasks.get(&task.id) {
-            if old.node_id != task.node_id {
-                if let Some(n) = &old.node_id {
-                    self.task_index.hints.node(n);
-                }
-                if let Some(n) = &old.node_id {
-                    if let Some(set) = self.task_index.by_node.get_mut(n) {
-                        set.remove(&task.id);
-                        if set.is_empty() {
-                            self.task_index.by_node.remove(n);
-                        }
-                    }
-                }
+        if let Some(n) = old.as_ref().and_then(|o| o.node.as_ref()) {
+            if Some(n) != task.node_id.as_ref() {
+                index.hints.node(n);
+                unindex_on_node(&mut index.by_node, n, &task.id);
             }
         }
         if let Some(n) = &task.node_id {
-            self.task_index
-                .by_node
-                .entry(n.clone())
+            index_on_node(&mut index.by_node, n, &task.id, given);
+        }
+        if !old.as_ref().is_some_and(|o| o.same_service) {
+            index
+                .by_service
+                .entry(task.service_id.clone())
                 .or_default()
                 .insert(task.id.clone());
         }
-        self.task_index
-            .by_service
-            .entry(task.service_id.clone())
-            .or_default()
-            .insert(task.id.clone());
-        self.tasks.insert(task.id.clone(), task);
+        match self.tasks.get_mut(&task.id) {
+            Some(slot) => *slot = task,
+            None => {
+                self.tasks.insert(task.id.clone(), task);
+            }
+        }
     }
 
     pub(super) fn delete_task(&mut self, id: &TaskId) -> Option<Task> {
         let task = self.tasks.remove(id)?;
-        self.task_index.specs.release(&task.spec);
-        self.count(
+        let index = &mut self.task_index;
+        index.specs.release(&task.spec);
+        count(
+            &mut index.counts,
             &task.service_id,
             TaskCounts::of(&task),
             TaskCounts::default(),
         );
-        self.task_index.pending.remove(id);
-        self.task_index.hints.service(&task.service_id);
+        index.pending.remove(id);
+        index.hints.service(&task.service_id);
         if let Some(n) = &task.node_id {
-            self.view(n, NodeView::of(&task), NodeView::default());
-            self.task_index.hints.node(n);
-            if let Some(set) = self.task_index.by_node.get_mut(n) {
-                set.remove(id);
-                if set.is_empty() {
-                    self.task_index.by_node.remove(n);
-                }
-            }
+            view(
+                &mut index.views,
+                n,
+                NodeView::of(&task),
+                NodeView::default(),
+            );
+            index.hints.node(n);
+            unindex_on_node(&mut index.by_node, n, id);
         }
-        if let Some(set) = self.task_index.by_service.get_mut(&task.service_id) {
+        if let Some(set) = index.by_service.get_mut(&task.service_id) {
             set.remove(id);
             if set.is_empty() {
-                self.task_index.by_service.remove(&task.service_id);
+                index.by_service.remove(&task.service_id);
             }
         }
         Some(task)
     }
 
-    /// Shift a node's view by one task's change.
-    fn view(&mut self, node: &NodeId, before: NodeView, after: NodeView) {
-        if before != after {
-            shift_entry(&mut self.task_index.views, node, |v| {
-                v.shift(before, after);
-                v.tasks == 0
-            });
-        }
-    }
-
-    /// Shift a service's counts by one task's change.
-    fn count(&mut self, service: &ServiceId, before: TaskCounts, after: TaskCounts) {
-        if before != after {
-            shift_entry(&mut self.task_index.counts, service, |c| {
-                c.shift(before, after);
-                *c == TaskCounts::default()
-            });
-        }
-    }
-
     /// After a task was changed in place (`before`: what it counted as,
     /// and what its worker saw of it): keep the counts, the node's view and
-    /// the pending set, tell its node's long poll, and mark its service for
-    /// the orchestrator when `orchestrator_cares`.
+    /// index and the pending set, tell its node's long poll, and mark its
+    /// service for the orchestrator when `orchestrator_cares`.
     fn retouch(&mut self, id: &TaskId, orchestrator_cares: bool, before: Before) {
         let Some(t) = self.tasks.get(id) else { return };
-        let (after, service) = (TaskCounts::of(t), t.service_id.clone());
-        let node_cares = before.seen != t.worker_view();
-        let view = t.node_id.clone().map(|n| (n, NodeView::of(t)));
-        if before.counts != after {
-            self.count(&service, before.counts, after);
+        let index = &mut self.task_index;
+        count(
+            &mut index.counts,
+            &t.service_id,
+            before.counts,
+            TaskCounts::of(t),
+        );
+        let seen = t.worker_view();
+        if let Some(n) = &t.node_id {
+            let given = seen.0.then_some(seen.1);
+            view(
+                &mut index.views,
+                n,
+                before.view,
+                NodeView::with_digest(t, given),
+            );
+            if before.seen != seen {
+                index_on_node(&mut index.by_node, n, id, given);
+                index.hints.node(n);
+            }
         }
-        if let Some((n, v)) = view {
-            self.view(&n, before.view, v);
-        }
-        let Some(t) = self.tasks.get(id) else { return };
         if t.waits_for_placement() {
-            self.task_index.pending.insert(id.clone());
+            index.pending.insert(id.clone());
         } else {
-            self.task_index.pending.remove(id);
-        }
-        if let Some(n) = t.node_id.as_ref().filter(|_| node_cares) {
-            self.task_index.hints.node(n);
+            index.pending.remove(id);
         }
         if orchestrator_cares {
-            self.task_index.hints.service(&t.service_id);
+            index.hints.service(&t.service_id);
         }
     }
 
@@ -639,7 +731,7 @@ impl State {
             .get(node)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|(id, _)| self.tasks.get(id))
     }
 
     /// The IDs of a service's tasks, owned (for loops that change them).

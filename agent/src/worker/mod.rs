@@ -22,7 +22,7 @@ pub mod spec;
 
 pub use cleanup::clear;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,18 +36,18 @@ use tracing::{debug, info, warn};
 use crate::executor::{ContainerSpec, ContainerState, ContainerStatus, Executor};
 use crate::network::{Network, PortMapping};
 use crate::rpc::Assignments;
-use crate::store::{PublishedPort, Task, TaskId, TaskState, TaskStatus, TaskStatusUpdate};
+use crate::store::{
+    PublishedPort, ServiceId, Task, TaskId, TaskState, TaskStatus, TaskStatusUpdate,
+};
 
 /// How the worker talks to the managers.
 pub trait Cluster: Send + Sync + 'static {
     /// Long poll: this node's assignments once they differ from `known`.
     /// `have`: the tasks held from earlier answers, by
-    /// `Task::assignment_digest`; those unchanged come back in `kept`.
-    fn assignments(
-        &self,
-        known: u64,
-        have: Vec<(TaskId, u64)>,
-    ) -> BoxFuture<'_, Result<Assignments, String>>;
+    /// `Task::assignment_digest`; the answer sends the others and names
+    /// the copies that no longer stand (`Assignments::dropped`).
+    fn assignments(&self, known: u64, have: Vec<u64>)
+        -> BoxFuture<'_, Result<Assignments, String>>;
     fn report(&self, updates: Vec<TaskStatusUpdate>) -> BoxFuture<'_, Result<(), String>>;
 }
 
@@ -111,8 +111,11 @@ pub async fn run(
     // logs`) until the cluster deletes the task, like Docker's.
     let mut finished: HashSet<TaskId> = HashSet::new();
     let mut known = 0u64;
-    // The tasks of the last answer: the next answer sends only what changed.
-    let mut held: HashMap<TaskId, Task> = HashMap::new();
+    // The node's tasks as the answers so far give them, by assignment
+    // digest: the next answer sends only what changed.
+    let mut held: HashMap<u64, Task> = HashMap::new();
+    // Service names of the held tasks (an answer names only its own).
+    let mut names: BTreeMap<ServiceId, String> = BTreeMap::new();
     // Set while no manager answers: runners then apply the restart policy
     // themselves (Swarm's workers leave a failed task dead until a
     // manager returns).
@@ -121,10 +124,7 @@ pub async fn run(
     loop {
         let a = tokio::select! {
             _ = stop.cancelled() => break,
-            a = cluster.assignments(
-                known,
-                held.values().map(|t| (t.id.clone(), t.assignment_digest())).collect(),
-            ) => a,
+            a = cluster.assignments(known, held.keys().copied().collect()) => a,
         };
         let mut a = match a {
             Ok(a) => a,
@@ -142,29 +142,34 @@ pub async fn run(
                 continue;
             }
         };
-        // Whole again: the changed tasks and the copies of the kept ones.
+        // Whole again: the copies that still stand and the changed tasks.
         let mut incomplete = false;
-        for id in std::mem::take(&mut a.kept) {
-            match held.remove(&id) {
-                Some(t) => a.tasks.push(t),
-                None => incomplete = true,
-            }
+        for d in std::mem::take(&mut a.dropped) {
+            incomplete |= held.remove(&d).is_none();
         }
-        if incomplete {
+        for t in std::mem::take(&mut a.tasks) {
+            held.insert(t.assignment_digest(), t);
+        }
+        let listed: HashMap<&TaskId, &Task> = held.values().map(|t| (&t.id, t)).collect();
+        if incomplete || listed.len() != held.len() {
             // Cannot happen with an answer to our own `have`; ask for all.
-            warn!("assignments named tasks this node does not hold: asking for all of them");
+            warn!("assignments do not match the tasks this node holds: asking for all of them");
             known = 0;
+            drop(listed);
             held.clear();
             continue;
         }
+        names.append(&mut a.service_names);
+        let services: HashSet<&ServiceId> = listed.values().map(|t| &t.service_id).collect();
+        names.retain(|id, _| services.contains(id));
+        a.service_names = std::mem::take(&mut names);
         known = a.fingerprint;
         if failures >= OFFLINE_AFTER {
             info!("a manager answers again");
         }
         failures = 0;
         offline.store(false, Ordering::Relaxed);
-        let listed: HashSet<&TaskId> = a.tasks.iter().map(|t| &t.id).collect();
-        for t in &a.tasks {
+        for t in listed.values().copied() {
             if let Some(r) = runners.get(&t.id) {
                 r.desired.send_if_modified(|d| {
                     let rise = t.desired_state > *d;
@@ -219,7 +224,7 @@ pub async fn run(
         // Tasks the cluster deleted (or moved away): stop and remove.
         let gone: Vec<TaskId> = runners
             .keys()
-            .filter(|id| !listed.contains(id))
+            .filter(|id| !listed.contains_key(id))
             .cloned()
             .collect();
         for id in gone {
@@ -234,7 +239,7 @@ pub async fn run(
         }
         let deleted: Vec<TaskId> = finished
             .iter()
-            .filter(|id| !listed.contains(id))
+            .filter(|id| !listed.contains_key(id))
             .cloned()
             .collect();
         for id in deleted {
@@ -246,9 +251,7 @@ pub async fn run(
         // containers wait in `finished` for the task's deletion.
         runners.retain(|id, r| {
             let done = r.handle.is_finished()
-                && a.tasks
-                    .iter()
-                    .any(|t| &t.id == id && t.status.state.is_terminal());
+                && listed.get(id).is_some_and(|t| t.status.state.is_terminal());
             if done {
                 finished.insert(id.clone());
             }
@@ -260,9 +263,7 @@ pub async fn run(
             let h = host.clone();
             tokio::spawn(async move { remove_quietly(&h, &id).await });
         }
-        // Kept for the next answer, moved rather than copied (a copy of
-        // every task per answer was a tenth of a 1,000-node fleet's CPU).
-        held = a.tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+        names = std::mem::take(&mut a.service_names);
     }
     // Leave the containers running: a restarted agent adopts them.
     for (_, r) in runners {

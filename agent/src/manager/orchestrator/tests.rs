@@ -161,6 +161,19 @@ pub(crate) fn assert_counts_kept(state: &State) {
         e.tasks += v.tasks;
     }
     assert_eq!(state.task_index.views, views);
+    // And the node index with the digests its long-poll answers compare.
+    let mut by_node: std::collections::BTreeMap<
+        crate::store::NodeId,
+        std::collections::BTreeMap<crate::store::TaskId, Option<u64>>,
+    > = Default::default();
+    for t in state.tasks.values() {
+        let Some(n) = &t.node_id else { continue };
+        by_node
+            .entry(n.clone())
+            .or_default()
+            .insert(t.id.clone(), t.given_digest());
+    }
+    assert_eq!(state.task_index.by_node, by_node);
 }
 
 /// Plans compared regardless of the order the reaper found its tasks in.
