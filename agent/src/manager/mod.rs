@@ -2,7 +2,7 @@
 //! forwards them to the leader), signs certificates, and — while it leads —
 //! runs the dispatcher and the role reconciler.
 
-mod assignments;
+pub(crate) mod assignments;
 pub mod ca;
 mod dispatcher;
 pub mod orchestrator;

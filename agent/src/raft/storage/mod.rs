@@ -144,8 +144,10 @@ pub fn open(
 /// memory, and it filled: a 100k-task leader peaked at 474–502 MiB with it.
 /// The state lives in memory and recent entries are kept decoded
 /// (`LogStore`), so the file is mostly appended to and read back by
-/// followers that fell behind (the OS's page cache serves those).
-const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// followers that fell behind (the OS's page cache serves those). 16 MiB:
+/// 64 MiB filled too and left a leader answering 1,000 nodes' long polls
+/// at 473 MiB.
+const DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// [`open`] over redb's in-memory backend, for tests.
 pub fn open_in_memory(
