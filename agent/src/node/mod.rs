@@ -15,12 +15,14 @@ mod logs;
 mod session;
 mod worker_link;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
+use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -110,6 +112,14 @@ impl Running {
     }
     pub fn file(&self) -> NodeFile {
         self.file.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    /// The swarm's ID alone (asked on every call; `file` copies it all).
+    fn cluster_id(&self) -> String {
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cluster_id
+            .clone()
     }
     fn update_file(&self, f: impl FnOnce(&mut NodeFile)) -> Result<(), ControlError> {
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -272,6 +282,30 @@ fn new_raft_id() -> u64 {
 /// Answers cluster RPCs arriving on the transport.
 struct RpcHandler {
     running: Weak<Running>,
+    /// Callers' certificates as parsed: every call carries its
+    /// connection's certificate, and parsing it each time was 3% of a
+    /// manager answering 1,000 nodes.
+    certs: Mutex<HashMap<CertificateDer<'static>, pki::CertInfo>>,
+}
+
+/// Parsed certificates kept at most (the cache starts over when full:
+/// certificates are renewed, nodes come and go).
+const PARSED_CERTS: usize = 4096;
+
+impl RpcHandler {
+    fn cert_info(&self, der: CertificateDer<'static>) -> Result<pki::CertInfo, String> {
+        let mut certs = self.certs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(info) = certs.get(&der) {
+            return Ok(info.clone());
+        }
+        let info =
+            pki::parse_node_cert_der(&der).map_err(|e| format!("bad node certificate: {e}"))?;
+        if certs.len() >= PARSED_CERTS {
+            certs.clear();
+        }
+        certs.insert(der, info.clone());
+        Ok(info)
+    }
 }
 
 impl Handler for RpcHandler {
@@ -295,9 +329,8 @@ impl Handler for RpcHandler {
             }
         } else {
             let der = peer.cert.ok_or("a node certificate is required")?;
-            let info =
-                pki::parse_node_cert_der(&der).map_err(|e| format!("bad node certificate: {e}"))?;
-            if info.cluster_id != running.file().cluster_id {
+            let info = self.cert_info(der)?;
+            if info.cluster_id != running.cluster_id() {
                 return Ok(rpc::encode(&Reply::Error(RpcError::PermissionDenied(
                     "the certificate belongs to another swarm".into(),
                 ))));
@@ -460,6 +493,7 @@ impl NodeHandle {
     fn start_serving(&self, running: &Arc<Running>) {
         let handler = Arc::new(RpcHandler {
             running: Arc::downgrade(running),
+            certs: Mutex::new(HashMap::new()),
         });
         // Revocation: a removed node's certificate stays valid for TLS, but a
         // manager admits cluster connections only from nodes still in the

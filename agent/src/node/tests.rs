@@ -251,3 +251,34 @@ async fn coming_back_needs_the_nodes_own_key() {
     w.shutdown().await;
     m.shutdown().await;
 }
+
+/// A caller's certificate is parsed once and answered from the cache
+/// after; a certificate that does not parse is refused every time.
+#[test]
+fn callers_certificates_are_parsed_once() {
+    let ca = pki::new_root_ca().expect("ca");
+    let kc = pki::new_key_and_csr().expect("csr");
+    let id = pki::new_node_id();
+    let pem = pki::sign_csr(
+        &ca,
+        &kc.csr_pem,
+        &id,
+        crate::store::Role::Worker,
+        "clusterid",
+        Duration::from_secs(3600),
+    )
+    .expect("signed");
+    let der = pki::cert_der_from_pem(&pem).expect("der");
+    let handler = RpcHandler {
+        running: Weak::new(),
+        certs: Mutex::new(HashMap::new()),
+    };
+    let first = handler.cert_info(der.clone()).expect("parses");
+    assert_eq!(first.node_id, id);
+    assert_eq!(handler.certs.lock().expect("lock").len(), 1);
+    assert_eq!(handler.cert_info(der).expect("cached"), first);
+    assert_eq!(handler.certs.lock().expect("lock").len(), 1);
+    let bad = CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]);
+    assert!(handler.cert_info(bad.clone()).is_err());
+    assert!(handler.cert_info(bad).is_err(), "not cached as good");
+}
