@@ -288,7 +288,10 @@ impl Task {
         let mut h = std::hash::DefaultHasher::new();
         self.id.hash(&mut h);
         self.spec_version.hash(&mut h);
-        self.desired_state.hash(&mut h);
+        // As a byte: a derived enum hash writes an isize, 4 bytes on a
+        // 32-bit board and 8 elsewhere, and a worker's digests must equal
+        // its managers'.
+        (self.desired_state as u8).hash(&mut h);
         self.status.state.is_terminal().hash(&mut h);
         h.finish()
     }

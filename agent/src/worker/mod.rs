@@ -166,6 +166,10 @@ pub async fn run(
     // The node's tasks as the answers so far give them: the next answer
     // sends only what changed.
     let mut held = Held::default();
+    // Runners whose task's end came back from the cluster before the
+    // runner itself ended (it still detaches the network): moved to
+    // `finished` on a later answer.
+    let mut ending: HashSet<TaskId> = HashSet::new();
     // Set while no manager answers: runners then apply the restart policy
     // themselves (Swarm's workers leave a failed task dead until a
     // manager returns).
@@ -218,9 +222,13 @@ pub async fn run(
                 });
                 // A finished runner whose end the cluster has recorded:
                 // its container waits in `finished` for the task's deletion.
-                if r.handle.is_finished() && t.status.state.is_terminal() {
-                    runners.remove(&t.id);
-                    finished.insert(t.id.clone());
+                if t.status.state.is_terminal() {
+                    if r.handle.is_finished() {
+                        runners.remove(&t.id);
+                        finished.insert(t.id.clone());
+                    } else {
+                        ending.insert(t.id.clone());
+                    }
                 }
                 continue;
             }
@@ -290,6 +298,15 @@ pub async fn run(
                 tokio::spawn(async move { remove_quietly(&h, &id.0).await });
             }
         }
+        ending.retain(|id| match runners.get(id) {
+            Some(r) if r.handle.is_finished() => {
+                runners.remove(id);
+                finished.insert(id.clone());
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
         // Containers of tasks the cluster does not know at all.
         for (id, _) in adoptable.drain() {
             info!(task.id = %id, "removing a container of a task the swarm no longer has");

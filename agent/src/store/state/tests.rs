@@ -686,3 +686,15 @@ fn in_place_changes_keep_the_indexes_as_a_rebuild_makes_them() {
     let rebuilt = State::from_rows(state.rows()).expect("rows decode");
     assert_eq!(state.task_index, rebuilt.task_index);
 }
+
+/// Workers and managers compare assignment digests computed on their own
+/// machines: the value must not depend on the word size (a 32-bit board)
+/// or anything else of the build. Pinned; a change here breaks workers and
+/// managers of different builds.
+#[test]
+fn the_assignment_digest_is_the_same_on_every_machine() {
+    let t = task("t1", "s1", 1);
+    assert_eq!(t.assignment_digest(), PINNED_DIGEST);
+}
+
+const PINNED_DIGEST: u64 = 15_973_968_526_543_171_751;
