@@ -265,17 +265,8 @@ impl Task {
             _ => format!("{service_name}.{}", self.slot),
         }
     }
-    /// What the node's worker sees of the task: whether it is in the
-    /// node's assignments yet (assigned or later), and its digest.
-    pub fn worker_view(&self) -> (bool, u64) {
-        (
-            self.status.state >= TaskState::Assigned,
-            self.assignment_digest(),
-        )
-    }
-
-    /// The assignment digest of a task its node's worker is given
-    /// (assigned or later); None before.
+    /// What the node's worker sees of the task: its assignment digest
+    /// once it is given to the worker (assigned or later); None before.
     pub fn given_digest(&self) -> Option<u64> {
         (self.status.state >= TaskState::Assigned).then(|| self.assignment_digest())
     }
@@ -430,21 +421,21 @@ impl NodeView {
     }
 }
 
-/// A task before an in-place change: what it counted as, and what its
-/// worker saw of it.
+/// A task before a change: what it counted as, and what its worker saw
+/// of it.
 struct Before {
     counts: TaskCounts,
-    seen: (bool, u64),
+    given: Option<u64>,
     view: NodeView,
 }
 
 impl Before {
     fn of(t: &Task) -> Before {
-        let seen = t.worker_view();
+        let given = t.given_digest();
         Before {
             counts: TaskCounts::of(t),
-            seen,
-            view: NodeView::with_digest(t, seen.0.then_some(seen.1)),
+            given,
+            view: NodeView::with_digest(t, given),
         }
     }
 }
@@ -506,10 +497,8 @@ fn shift_entry<K: Ord + Clone, V: Default>(
 
 /// What `put_task` needs of the task it replaces.
 struct Old {
-    counts: TaskCounts,
+    before: Before,
     node: Option<NodeId>,
-    seen: (bool, u64),
-    view: NodeView,
     same_service: bool,
 }
 
@@ -578,8 +567,7 @@ impl State {
     /// every task of every create and placement: each index is looked up
     /// once, and keys are cloned only when they are new.)
     pub(super) fn put_task(&mut self, mut task: Task) {
-        let seen = task.worker_view();
-        let given = seen.0.then_some(seen.1);
+        let given = task.given_digest();
         let old = match self.tasks.get(&task.id) {
             Some(o) => {
                 if o.spec == task.spec {
@@ -588,12 +576,9 @@ impl State {
                     self.task_index.specs.release(&o.spec);
                     self.task_index.specs.hold(&mut task.spec);
                 }
-                let o_seen = o.worker_view();
                 Some(Old {
-                    counts: TaskCounts::of(o),
+                    before: Before::of(o),
                     node: o.node_id.clone(),
-                    seen: o_seen,
-                    view: NodeView::with_digest(o, o_seen.0.then_some(o_seen.1)),
                     same_service: o.service_id == task.service_id,
                 })
             }
@@ -606,12 +591,12 @@ impl State {
         count(
             &mut index.counts,
             &task.service_id,
-            old.as_ref().map(|o| o.counts).unwrap_or_default(),
+            old.as_ref().map(|o| o.before.counts).unwrap_or_default(),
             TaskCounts::of(&task),
         );
         if let Some(o) = &old {
             if let Some(n) = &o.node {
-                view(&mut index.views, n, o.view, NodeView::default());
+                view(&mut index.views, n, o.before.view, NodeView::default());
             }
         }
         if let Some(n) = &task.node_id {
@@ -627,7 +612,7 @@ impl State {
         // task changes (not for each of its progress reports).
         let unseen_change = !old
             .as_ref()
-            .is_some_and(|o| o.node == task.node_id && o.seen == seen);
+            .is_some_and(|o| o.node == task.node_id && o.before.given == given);
         if let Some(n) = task.node_id.as_ref().filter(|_| unseen_change) {
             index.hints.node(n);
         }
@@ -704,16 +689,15 @@ impl State {
             before.counts,
             TaskCounts::of(t),
         );
-        let seen = t.worker_view();
+        let given = t.given_digest();
         if let Some(n) = &t.node_id {
-            let given = seen.0.then_some(seen.1);
             view(
                 &mut index.views,
                 n,
                 before.view,
                 NodeView::with_digest(t, given),
             );
-            if before.seen != seen {
+            if before.given != given {
                 index_on_node(&mut index.by_node, n, id, given);
                 index.hints.node(n);
             }
