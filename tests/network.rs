@@ -230,6 +230,9 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
         .await
         .expect("bridge again")
     };
+    // Checked in the background, often, for the firewall-reload case below.
+    let net = std::sync::Arc::new(net);
+    net.keep(Duration::from_millis(200));
 
     // ---- a web server published in host mode answers on the node's loopback
     let web = sh(
@@ -255,6 +258,29 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
     let chain = rules::dnat_chain(&host.bridge);
     let (_, listed) = cmd("iptables", &["-w", "-t", "nat", "-S", &chain]);
     assert_eq!(rules::parse_dnat(&listed, &chain).len(), 1, "{listed}");
+
+    // ---- a firewall reload wipes our base rules: `keep` puts them back,
+    // and published ports answer again
+    let dnat_chain = rules::dnat_chain(&host.bridge);
+    let jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", &dnat_chain];
+    let (ok, out) = cmd(
+        "iptables",
+        &[&["-w", "-t", "nat", "-D", "OUTPUT"][..], &jump].concat(),
+    );
+    assert!(ok, "delete the OUTPUT jump: {out}");
+    eventually("the OUTPUT jump back", Duration::from_secs(10), || {
+        cmd(
+            "iptables",
+            &[&["-w", "-t", "nat", "-C", "OUTPUT"][..], &jump].concat(),
+        )
+        .0
+        .then_some(())
+    });
+    eventually(
+        "the web task on 127.0.0.1:18080 after the rules were mended",
+        Duration::from_secs(10),
+        || http_get("127.0.0.1:18080").filter(|a| a.contains("hello-from-web")),
+    );
 
     // ---- outbound NAT, its own address, the /etc files
     let client = sh(
@@ -382,6 +408,14 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
             .exists());
     }
     net.remove().await.expect("remove the bridge");
+    assert!(!std::path::Path::new("/sys/class/net")
+        .join(&host.bridge)
+        .exists());
+    // The keeper does not make a removed bridge again (a node that left).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    net.recheck()
+        .await
+        .expect("a check of a removed bridge does nothing");
     assert!(!std::path::Path::new("/sys/class/net")
         .join(&host.bridge)
         .exists());

@@ -109,7 +109,9 @@ async fn network(
     .await
     .map_err(|e| anyhow::anyhow!("task network (--task-network bridge): {e}"))?;
     info!(bridge = %args.bridge_name, subnet = %subnet, "task network ready");
-    Ok(Arc::new(bridge))
+    let bridge = Arc::new(bridge);
+    bridge.keep(crate::network::bridge::RECHECK);
+    Ok(bridge)
 }
 
 async fn executor(args: &AgentArgs) -> anyhow::Result<Option<Arc<dyn crate::executor::Executor>>> {

@@ -56,16 +56,18 @@ pub struct Bridge {
     /// One network change at a time: the address table and the rule checks
     /// (look, then add) must not interleave between tasks.
     lock: Mutex<()>,
-    /// When this process last checked the bridge and its base rules
-    /// (`ensure_bridge`: a dozen `ip`/`iptables` runs, most of a task's
-    /// start time). Attaches check again after `RECHECK` (rules wiped by a
-    /// firewall reload come back), and at once after an attach failed or
-    /// the bridge was removed.
-    checked: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The bridge and its base rules were made by this process and are in
+    /// use (`ensure_bridge`: a dozen `ip`/`iptables` runs, 20 ms — as much
+    /// as the rest of a task's network). An attach makes them only when
+    /// this is false (the first attach, after a failed one, after
+    /// `remove`) or the bridge is gone; `keep` checks them again in the
+    /// background, off the tasks' start path.
+    ready: std::sync::atomic::AtomicBool,
 }
 
-/// How long a check of the bridge and its base rules holds.
-const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often `keep` checks the bridge and its base rules (rules wiped by a
+/// firewall reload come back within this).
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Linux's interface name limit (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
@@ -240,7 +242,7 @@ impl Bridge {
         Ok(Bridge {
             cfg,
             lock: Mutex::new(()),
-            checked: std::sync::Mutex::new(None),
+            ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -326,7 +328,7 @@ impl Bridge {
     /// bridge mode). Tasks must be detached first.
     pub async fn remove(&self) -> NetResult<()> {
         let _g = self.lock.lock().await;
-        self.set_checked(None);
+        self.set_ready(false);
         let br = &self.cfg.bridge;
         let mut errors = Vec::new();
         for (table, chain, spec) in rules::base_rules(br, &self.cfg.subnet) {
@@ -373,21 +375,56 @@ impl Bridge {
         let _g = self.lock.lock().await;
         let r = self.attach_locked(task, hostname).await;
         if r.is_err() {
-            self.set_checked(None);
+            self.set_ready(false);
         }
         r
     }
 
-    fn set_checked(&self, at: Option<std::time::Instant>) {
-        // A plain assignment under the lock: a poisoned value is whole.
-        *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    fn set_ready(&self, ready: bool) {
+        // Changed only under `lock`: no ordering with anything else.
+        self.ready
+            .store(ready, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Check the bridge and its base rules every `every` while it is in
+    /// use, and mend what is missing (a firewall reload wipes the rules).
+    /// In the background: this once ran before an attach every 30 s and
+    /// was then 20 ms of that task's start. Ends when the bridge is
+    /// dropped.
+    pub fn keep(self: &std::sync::Arc<Self>, every: std::time::Duration) {
+        let bridge = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(b) = bridge.upgrade() else { return };
+                if let Err(e) = b.recheck().await {
+                    warn!(bridge = %b.cfg.bridge, "checking the task bridge and its rules: {e} (the next task start tries again)");
+                }
+            }
+        });
+    }
+
+    /// One check of `keep`: the bridge and its rules again, if an attach
+    /// made them and nothing removed them since (after `swarm leave` the
+    /// node has no bridge, and this must not make one).
+    pub async fn recheck(&self) -> NetResult<()> {
+        let _g = self.lock.lock().await;
+        if !self.is_ready() {
+            return Ok(());
+        }
+        let r = self.ensure_bridge().await;
+        self.set_ready(r.is_ok());
+        r
     }
 
     async fn attach_locked(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
-        let last = *self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= RECHECK) {
+        if !self.is_ready() || !link_exists(&self.cfg.bridge) {
             self.ensure_bridge().await?;
-            self.set_checked(Some(std::time::Instant::now()));
+            self.set_ready(true);
         }
         let mut a = self.load()?;
         let addr = a.allocate(&self.cfg.subnet, task)?;
