@@ -17,8 +17,8 @@ mod types;
 
 pub use ca::{CaRotation, NodeTls};
 pub use services::{
-    NodeView, PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId, ServiceSpec, Task,
-    TaskCounts, TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus, TaskStatusUpdate,
+    NodeView, Place, PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId, ServiceSpec,
+    Task, TaskCounts, TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus, TaskStatusUpdate,
     ASSIGNED_MESSAGE,
 };
 pub use spec::SharedSpec;

@@ -376,6 +376,54 @@ pub struct TaskIndex {
     /// poll's fingerprint (`manager::assignments`) is then O(1) instead of
     /// a walk over the node's tasks on every wake-up.
     pub views: BTreeMap<NodeId, NodeView>,
+    /// Where each service has wanted tasks (desired running or less), by
+    /// (slot, node), counted: `create_tasks` refuses a second one in a slot
+    /// (a global service's: on a node) with a lookup here. It used to walk
+    /// the service's tasks once per command, which was fine while a
+    /// command held one service's tasks and became most of every
+    /// manager's CPU once commands were grouped by node (100 services per
+    /// command: `manager::orchestrator::by_node`).
+    pub places: BTreeMap<ServiceId, BTreeMap<Place, u32>>,
+}
+
+/// A wanted task's place in its service: (slot, node). Replicated tasks
+/// have slots 1.., global ones slot 0 and their node.
+pub type Place = (u64, Option<NodeId>);
+
+/// Count a wanted task in (`add`) or out of its service's places.
+fn place(
+    places: &mut BTreeMap<ServiceId, BTreeMap<Place, u32>>,
+    service: &ServiceId,
+    slot: u64,
+    node: &Option<NodeId>,
+    add: bool,
+) {
+    if add {
+        let of = match places.get_mut(service) {
+            Some(p) => p,
+            None => places.entry(service.clone()).or_default(),
+        };
+        *of.entry((slot, node.clone())).or_default() += 1;
+        return;
+    }
+    let Some(of) = places.get_mut(service) else {
+        return;
+    };
+    let key = (slot, node.clone());
+    if let Some(n) = of.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            of.remove(&key);
+        }
+    }
+    if of.is_empty() {
+        places.remove(service);
+    }
+}
+
+/// Wanted: counts against replicas and holds its place.
+fn wanted(t: &Task) -> bool {
+    t.desired_state <= TaskState::Running
 }
 
 /// A node's assignments in sum (`TaskIndex::views`).
@@ -570,6 +618,18 @@ impl State {
         let given = task.given_digest();
         let old = match self.tasks.get(&task.id) {
             Some(o) => {
+                let places = &mut self.task_index.places;
+                let moved = o.service_id != task.service_id
+                    || o.slot != task.slot
+                    || o.node_id != task.node_id;
+                if moved || wanted(o) != wanted(&task) {
+                    if wanted(o) {
+                        place(places, &o.service_id, o.slot, &o.node_id, false);
+                    }
+                    if wanted(&task) {
+                        place(places, &task.service_id, task.slot, &task.node_id, true);
+                    }
+                }
                 if o.spec == task.spec {
                     task.spec = o.spec.clone();
                 } else {
@@ -584,6 +644,10 @@ impl State {
             }
             None => {
                 self.task_index.specs.hold(&mut task.spec);
+                if wanted(&task) {
+                    let places = &mut self.task_index.places;
+                    place(places, &task.service_id, task.slot, &task.node_id, true);
+                }
                 None
             }
         };
@@ -657,6 +721,15 @@ impl State {
         );
         index.pending.remove(id);
         index.hints.service(&task.service_id);
+        if wanted(&task) {
+            place(
+                &mut index.places,
+                &task.service_id,
+                task.slot,
+                &task.node_id,
+                false,
+            );
+        }
         if let Some(n) = &task.node_id {
             view(
                 &mut index.views,
@@ -689,6 +762,17 @@ impl State {
             before.counts,
             TaskCounts::of(t),
         );
+        // In place, only the status and desired state change: the place
+        // is kept, but a task stops (or starts) holding it.
+        if (before.counts.live == 1) != wanted(t) {
+            place(
+                &mut index.places,
+                &t.service_id,
+                t.slot,
+                &t.node_id,
+                wanted(t),
+            );
+        }
         let given = t.given_digest();
         if let Some(n) = &t.node_id {
             view(
@@ -855,10 +939,6 @@ impl State {
     /// services, node) already has a live task is skipped: a second leader
     /// replaying the same decision must not double a replica.
     pub(super) fn create_tasks(&mut self, index: u64, tasks: &[Task]) {
-        // Where each service already has a live task: its slots, or for a
-        // global service its nodes (looked up once per service, not once
-        // per new task: a command carries hundreds).
-        let mut occupied: BTreeMap<ServiceId, BTreeSet<(u64, Option<NodeId>)>> = BTreeMap::new();
         for t in tasks {
             let Some(service) = self.services.get(&t.service_id) else {
                 continue;
@@ -866,21 +946,21 @@ impl State {
             if self.tasks.contains_key(&t.id) {
                 continue;
             }
+            // One wanted task per slot, or for a global service per node
+            // (a pass decided on a state that a later write changed, or a
+            // former leader's pass). Tasks created before in this command
+            // count: `put_task` has placed them.
             let global = service.is_global();
-            let place = |o: &Task| {
+            let taken = self.task_index.places.get(&t.service_id).is_some_and(|p| {
                 if global {
-                    (0, o.node_id.clone())
+                    p.contains_key(&(0, t.node_id.clone()))
                 } else {
-                    (o.slot, None)
+                    p.range((t.slot, None)..(t.slot.saturating_add(1), None))
+                        .next()
+                        .is_some()
                 }
-            };
-            let taken = occupied.entry(t.service_id.clone()).or_insert_with(|| {
-                self.tasks_of_service(&t.service_id)
-                    .filter(|o| o.desired_state <= TaskState::Running)
-                    .map(place)
-                    .collect()
             });
-            if !taken.insert(place(t)) {
+            if taken {
                 continue;
             }
             let mut t = t.clone();

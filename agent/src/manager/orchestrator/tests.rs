@@ -174,6 +174,21 @@ pub(crate) fn assert_counts_kept(state: &State) {
             .insert(t.id.clone(), t.given_digest());
     }
     assert_eq!(state.task_index.by_node, by_node);
+    // And the places of wanted tasks (`create_tasks`' slot check).
+    let mut places: std::collections::BTreeMap<
+        ServiceId,
+        std::collections::BTreeMap<crate::store::Place, u32>,
+    > = Default::default();
+    for t in state.tasks.values() {
+        if t.desired_state <= TaskState::Running {
+            *places
+                .entry(t.service_id.clone())
+                .or_default()
+                .entry((t.slot, t.node_id.clone()))
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(state.task_index.places, places);
 }
 
 /// Plans compared regardless of the order the reaper found its tasks in.
@@ -527,4 +542,45 @@ fn a_service_update_with_a_stale_version_is_refused_and_changes_nothing() {
     assert!(err.message.contains("out of sequence"), "{}", err.message);
     assert_eq!(st.services[&sid], before);
     assert_eq!(st, whole);
+}
+
+/// Spread puts each service's replicas on every node; the pass's commands
+/// are still grouped by node, so that each node's long poll is answered
+/// once with all of its new tasks rather than once per service.
+#[test]
+fn a_pass_gives_each_node_its_new_tasks_in_one_command() {
+    let nodes: Vec<Node> = (0..100)
+        .map(|i| node(&format!("n{i:03}"), NodeState::Ready, Availability::Active))
+        .collect();
+    let services: Vec<Service> = (0..3)
+        .map(|i| service(&format!("s{i}"), Some(400)))
+        .collect();
+    let st = state_with(&nodes, &services);
+    let mut n = 0;
+    let plan = reconcile(&st, now(), &mut || {
+        n += 1;
+        format!("t{n:06}")
+    });
+    let cmds = with_placements(&st, plan.commands, "2026-01-01T00:00:00Z");
+    let mut commands_of: HashMap<NodeId, std::collections::HashSet<usize>> = HashMap::new();
+    let mut per_service: HashMap<ServiceId, usize> = HashMap::new();
+    for (i, c) in cmds.iter().enumerate() {
+        if let Command::CreateTasks { tasks } = c {
+            assert!(tasks.len() <= TASKS_PER_COMMAND, "{}", tasks.len());
+            for t in tasks {
+                let node = t.node_id.clone().expect("created placed");
+                commands_of.entry(node).or_default().insert(i);
+                *per_service.entry(t.service_id.clone()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(per_service.len(), 3, "{per_service:?}");
+    assert!(per_service.values().all(|&n| n == 400), "{per_service:?}");
+    assert_eq!(commands_of.len(), 100, "spread over every node");
+    // A command boundary may fall inside one node's tasks.
+    let split = commands_of.values().filter(|c| c.len() > 1).count();
+    assert!(
+        split <= 1,
+        "{split} nodes get their new tasks in several commands"
+    );
 }

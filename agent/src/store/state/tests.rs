@@ -687,6 +687,51 @@ fn in_place_changes_keep_the_indexes_as_a_rebuild_makes_them() {
     assert_eq!(state.task_index, rebuilt.task_index);
 }
 
+/// A slot holds one wanted task: a create decided on an older state (or by
+/// a former leader) is dropped when its slot is taken, in the state or
+/// earlier in the same command; a slot whose task is shutting down is free.
+#[test]
+fn a_slot_holds_one_wanted_task() {
+    use crate::store::TaskState;
+    let mut state = initialised();
+    state.apply(
+        2,
+        &Command::CreateService {
+            service: service("s1", 3),
+        },
+    );
+    state.apply(
+        3,
+        &Command::CreateTasks {
+            tasks: vec![task("t1", "s1", 1), task("t2", "s1", 2)],
+        },
+    );
+    state.apply(
+        4,
+        &Command::SetTasksDesired {
+            ids: vec![TaskId("t2".into())],
+            desired: TaskState::Shutdown,
+            now: "t4".into(),
+        },
+    );
+    state.apply(
+        5,
+        &Command::CreateTasks {
+            tasks: vec![
+                task("t1-again", "s1", 1),
+                task("t2-new", "s1", 2),
+                task("t3", "s1", 3),
+                task("t3-twice", "s1", 3),
+            ],
+        },
+    );
+    let mut ids: Vec<&str> = state.tasks.keys().map(|t| t.0.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["t1", "t2", "t2-new", "t3"]);
+    let rebuilt = State::from_rows(state.rows()).expect("rows decode");
+    assert_eq!(state.task_index, rebuilt.task_index);
+}
+
 /// Workers and managers compare assignment digests computed on their own
 /// machines: the value must not depend on the word size (a 32-bit board)
 /// or anything else of the build. Pinned; a change here breaks workers and
