@@ -259,8 +259,9 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
     let (_, listed) = cmd("iptables", &["-w", "-t", "nat", "-S", &chain]);
     assert_eq!(rules::parse_dnat(&listed, &chain).len(), 1, "{listed}");
 
-    // ---- a firewall reload wipes our base rules: `keep` puts them back,
-    // and published ports answer again
+    // ---- a firewall reload wipes a base rule (the jump to our DNAT chain
+    // for the node's own connections): `keep` puts it back, and the
+    // published port answers on loopback again
     let dnat_chain = rules::dnat_chain(&host.bridge);
     let jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", &dnat_chain];
     let (ok, out) = cmd(

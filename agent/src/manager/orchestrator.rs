@@ -28,8 +28,10 @@ use crate::store::{
 
 use super::scheduler::Constraint;
 
-/// Tasks per `CreateTasks` command: keeps one raft entry near 500 KiB
-/// (a task names its spec by key there: ~450 bytes of JSON).
+/// Tasks per `CreateTasks` command: keeps one raft entry under about
+/// 1 MiB (a task names its spec by key there: ~450 bytes of JSON; each
+/// distinct spec once, and since `by_node` a command holds up to one per
+/// service of the pass).
 const TASKS_PER_COMMAND: usize = 1000;
 
 /// What one pass decided, and when it wants to be run again even if
@@ -456,13 +458,20 @@ fn by_node(commands: Vec<Command>) -> Vec<Command> {
     let mut created = Vec::new();
     let mut at = None;
     let mut out = Vec::with_capacity(commands.len());
+    // `Orchestrator::finish` writes the creates one after another: moving
+    // them to the first one's place reorders them only among themselves.
+    let mut after_creates = false;
     for c in commands {
         match c {
             Command::CreateTasks { tasks } => {
+                debug_assert!(!after_creates, "the creates of a pass are contiguous");
                 at.get_or_insert(out.len());
                 created.extend(tasks);
             }
-            other => out.push(other),
+            other => {
+                after_creates = at.is_some();
+                out.push(other);
+            }
         }
     }
     let Some(at) = at else { return out };

@@ -92,7 +92,7 @@ pub(super) async fn run(m: Arc<Manager>, stop: CancellationToken) {
             // into one entry, and a first pass over 100 services × 1,000
             // replicas is 200 CreateTasks commands (tens of MB): as one
             // entry it missed the write timeout and was decided again and
-            // again. Pipelined this way an entry stays near 1 MiB.
+            // again. Pipelined this way an entry stays near 1 MiB or less.
             let results: Vec<_> = stream::iter(commands.into_iter().map(|c| {
                 let m = m.clone();
                 async move { m.propose(c).await }

@@ -56,17 +56,23 @@ pub struct Bridge {
     /// One network change at a time: the address table and the rule checks
     /// (look, then add) must not interleave between tasks.
     lock: Mutex<()>,
-    /// The bridge and its base rules were made by this process and are in
-    /// use (`ensure_bridge`: a dozen `ip`/`iptables` runs, 20 ms — as much
-    /// as the rest of a task's network). An attach makes them only when
-    /// this is false (the first attach, after a failed one, after
-    /// `remove`) or the bridge is gone; `keep` checks them again in the
+    /// The last check of the bridge and its base rules passed
+    /// (`ensure_bridge`: a dozen `ip`/`iptables` runs, 20 ms — as much as
+    /// the rest of a task's network). An attach checks only when this is
+    /// false (the first attach, after a failed check or attach, after
+    /// `remove`) or the bridge is gone; `keep` checks again in the
     /// background, off the tasks' start path.
-    ready: std::sync::atomic::AtomicBool,
+    checked: std::sync::atomic::AtomicBool,
+    /// Tasks of this process use the bridge (an attach, or live tasks
+    /// found by `sweep` after a restart) and `remove` has not run since:
+    /// only then does `keep` check it (after `swarm leave` the node has no
+    /// bridge, and a check must not make one again).
+    in_use: std::sync::atomic::AtomicBool,
 }
 
-/// How often `keep` checks the bridge and its base rules (rules wiped by a
-/// firewall reload come back within this).
+/// How often `keep` checks the bridge and its base rules (base rules wiped
+/// by a firewall reload come back within this; the tasks' own DNAT rules
+/// do not, see `keep`).
 pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Linux's interface name limit (IFNAMSIZ - 1).
@@ -205,6 +211,16 @@ async fn iptables(table: &str, rest: &[String]) -> NetResult<String> {
     run("iptables", &a).await
 }
 
+/// The bridge's flags change only under its lock: no ordering with
+/// anything else is needed.
+fn set(flag: &std::sync::atomic::AtomicBool, value: bool) {
+    flag.store(value, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn get(flag: &std::sync::atomic::AtomicBool) -> bool {
+    flag.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
@@ -242,7 +258,8 @@ impl Bridge {
         Ok(Bridge {
             cfg,
             lock: Mutex::new(()),
-            ready: std::sync::atomic::AtomicBool::new(false),
+            checked: std::sync::atomic::AtomicBool::new(false),
+            in_use: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -328,7 +345,8 @@ impl Bridge {
     /// bridge mode). Tasks must be detached first.
     pub async fn remove(&self) -> NetResult<()> {
         let _g = self.lock.lock().await;
-        self.set_ready(false);
+        set(&self.checked, false);
+        set(&self.in_use, false);
         let br = &self.cfg.bridge;
         let mut errors = Vec::new();
         for (table, chain, spec) in rules::base_rules(br, &self.cfg.subnet) {
@@ -375,26 +393,19 @@ impl Bridge {
         let _g = self.lock.lock().await;
         let r = self.attach_locked(task, hostname).await;
         if r.is_err() {
-            self.set_ready(false);
+            set(&self.checked, false);
         }
         r
     }
 
-    fn set_ready(&self, ready: bool) {
-        // Changed only under `lock`: no ordering with anything else.
-        self.ready
-            .store(ready, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn is_ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Check the bridge and its base rules every `every` while it is in
-    /// use, and mend what is missing (a firewall reload wipes the rules).
-    /// In the background: this once ran before an attach every 30 s and
-    /// was then 20 ms of that task's start. Ends when the bridge is
-    /// dropped.
+    /// use, and mend what is missing (a firewall reload wipes the base
+    /// rules). In the background: this once ran before an attach every
+    /// 30 s and was then 20 ms of that task's start. A failed check is
+    /// tried again at the next tick (and by the next attach). Not mended:
+    /// the tasks' own DNAT rules, when a reload flushed our chains — the
+    /// published ports are not recorded apart from the rules themselves.
+    /// Ends when the bridge is dropped.
     pub fn keep(self: &std::sync::Arc<Self>, every: std::time::Duration) {
         let bridge = std::sync::Arc::downgrade(self);
         tokio::spawn(async move {
@@ -408,24 +419,24 @@ impl Bridge {
         });
     }
 
-    /// One check of `keep`: the bridge and its rules again, if an attach
-    /// made them and nothing removed them since (after `swarm leave` the
-    /// node has no bridge, and this must not make one).
+    /// One check of `keep`: the bridge and its base rules again, if tasks
+    /// use them (`in_use`).
     pub async fn recheck(&self) -> NetResult<()> {
         let _g = self.lock.lock().await;
-        if !self.is_ready() {
+        if !get(&self.in_use) {
             return Ok(());
         }
         let r = self.ensure_bridge().await;
-        self.set_ready(r.is_ok());
+        set(&self.checked, r.is_ok());
         r
     }
 
     async fn attach_locked(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
-        if !self.is_ready() || !link_exists(&self.cfg.bridge) {
+        if !get(&self.checked) || !link_exists(&self.cfg.bridge) {
             self.ensure_bridge().await?;
-            self.set_ready(true);
+            set(&self.checked, true);
         }
+        set(&self.in_use, true);
         let mut a = self.load()?;
         let addr = a.allocate(&self.cfg.subnet, task)?;
         self.save(&a)?;
@@ -658,6 +669,11 @@ impl Bridge {
                     errors.push(e.to_string());
                 }
             }
+        }
+        // Tasks that outlived the agent keep using the bridge: `keep`
+        // looks after it from now on, not only after the next attach.
+        if !plan.live_netns.is_empty() && link_exists(&self.cfg.bridge) {
+            set(&self.in_use, true);
         }
         let mut seen = std::collections::BTreeMap::new();
         for task in &plan.live_netns {

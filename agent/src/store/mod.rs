@@ -17,9 +17,9 @@ mod types;
 
 pub use ca::{CaRotation, NodeTls};
 pub use services::{
-    NodeView, Place, PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId, ServiceSpec,
-    Task, TaskCounts, TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus, TaskStatusUpdate,
-    ASSIGNED_MESSAGE,
+    place_of, NodeView, Place, PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId,
+    ServiceSpec, Task, TaskCounts, TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus,
+    TaskStatusUpdate, ASSIGNED_MESSAGE,
 };
 pub use spec::SharedSpec;
 pub use state::{State, StoreError, StoreErrorKind};

@@ -386,9 +386,14 @@ pub struct TaskIndex {
     pub places: BTreeMap<ServiceId, BTreeMap<Place, u32>>,
 }
 
-/// A wanted task's place in its service: (slot, node). Replicated tasks
-/// have slots 1.., global ones slot 0 and their node.
+/// A wanted task's place in its service: a replicated task's slot (1..),
+/// or a global task's node (slot 0), as the reaper keys them too.
 pub type Place = (u64, Option<NodeId>);
+
+/// The place of a task in `slot` on `node`.
+pub fn place_of(slot: u64, node: &Option<NodeId>) -> Place {
+    (slot, if slot == 0 { node.clone() } else { None })
+}
 
 /// Count a wanted task in (`add`) or out of its service's places.
 fn place(
@@ -398,18 +403,18 @@ fn place(
     node: &Option<NodeId>,
     add: bool,
 ) {
+    let key = place_of(slot, node);
     if add {
         let of = match places.get_mut(service) {
             Some(p) => p,
             None => places.entry(service.clone()).or_default(),
         };
-        *of.entry((slot, node.clone())).or_default() += 1;
+        *of.entry(key).or_default() += 1;
         return;
     }
     let Some(of) = places.get_mut(service) else {
         return;
     };
-    let key = (slot, node.clone());
     if let Some(n) = of.get_mut(&key) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -619,9 +624,11 @@ impl State {
         let old = match self.tasks.get(&task.id) {
             Some(o) => {
                 let places = &mut self.task_index.places;
+                // A placement moves a global task only (its node is its
+                // place): a replicated one keeps its slot.
                 let moved = o.service_id != task.service_id
                     || o.slot != task.slot
-                    || o.node_id != task.node_id;
+                    || (task.slot == 0 && o.node_id != task.node_id);
                 if moved || wanted(o) != wanted(&task) {
                     if wanted(o) {
                         place(places, &o.service_id, o.slot, &o.node_id, false);
@@ -951,15 +958,12 @@ impl State {
             // former leader's pass). Tasks created before in this command
             // count: `put_task` has placed them.
             let global = service.is_global();
-            let taken = self.task_index.places.get(&t.service_id).is_some_and(|p| {
-                if global {
-                    p.contains_key(&(0, t.node_id.clone()))
-                } else {
-                    p.range((t.slot, None)..(t.slot.saturating_add(1), None))
-                        .next()
-                        .is_some()
-                }
-            });
+            let slot = if global { 0 } else { t.slot };
+            let taken = self
+                .task_index
+                .places
+                .get(&t.service_id)
+                .is_some_and(|p| p.contains_key(&place_of(slot, &t.node_id)));
             if taken {
                 continue;
             }

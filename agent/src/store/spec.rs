@@ -223,7 +223,8 @@ pub mod tasks {
         let mut specs: BTreeMap<&str, &TaskSpec> = BTreeMap::new();
         let mut last: Option<&SharedSpec> = None;
         for t in tasks {
-            // Tasks of one command mostly share one copy: skip the map.
+            // Runs of tasks sharing one copy (a service's tasks on one
+            // node, or a small pass's): skip the map.
             if last.is_some_and(|l| l.same(&t.spec)) {
                 continue;
             }

@@ -184,7 +184,7 @@ pub(crate) fn assert_counts_kept(state: &State) {
             *places
                 .entry(t.service_id.clone())
                 .or_default()
-                .entry((t.slot, t.node_id.clone()))
+                .entry(crate::store::place_of(t.slot, &t.node_id))
                 .or_default() += 1;
         }
     }

@@ -706,6 +706,22 @@ fn a_slot_holds_one_wanted_task() {
             tasks: vec![task("t1", "s1", 1), task("t2", "s1", 2)],
         },
     );
+    for n in ["n1", "n2"] {
+        state.apply(
+            3,
+            &Command::AddNode {
+                node: node(n, Role::Worker),
+            },
+        );
+    }
+    // Placed: a replicated task's node does not change its slot.
+    state.apply(
+        4,
+        &Command::AssignTasks {
+            assignments: vec![(TaskId("t1".into()), NodeId("n1".into()))],
+            now: "t4".into(),
+        },
+    );
     state.apply(
         4,
         &Command::SetTasksDesired {
@@ -714,20 +730,61 @@ fn a_slot_holds_one_wanted_task() {
             now: "t4".into(),
         },
     );
+    let mut elsewhere = task("t1-elsewhere", "s1", 1);
+    elsewhere.node_id = Some(NodeId("n2".into()));
     state.apply(
         5,
         &Command::CreateTasks {
             tasks: vec![
                 task("t1-again", "s1", 1),
+                elsewhere,
                 task("t2-new", "s1", 2),
                 task("t3", "s1", 3),
                 task("t3-twice", "s1", 3),
             ],
         },
     );
+    // A global service: one wanted task per node.
+    let mut global = service("g", 1);
+    global.spec.mode = Some(bollard_stubs::models::ServiceSpecMode {
+        global: Some(Default::default()),
+        ..Default::default()
+    });
+    state.apply(6, &Command::CreateService { service: global });
+    let on = |id: &str, node: &str| {
+        let mut t = task(id, "g", 0);
+        t.node_id = Some(NodeId(node.into()));
+        t
+    };
+    state.apply(
+        7,
+        &Command::CreateTasks {
+            tasks: vec![on("g1", "n1")],
+        },
+    );
+    state.apply(
+        8,
+        &Command::CreateTasks {
+            tasks: vec![on("g1-again", "n1"), on("g2", "n2")],
+        },
+    );
+    state.apply(
+        9,
+        &Command::SetTasksDesired {
+            ids: vec![TaskId("g1".into())],
+            desired: TaskState::Shutdown,
+            now: "t9".into(),
+        },
+    );
+    state.apply(
+        10,
+        &Command::CreateTasks {
+            tasks: vec![on("g1-new", "n1")],
+        },
+    );
     let mut ids: Vec<&str> = state.tasks.keys().map(|t| t.0.as_str()).collect();
     ids.sort();
-    assert_eq!(ids, ["t1", "t2", "t2-new", "t3"]);
+    assert_eq!(ids, ["g1", "g1-new", "g2", "t1", "t2", "t2-new", "t3"]);
     let rebuilt = State::from_rows(state.rows()).expect("rows decode");
     assert_eq!(state.task_index, rebuilt.task_index);
 }
