@@ -83,7 +83,7 @@ struct Inner {
 
 /// A node that is in a swarm.
 pub struct Running {
-    file: Mutex<NodeFile>,
+    file: Mutex<Arc<NodeFile>>,
     certs: Mutex<Certs>,
     transport: Transport,
     manager: RwLock<Option<Arc<Manager>>>,
@@ -110,20 +110,15 @@ impl Running {
     fn set_manager(&self, m: Option<Arc<Manager>>) {
         *self.manager.write().unwrap_or_else(|p| p.into_inner()) = m;
     }
-    pub fn file(&self) -> NodeFile {
+    /// The node file as it is now: shared, not copied (read on every
+    /// cluster call and every request served).
+    pub fn file(&self) -> Arc<NodeFile> {
         self.file.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-    /// The swarm's ID alone (asked on every call; `file` copies it all).
-    fn cluster_id(&self) -> String {
-        self.file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .cluster_id
-            .clone()
     }
     fn update_file(&self, f: impl FnOnce(&mut NodeFile)) -> Result<(), ControlError> {
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard);
+        // Copied only if a reader still holds the old one.
+        f(Arc::make_mut(&mut guard));
         self.dir
             .save_state(&guard)
             .map_err(|e| ControlError::Internal(e.to_string()))
@@ -134,7 +129,7 @@ impl Running {
     fn self_caller(&self) -> Caller {
         let f = self.file();
         Caller {
-            node_id: Some(f.node_id),
+            node_id: Some(f.node_id.clone()),
             role: Some(f.role),
             ip: ip_of(&f.advertise_addr),
         }
@@ -330,7 +325,7 @@ impl Handler for RpcHandler {
         } else {
             let der = peer.cert.ok_or("a node certificate is required")?;
             let info = self.cert_info(der)?;
-            if info.cluster_id != running.cluster_id() {
+            if info.cluster_id != running.file().cluster_id {
                 return Ok(rpc::encode(&Reply::Error(RpcError::PermissionDenied(
                     "the certificate belongs to another swarm".into(),
                 ))));
@@ -469,7 +464,7 @@ impl NodeHandle {
 
     fn new_running(&self, file: NodeFile, certs: Certs, transport: Transport) -> Arc<Running> {
         Arc::new(Running {
-            file: Mutex::new(file),
+            file: Mutex::new(Arc::new(file)),
             certs: Mutex::new(certs),
             transport,
             manager: RwLock::new(None),
@@ -829,7 +824,7 @@ impl NodeHandle {
             listen_addr: listen.to_string(),
             advertise_addr: advertise.to_string(),
             managers: vec![advertise.to_string()],
-            ..file
+            ..NodeFile::clone(&file)
         };
         self.inner
             .dir

@@ -36,7 +36,7 @@ pub(super) async fn call_with_timeout(
     timeout: Duration,
 ) -> Result<Reply, ControlError> {
     let file = running.file();
-    let mut managers = file.managers;
+    let mut managers = file.managers.clone();
     if let Some(m) = running.manager() {
         let reply = m.handle(running.self_caller(), req.clone()).await;
         // Our own raft may be cut off (being demoted, partitioned): then ask
@@ -110,7 +110,7 @@ pub(super) async fn run(running: Arc<Running>) {
     let mut expired_logged = false;
     loop {
         if running.cert_expired() {
-            match running.file().join_token {
+            match running.file().join_token.clone() {
                 Some(token) => match running.rejoin(&token).await {
                     Ok(()) => renew_at = renewal_time(&running.certs()),
                     Err(e) => warn!("the node certificate expired and coming back with the stored join token failed: {e}"),
@@ -305,7 +305,7 @@ pub(super) async fn become_raft_member(running: &Arc<Running>) -> Result<(), Con
     let mut last = None;
     for _ in 0..RAFT_JOIN_ATTEMPTS {
         // Ask through another manager: our own raft knows no leader yet.
-        let managers = running.file().managers;
+        let managers = running.file().managers.clone();
         for addr in managers.iter().filter(|a| **a != f.advertise_addr) {
             let Ok(sa) = addr.parse::<SocketAddr>() else {
                 continue;

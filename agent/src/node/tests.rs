@@ -93,7 +93,7 @@ async fn a_worker_certificate_cannot_make_manager_calls() {
     }
     // It may still do what workers do.
     let hb = Request::Heartbeat(rpc::Heartbeat {
-        node_id: w.current().expect("w").file().node_id,
+        node_id: w.current().expect("w").file().node_id.clone(),
         role: Role::Worker,
         description: NodeDescription::default(),
     });
@@ -111,7 +111,7 @@ async fn a_worker_certificate_cannot_make_manager_calls() {
 async fn a_removed_node_is_cut_off_at_once() {
     let dir = tempfile::tempdir().expect("tmp");
     let (m, w) = swarm(dir.path(), 2).await;
-    let wid = w.current().expect("w").file().node_id;
+    let wid = w.current().expect("w").file().node_id.clone();
     let hb = Request::Heartbeat(rpc::Heartbeat {
         node_id: wid.clone(),
         role: Role::Worker,
@@ -151,7 +151,7 @@ async fn a_node_whose_certificate_expired_comes_back_as_itself() {
     let dir = tempfile::tempdir().expect("tmp");
     let (m, w) = swarm(dir.path(), 3).await;
     let r = w.current().expect("w");
-    let wid = r.file().node_id;
+    let wid = r.file().node_id.clone();
     let hb = Request::Heartbeat(rpc::Heartbeat {
         node_id: wid.clone(),
         role: Role::Worker,
@@ -205,7 +205,7 @@ async fn a_node_whose_certificate_expired_comes_back_as_itself() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(back, "the node came back with a fresh certificate");
-    assert_eq!(r.file().node_id, wid, "as the same node");
+    assert_eq!(r.file().node_id.clone(), wid, "as the same node");
     let info = pki::parse_node_cert_pem(&r.certs().cert_pem).expect("cert");
     let left = info
         .not_after
@@ -229,7 +229,7 @@ async fn coming_back_needs_the_nodes_own_key() {
     let dir = tempfile::tempdir().expect("tmp");
     let (m, w) = swarm(dir.path(), 4).await;
     let token = m.swarm_inspect().await.expect("inspect").worker_token;
-    let wid = w.current().expect("w").file().node_id;
+    let wid = w.current().expect("w").file().node_id.clone();
     // A stranger with a valid token but another key claims the worker's ID.
     let stranger = Transport::bind(addr(4, 9), None).expect("bind");
     let err = join_through(

@@ -288,7 +288,7 @@ impl Task {
     }
     /// Meant to run, or running: counts against replicas.
     pub fn is_live(&self) -> bool {
-        self.desired_state <= TaskState::Running && !self.status.state.is_terminal()
+        wanted(self) && !self.status.state.is_terminal()
     }
 }
 
@@ -404,26 +404,13 @@ fn place(
     add: bool,
 ) {
     let key = place_of(slot, node);
-    if add {
-        let of = match places.get_mut(service) {
-            Some(p) => p,
-            None => places.entry(service.clone()).or_default(),
-        };
-        *of.entry(key).or_default() += 1;
-        return;
-    }
-    let Some(of) = places.get_mut(service) else {
-        return;
-    };
-    if let Some(n) = of.get_mut(&key) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            of.remove(&key);
-        }
-    }
-    if of.is_empty() {
-        places.remove(service);
-    }
+    shift_entry(places, service, |of| {
+        shift_entry(of, &key, |n: &mut u32| {
+            *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            *n == 0
+        });
+        of.is_empty()
+    });
 }
 
 /// Wanted: counts against replicas and holds its place.
@@ -459,7 +446,7 @@ impl NodeView {
         });
         NodeView {
             digests: given.unwrap_or(0),
-            with_refs: u64::from(given.is_some() && t.desired_state <= TaskState::Running && refs),
+            with_refs: u64::from(given.is_some() && wanted(t) && refs),
             tasks: 1,
         }
     }
@@ -594,7 +581,7 @@ pub struct TaskCounts {
 impl TaskCounts {
     /// What one task adds.
     pub fn of(t: &Task) -> TaskCounts {
-        let live = t.desired_state <= TaskState::Running;
+        let live = wanted(t);
         TaskCounts {
             live: u64::from(live),
             running: u64::from(live && t.status.state == TaskState::Running),
@@ -611,7 +598,7 @@ impl TaskCounts {
 
 impl Task {
     fn waits_for_placement(&self) -> bool {
-        self.status.state == TaskState::Pending && self.desired_state <= TaskState::Running
+        self.status.state == TaskState::Pending && wanted(self)
     }
 }
 

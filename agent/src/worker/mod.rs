@@ -166,9 +166,10 @@ pub async fn run(
     // The node's tasks as the answers so far give them: the next answer
     // sends only what changed.
     let mut held = Held::default();
-    // Runners whose task's end came back from the cluster before the
-    // runner itself ended (it still detaches the network): moved to
-    // `finished` on a later answer.
+    // Runners whose task's end the cluster has recorded: once a runner
+    // has ended too (at once, or on a later answer: it may still be
+    // detaching the network), its container waits in `finished` for the
+    // task's deletion.
     let mut ending: HashSet<TaskId> = HashSet::new();
     // Set while no manager answers: runners then apply the restart policy
     // themselves (Swarm's workers leave a failed task dead until a
@@ -220,15 +221,8 @@ pub async fn run(
                     }
                     rise
                 });
-                // A finished runner whose end the cluster has recorded:
-                // its container waits in `finished` for the task's deletion.
                 if t.status.state.is_terminal() {
-                    if r.handle.is_finished() {
-                        runners.remove(&t.id);
-                        finished.insert(t.id.clone());
-                    } else {
-                        ending.insert(t.id.clone());
-                    }
+                    ending.insert(t.id.clone());
                 }
                 continue;
             }
