@@ -817,3 +817,19 @@ fn raft_data_is_encrypted_at_rest_and_autolock_locks_restarted_managers() {
         .to_string();
     assert!(err.contains("no unlock key"), "{err}");
 }
+
+/// SIGHUP (a closed terminal, `systemctl reload`, `kill -HUP` out of
+/// habit) is logged and ignored; it used to end the agent (exit 129,
+/// nothing logged). SIGTERM still stops it cleanly.
+#[test]
+fn sighup_leaves_the_agent_serving() {
+    let mut c = Cluster::new("hup").managers(1).start();
+    let m = &mut c.managers[0];
+    m.signal("HUP");
+    eventually("the SIGHUP logged", PATIENCE, || {
+        m.log().contains("SIGHUP ignored").then_some(())
+    });
+    assert_eq!(m.exited(), None, "the agent exited on SIGHUP:\n{}", m.log());
+    m.apiary(&["node", "ls"]).ok();
+    m.stop();
+}

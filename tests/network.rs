@@ -83,6 +83,9 @@ struct HostState {
     server: Option<Child>,
     /// Namespaces a test made by hand.
     extra_netns: Vec<String>,
+    /// What the bridge's task namespaces are named after (known once it
+    /// is made).
+    netns_prefix: String,
 }
 
 impl HostState {
@@ -91,7 +94,7 @@ impl HostState {
         if let Ok(rd) = std::fs::read_dir("/run/netns") {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if sweep::task_of_netns(&self.bridge, &n).is_some() {
+                if sweep::task_of_netns(&self.netns_prefix, &n).is_some() {
                     out.push(format!("netns {n}"));
                 }
             }
@@ -135,6 +138,7 @@ fn task_networking_end_to_end() {
         outside_veth: format!("aptout{n}"),
         server: None,
         extra_netns: Vec::new(),
+        netns_prefix: String::new(),
     };
     run_showing_logs(
         scenario(&daemon, &mut host, n),
@@ -230,6 +234,7 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
         .await
         .expect("bridge again")
     };
+    host.netns_prefix = net.netns_prefix();
     // Checked in the background, often, for the firewall-reload case below.
     let net = std::sync::Arc::new(net);
     net.keep(Duration::from_millis(200));
@@ -441,7 +446,7 @@ fn udp_ask(addr: &str, msg: &str) -> Option<String> {
 /// agent's address table.
 #[derive(Debug, Default, PartialEq)]
 struct OnHost {
-    /// Tasks with a namespace `<bridge>-<task>`.
+    /// Tasks with a namespace `<bridge>-<owner>-<task>`.
     netns: BTreeSet<String>,
     /// Ports of the bridge.
     ports: BTreeSet<String>,
@@ -458,7 +463,7 @@ fn on_host(a: &Agent) -> OnHost {
     if let Ok(rd) = std::fs::read_dir("/run/netns") {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(task) = n.strip_prefix(&prefix) {
+            if let Some((_owner, task)) = n.strip_prefix(&prefix).and_then(|r| r.split_once('-')) {
                 out.netns.insert(task.to_string());
             }
         }
@@ -770,4 +775,204 @@ fn sweep_scenario(daemon: &Daemon, c: &mut Cluster) {
     if let Err(left) = nothing_left(&c.managers[0]) {
         panic!("mgr1 left the swarm but not its network:\n{left}");
     }
+}
+
+/// `(task ID, state)` of a service's tasks that should run.
+fn task_states(m: &Agent, service: &str) -> Vec<(String, String)> {
+    let out = m.docker(&[
+        "service",
+        "ps",
+        service,
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.ID}}|{{.CurrentState}}|{{.Error}}",
+    ]);
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f.len() == 3).then(|| (f[0].to_string(), format!("{} {}", f[1], f[2])))
+        })
+        .collect()
+}
+
+/// The IDs of `n` running tasks of `service`, once all of them run.
+fn all_running(c: &Cluster, m: &Agent, service: &str, n: usize) -> BTreeSet<String> {
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(&format!("{n} running tasks of {service}"), PATIENCE, || {
+            let t = task_states(m, service);
+            (t.len() == n && t.iter().all(|(_, s)| s.starts_with("Running")))
+                .then(|| t.into_iter().map(|(id, _)| id).collect())
+        })
+    }));
+    found.unwrap_or_else(|e| {
+        eprintln!("{:?}\n{}", task_states(m, service), c.logs());
+        std::panic::resume_unwind(e)
+    })
+}
+
+/// The tasks with a namespace of `a`'s in /run/netns (host-wide), by the
+/// owner tag its data dir keeps.
+fn netns_of(a: &Agent) -> BTreeSet<String> {
+    let owner = std::fs::read_to_string(a.data_dir().join("network").join("owner"))
+        .expect("the agent's owner tag");
+    let prefix = format!("apiary0-{}-", owner.trim());
+    std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix(&prefix).map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Agents each in a network namespace of its own, all with the default
+/// bridge (`apiary0`, 10.213.0.0/16), as on machines of their own — but
+/// sharing the host's /run/netns, and the host's /sys as `nsenter`, a
+/// container or a unit with NetworkNamespacePath= leaves it. Before, an
+/// agent looked for its bridge in /sys/class/net (the host's links) and
+/// rejected every task after the first ("File exists"), and each agent's
+/// start swept the other's task namespaces as its own leftovers.
+#[test]
+fn agents_in_network_namespaces_of_their_own() {
+    let daemon = Arc::new(Daemon::start());
+    let tag = std::process::id() % 10_000;
+    let ns_a = harness::Netns::new(&format!("apytest-{tag}-a"));
+    let ns_b = harness::Netns::new(&format!("apytest-{tag}-b"));
+    let c = Cluster::new("ownns").containerd(daemon.clone());
+    let mut a = c.agent_in_netns("a", &ns_a);
+    let mut b = c.agent_in_netns("b", &ns_b);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        own_netns_scenario(&c, &mut a, &mut b, &ns_a)
+    }));
+    // Task namespaces are host-wide: remove the agents' by their tags.
+    let owners: Vec<String> = [&a, &b]
+        .iter()
+        .map(|x| {
+            std::fs::read_to_string(x.data_dir().join("network").join("owner"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let logs = format!("===== a =====\n{}\n===== b =====\n{}", a.log(), b.log());
+    drop((a, b));
+    for owner in owners.iter().filter(|o| !o.is_empty()) {
+        let prefix = format!("apiary0-{owner}-");
+        if let Ok(rd) = std::fs::read_dir("/run/netns") {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&prefix) {
+                    let _ = cmd("ip", &["netns", "del", &n]);
+                }
+            }
+        }
+    }
+    if let Err(e) = result {
+        eprintln!("{logs}");
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn own_netns_scenario(c: &Cluster, a: &mut Agent, b: &mut Agent, ns_a: &harness::Netns) {
+    for x in [&*a, &*b] {
+        x.apiary(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "127.0.0.1:2377",
+            "--listen-addr",
+            "127.0.0.1:2377",
+        ])
+        .ok();
+    }
+    let create = |x: &Agent, name: &str, replicas: &str| {
+        x.docker(&[
+            "service",
+            "create",
+            "-d",
+            "--no-resolve-image",
+            "--name",
+            name,
+            "--replicas",
+            replicas,
+            "busybox",
+            "sleep",
+            "3600",
+        ])
+        .ok();
+    };
+    // ---- three tasks on one node, each with its own address
+    create(a, "three", "3");
+    let a_tasks = all_running(c, a, "three", 3);
+    assert_eq!(netns_of(a), a_tasks);
+    for t in &a_tasks {
+        let ns = format!(
+            "apiary0-{}-{t}",
+            std::fs::read_to_string(a.data_dir().join("network/owner"))
+                .expect("owner")
+                .trim()
+        );
+        let (ok, out) = cmd(
+            "ip",
+            &["-n", &ns, "-4", "-o", "addr", "show", "dev", "eth0"],
+        );
+        assert!(ok && out.contains("inet 10.213."), "{ns}: {out}");
+    }
+    // The bridge is in a's namespace, not the host's.
+    let (ok, out) = cmd(
+        "ip",
+        &["-n", &ns_a.name, "-o", "link", "show", "master", "apiary0"],
+    );
+    assert!(ok && out.lines().count() == 3, "{out}");
+
+    // ---- b's tasks, and restarts of both, leave the other's alone
+    create(b, "two", "2");
+    let b_tasks = all_running(c, b, "two", 2);
+    assert_eq!(netns_of(b), b_tasks);
+    assert_eq!(netns_of(a), a_tasks, "b's start swept a's namespaces");
+    for x in [&mut *a, &mut *b] {
+        x.kill();
+        x.start();
+    }
+    // The worker sweeps before it adopts what it found.
+    for (x, n) in [(&*a, 3), (&*b, 2)] {
+        eventually(
+            &format!("{} adopting its containers", x.name),
+            PATIENCE,
+            || (x.log().matches("adopted a running container").count() >= n).then_some(()),
+        );
+    }
+    assert_eq!(netns_of(a), a_tasks, "a restart swept a's live tasks");
+    assert_eq!(netns_of(b), b_tasks, "a's restart swept b's namespaces");
+    assert_eq!(all_running(c, a, "three", 3), a_tasks, "no task replaced");
+    assert_eq!(all_running(c, b, "two", 2), b_tasks, "no task replaced");
+
+    // ---- a second agent on a's bridge in a's namespace refuses to start
+    let dir = c.root.path().join("intruder");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let out = Command::new("timeout")
+        .args(["20", "nsenter", &format!("--net=/run/netns/{}", ns_a.name)])
+        .arg(harness::APIARY)
+        .arg("agent")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("apiary.sock"))
+        .arg("--containerd")
+        .arg(c.containerd.as_ref().expect("containerd").socket())
+        .output()
+        .expect("run a second agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already uses the task bridge apiary0 in this network namespace")
+            && stderr.contains("--bridge-name"),
+        "{stderr}"
+    );
 }

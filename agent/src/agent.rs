@@ -179,6 +179,7 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let mut signals = Signals::watch()?;
     let listener = bind_socket(&args.socket).await?;
     let executor = executor(&args).await?;
     let real_containers = executor.is_some() && !args.simulated_executor;
@@ -199,7 +200,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     info!(socket = %args.socket.display(), data_dir = %args.data_dir.display(), "apiary agent ready");
-    wait_for_signal().await?;
+    signals.shutdown().await;
     info!("shutting down");
     shutdown.cancel();
     node.shutdown().await;
@@ -208,13 +209,35 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals the agent answers. Watched from the very start of `run`:
+/// SIGHUP's default action would end the agent (a closed terminal,
+/// `systemctl reload`, `kill -HUP` out of habit), and the agent has
+/// nothing to reload — its flags are read once, at start — so it is
+/// caught and ignored.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
     }
-    Ok(())
+
+    /// Until SIGTERM or SIGINT.
+    async fn shutdown(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => info!("SIGHUP ignored: the agent has nothing to reload (restart it to change its flags)"),
+            }
+        }
+    }
 }

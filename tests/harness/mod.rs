@@ -147,6 +147,21 @@ impl Agent {
         self.child.is_some()
     }
 
+    /// Send the agent a signal (`kill -<sig>`, e.g. "HUP").
+    pub fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("a running agent");
+        assert!(
+            run_quietly("kill", &[&format!("-{sig}"), &c.id().to_string()]),
+            "kill -{sig} {}",
+            self.name
+        );
+    }
+
+    /// The agent's exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok()?
+    }
+
     /// Where both CLIs keep registry logins for this agent's user (as on
     /// a real machine, `apiary login` and `docker login` share it).
     pub fn docker_config(&self) -> PathBuf {
@@ -441,6 +456,20 @@ impl Cluster {
     /// (e.g. another architecture's binary under qemu-user). An empty
     /// prefix runs the binary under test.
     pub fn agent_with(&self, name: &str, host: u8, prefix: &[&str]) -> Agent {
+        self.make_agent(name, host, prefix, true)
+    }
+
+    /// A started agent in no swarm yet, in the network namespace `netns`
+    /// (the test's; entered with `nsenter`, which, unlike `ip netns exec`,
+    /// keeps the host's /sys — as a container or a unit with
+    /// NetworkNamespacePath= does), with the default task bridge and
+    /// subnet: a machine of its own, but for the host-wide /run/netns.
+    pub fn agent_in_netns(&self, name: &str, netns: &Netns) -> Agent {
+        let net = format!("--net=/run/netns/{}", netns.name);
+        self.make_agent(name, 1, &["nsenter", &net, APIARY], false)
+    }
+
+    fn make_agent(&self, name: &str, host: u8, prefix: &[&str], own_bridge: bool) -> Agent {
         let dir = self.root.path().join(name);
         std::fs::create_dir_all(&dir).expect("agent dir");
         let mut a = Agent {
@@ -463,6 +492,10 @@ impl Cluster {
                 "--containerd-namespace".into(),
                 d.namespace_for(&format!("{}-{name}", self.name)),
             ];
+            if !own_bridge {
+                a.start();
+                return a;
+            }
             // Agents share the host: each gets a bridge and subnet of its
             // own, and publishes host-mode ports on its own loopback
             // address only (as a real node would on its own machine).
@@ -592,6 +625,34 @@ impl Agent {
             return None;
         }
         serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout).ok()
+    }
+}
+
+/// A network namespace of the test's own, with its loopback up; deleted
+/// on drop (with whatever links are left in it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        let ns = Netns { name: name.into() };
+        run_quietly("ip", &["netns", "del", name]);
+        assert!(
+            run_quietly("ip", &["netns", "add", name]),
+            "ip netns add {name}"
+        );
+        assert!(
+            run_quietly("ip", &["-n", name, "link", "set", "lo", "up"]),
+            "lo up in {name}"
+        );
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        run_quietly("ip", &["netns", "del", &self.name]);
     }
 }
 

@@ -2,12 +2,16 @@
 //! (`/run/netns/<bridge>-<task>`), a veth pair into a per-node bridge,
 //! outbound NAT, and DNAT for host-mode published ports.
 //!
-//! It drives `ip` (iproute2) and `iptables` rather than netlink: iptables
-//! has no netlink API to speak of (rtnetlink does links and addresses, not
+//! It asks the kernel over rtnetlink which links exist (`links`), and
+//! drives `ip` (iproute2) and `iptables` for the changes: iptables has no
+//! netlink API to speak of (rtnetlink does links and addresses, not
 //! netfilter rules), creating and bind-mounting a namespace from Rust
 //! needs unsafe `unshare`/`setns` calls that `ip netns` does for us, and
-//! both programs are on every distribution. A missing program is a clear
-//! error at agent start (`NetError::MissingTool`).
+//! both programs are on every distribution. A missing program is logged
+//! at agent start and fails each task's attach with what to install
+//! (`NetError::MissingTool`); the agent itself serves on.
+//!
+//! What it makes on the host is named for this agent (see `owner`).
 //!
 //! State under `state_dir`: `ips.json` (which task holds which address,
 //! written atomically, so an agent restart does not hand out an address a
@@ -25,6 +29,8 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use super::ipam::{Allocations, Subnet};
+use super::links::Links;
+use super::owner::{self, BridgeLock};
 use super::{
     files, io_err, rules, sweep, Attachment, NetError, NetResult, Network, PortMapping, Swept,
 };
@@ -53,6 +59,12 @@ pub struct BridgeConfig {
 
 pub struct Bridge {
     cfg: BridgeConfig,
+    /// This agent's tag in the names of its tasks' namespaces.
+    owner: String,
+    /// The bridge is this agent's alone in its namespace (held, not read).
+    _lock: BridgeLock,
+    /// The agent's own namespace's links.
+    links: Links,
     /// One network change at a time: the address table and the rule checks
     /// (look, then add) must not interleave between tasks.
     lock: Mutex<()>,
@@ -120,8 +132,10 @@ pub fn veth_name(bridge: &str, task: &str) -> String {
     format!("v{:014x}", fnv1a(&format!("{bridge}/{task}")) >> 8)
 }
 
-pub fn netns_name(bridge: &str, task: &str) -> String {
-    format!("{bridge}-{task}")
+/// What every task namespace of the agent owning `owner` on `bridge` is
+/// named after (`<prefix>-<task>`).
+pub fn netns_prefix(bridge: &str, owner: &str) -> String {
+    format!("{bridge}-{owner}")
 }
 
 /// A tool that could not be run: missing (with the package that has it),
@@ -221,18 +235,13 @@ fn get(flag: &std::sync::atomic::AtomicBool) -> bool {
     flag.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
-}
-
 fn write_sysctl(path: &str, value: &str) -> NetResult<()> {
     std::fs::write(path, value).map_err(|e| io_err("write", Path::new(path), e))
 }
 
-/// Write `data` to `path` atomically (tmp + fsync + rename).
 /// Replace a file whole (readers never see half of it); with `durable`,
 /// synced before it replaces the old one.
-fn write_atomic(path: &Path, data: &[u8], durable: bool) -> NetResult<()> {
+pub(super) fn write_atomic(path: &Path, data: &[u8], durable: bool) -> NetResult<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
@@ -244,27 +253,57 @@ fn write_atomic(path: &Path, data: &[u8], durable: bool) -> NetResult<()> {
 }
 
 impl Bridge {
-    /// Check the configuration and the tools; the bridge itself is made by
-    /// the first `attach` (a node in no swarm has no network of ours).
+    /// Check the configuration, take the bridge for this agent, and look
+    /// for the tools; the bridge itself is made by the first `attach` (a
+    /// node in no swarm has no network of ours). A missing tool is only
+    /// logged: the agent serves on (a manager, the API), and each task's
+    /// attach fails saying what to install until it is there.
     pub async fn new(cfg: BridgeConfig) -> NetResult<Bridge> {
         check_name("bridge name", &cfg.bridge, IFNAME_MAX)?;
-        for (tool, arg) in [("ip", "-V"), ("iptables", "-V")] {
-            run(tool, &sv(&[arg])).await?;
-        }
-        // Reads only; fails as `attach` would without root or a nat table.
-        iptables("nat", &sv(&["-n", "-L", "POSTROUTING"])).await?;
         let tasks = cfg.state_dir.join("tasks");
         std::fs::create_dir_all(&tasks).map_err(|e| io_err("create directory", &tasks, e))?;
+        let owner = owner::tag(&cfg.state_dir)?;
+        let lock = owner::lock_bridge(&cfg.bridge)?;
+        let links = Links::open()?;
+        if let Err(e) = Self::check_tools().await {
+            warn!(bridge = %cfg.bridge, "{e}: tasks on this node fail until then");
+        }
         Ok(Bridge {
             cfg,
+            owner,
+            _lock: lock,
+            links,
             lock: Mutex::new(()),
             checked: std::sync::atomic::AtomicBool::new(false),
             in_use: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
+    /// The programs `attach` runs, and root (reads only).
+    async fn check_tools() -> NetResult<()> {
+        for (tool, arg) in [("ip", "-V"), ("iptables", "-V")] {
+            run(tool, &sv(&[arg])).await?;
+        }
+        // Fails as `attach` would without root or a nat table.
+        iptables("nat", &sv(&["-n", "-L", "POSTROUTING"])).await?;
+        Ok(())
+    }
+
     pub fn config(&self) -> &BridgeConfig {
         &self.cfg
+    }
+
+    /// What this agent's task namespaces are named after.
+    pub fn netns_prefix(&self) -> String {
+        netns_prefix(&self.cfg.bridge, &self.owner)
+    }
+
+    fn netns_name(&self, task: &str) -> String {
+        format!("{}-{task}", self.netns_prefix())
+    }
+
+    async fn link_exists(&self, name: &str) -> NetResult<bool> {
+        self.links.exists(name).await
     }
 
     fn ips_file(&self) -> PathBuf {
@@ -276,7 +315,7 @@ impl Bridge {
     }
 
     pub fn netns_path(&self, task: &str) -> PathBuf {
-        Path::new(NETNS_DIR).join(netns_name(&self.cfg.bridge, task))
+        Path::new(NETNS_DIR).join(self.netns_name(task))
     }
 
     fn load(&self) -> NetResult<Allocations> {
@@ -304,13 +343,8 @@ impl Bridge {
     /// The bridge, its address, forwarding, and the base rules.
     async fn ensure_bridge(&self) -> NetResult<()> {
         let br = &self.cfg.bridge;
-        if !link_exists(br) {
-            match ip(&["link", "add", br, "type", "bridge"]).await {
-                Ok(_) => {}
-                // Another agent process raced us to it: fine.
-                Err(_) if link_exists(br) => {}
-                Err(e) => return Err(e),
-            }
+        if !self.link_exists(br).await? {
+            ip(&["link", "add", br, "type", "bridge"]).await?;
         }
         let gw = format!("{}/{}", self.cfg.subnet.gateway(), self.cfg.subnet.prefix);
         ip(&["addr", "replace", &gw, "dev", br]).await?;
@@ -367,10 +401,14 @@ impl Bridge {
                 }
             }
         }
-        if link_exists(br) {
-            if let Err(e) = ip(&["link", "del", br]).await {
-                errors.push(e.to_string());
+        match self.link_exists(br).await {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = ip(&["link", "del", br]).await {
+                    errors.push(e.to_string());
+                }
             }
+            Err(e) => errors.push(e.to_string()),
         }
         if errors.is_empty() {
             Ok(())
@@ -432,7 +470,7 @@ impl Bridge {
     }
 
     async fn attach_locked(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
-        if !get(&self.checked) || !link_exists(&self.cfg.bridge) {
+        if !get(&self.checked) || !self.link_exists(&self.cfg.bridge).await? {
             self.ensure_bridge().await?;
             set(&self.checked, true);
         }
@@ -441,17 +479,18 @@ impl Bridge {
         let addr = a.allocate(&self.cfg.subnet, task)?;
         self.save(&a)?;
 
-        let ns = netns_name(&self.cfg.bridge, task);
+        let ns = self.netns_name(task);
         let ns_path = self.netns_path(task);
         let veth = veth_name(&self.cfg.bridge, task);
+        let veth_exists = self.link_exists(&veth).await?;
         let mut host = Vec::new();
         if !ns_path.exists() {
             host.push(format!("netns add {ns}"));
-        } else if !link_exists(&veth) {
+        } else if !veth_exists {
             // A half-made pair from a crash: its namespace end may remain.
             let _ = ip(&["-n", &ns, "link", "del", "eth0"]).await;
         }
-        if !link_exists(&veth) {
+        if !veth_exists {
             host.push(format!(
                 "link add {veth} type veth peer name eth0 netns {ns}"
             ));
@@ -582,10 +621,10 @@ impl Bridge {
         // a container still holding the namespace keeps it alive until it
         // exits, which is why the worker detaches only after that.
         if self.netns_path(task).exists() {
-            ip(&["netns", "del", &netns_name(&self.cfg.bridge, task)]).await?;
+            ip(&["netns", "del", &self.netns_name(task)]).await?;
         }
         let veth = veth_name(&self.cfg.bridge, task);
-        if link_exists(&veth) {
+        if self.link_exists(&veth).await? {
             let _ = ip(&["link", "del", &veth]).await;
         }
         if a.release(task) {
@@ -620,9 +659,6 @@ impl Bridge {
                 Err(e) => Err(io_err("list", dir, e)),
             }
         };
-        let brif = Path::new("/sys/class/net")
-            .join(&self.cfg.bridge)
-            .join("brif");
         // An unreadable table is rebuilt from the namespaces of live tasks.
         let (allocations, table_ok) = match self.load() {
             Ok(a) => (a, true),
@@ -634,7 +670,7 @@ impl Bridge {
         Ok((
             sweep::Found {
                 netns: names(Path::new(NETNS_DIR))?,
-                ports: names(&brif)?,
+                ports: self.links.ports(&self.cfg.bridge).await?,
                 dnat: self.dnat_rules_if_any().await?,
                 allocations,
                 task_dirs: names(&self.cfg.state_dir.join("tasks"))?,
@@ -645,7 +681,7 @@ impl Bridge {
 
     /// The address a live task's namespace gives its eth0, if any.
     async fn netns_addr(&self, task: &str) -> Option<Ipv4Addr> {
-        let ns = netns_name(&self.cfg.bridge, task);
+        let ns = self.netns_name(task);
         let out = ip(&["-n", &ns, "-4", "-o", "addr", "show", "dev", "eth0"])
             .await
             .ok()?;
@@ -655,7 +691,7 @@ impl Bridge {
     async fn do_sweep(&self, live: &HashSet<String>) -> NetResult<Swept> {
         let _g = self.lock.lock().await;
         let (found, table_ok) = self.found().await?;
-        let plan = sweep::plan(&self.cfg.bridge, &found, live);
+        let plan = sweep::plan(&self.cfg.bridge, &self.netns_prefix(), &found, live);
         let mut a = found.allocations.clone();
         let mut errors = Vec::new();
         for task in &plan.orphans {
@@ -664,15 +700,20 @@ impl Bridge {
             }
         }
         for veth in &plan.stray_veths {
-            if link_exists(veth) {
-                if let Err(e) = ip(&["link", "del", veth]).await {
-                    errors.push(e.to_string());
+            match self.link_exists(veth).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Err(e) = ip(&["link", "del", veth]).await {
+                        errors.push(e.to_string());
+                    }
                 }
+                Err(e) => errors.push(e.to_string()),
             }
         }
         // Tasks that outlived the agent keep using the bridge: `keep`
         // looks after it from now on, not only after the next attach.
-        if !plan.live_netns.is_empty() && link_exists(&self.cfg.bridge) {
+        if !plan.live_netns.is_empty() && self.link_exists(&self.cfg.bridge).await.unwrap_or(false)
+        {
             set(&self.in_use, true);
         }
         let mut seen = std::collections::BTreeMap::new();

@@ -26,6 +26,8 @@ use futures::future::BoxFuture;
 pub mod bridge;
 pub mod files;
 pub mod ipam;
+pub mod links;
+pub mod owner;
 pub mod rules;
 pub mod sweep;
 
@@ -125,6 +127,9 @@ pub enum NetError {
         program: String,
         package: &'static str,
     },
+    /// The kernel did not answer a netlink request as asked.
+    #[error("netlink: {what}: {error}")]
+    Netlink { what: String, error: String },
     /// A command failed.
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },

@@ -2,11 +2,13 @@
 //! to do about it. Pure: `Bridge::sweep` gathers what is on the host, asks
 //! `plan` which tasks are orphans, and undoes them.
 //!
-//! Ownership is by name, scoped to the bridge, so agents sharing a host
-//! (each with its own `--bridge-name`) never touch each other's:
-//! - a namespace `/run/netns/<bridge>-<task>` (task IDs have no `-`, so
-//!   `apiary0-<task>` never parses as a task of a bridge `apiary0-x`, nor
-//!   `apiary0-x-<task>` as one of `apiary0`);
+//! Ownership is by name, scoped to the bridge and the agent (`owner`), so
+//! agents sharing a host never touch each other's:
+//! - a namespace `/run/netns/<bridge>-<owner>-<task>` (`/run/netns` is
+//!   host-wide: agents in namespaces of their own share it whatever their
+//!   bridges are called; task IDs and owner tags have no `-`, so
+//!   `apiary0-<owner>-<task>` never parses as a task of a bridge
+//!   `apiary0-x`, nor `apiary0-x-<owner>-<task>` as one of `apiary0`);
 //! - a DNAT rule in `APY-DNAT-<bridge>` commented `task=<id>`;
 //! - an entry of the bridge's address table, a directory of its /etc files;
 //! - a veth named `v` + 14 hex digits enslaved to the bridge (the names are
@@ -33,9 +35,10 @@ pub fn is_task_id(s: &str) -> bool {
         && !s.chars().all(|c| c == '.')
 }
 
-/// The task whose namespace this is, if it is one of `bridge`'s.
-pub fn task_of_netns<'a>(bridge: &str, netns: &'a str) -> Option<&'a str> {
-    let task = netns.strip_prefix(bridge)?.strip_prefix('-')?;
+/// The task whose namespace this is, if it is one named after `prefix`
+/// (`bridge::netns_prefix`: the bridge and the owning agent).
+pub fn task_of_netns<'a>(prefix: &str, netns: &'a str) -> Option<&'a str> {
+    let task = netns.strip_prefix(prefix)?.strip_prefix('-')?;
     is_task_id(task).then_some(task)
 }
 
@@ -52,7 +55,7 @@ pub fn is_veth_name(name: &str) -> bool {
 pub struct Found {
     /// Every name in /run/netns (any owner).
     pub netns: Vec<String>,
-    /// The bridge's ports (/sys/class/net/<bridge>/brif).
+    /// The bridge's ports.
     pub ports: Vec<String>,
     /// The rules of the bridge's DNAT chain.
     pub dnat: Vec<DnatRule>,
@@ -75,7 +78,8 @@ pub struct Plan {
     pub live_netns: BTreeSet<String>,
 }
 
-pub fn plan(bridge: &str, found: &Found, live: &HashSet<String>) -> Plan {
+/// `prefix`: what this agent's task namespaces are named after.
+pub fn plan(bridge: &str, prefix: &str, found: &Found, live: &HashSet<String>) -> Plan {
     let mut p = Plan::default();
     let mut consider = |task: &str| {
         if !live.contains(task) {
@@ -83,7 +87,7 @@ pub fn plan(bridge: &str, found: &Found, live: &HashSet<String>) -> Plan {
         }
     };
     for ns in &found.netns {
-        if let Some(task) = task_of_netns(bridge, ns) {
+        if let Some(task) = task_of_netns(prefix, ns) {
             consider(task);
         }
     }
@@ -99,7 +103,7 @@ pub fn plan(bridge: &str, found: &Found, live: &HashSet<String>) -> Plan {
     p.live_netns = found
         .netns
         .iter()
-        .filter_map(|ns| task_of_netns(bridge, ns))
+        .filter_map(|ns| task_of_netns(prefix, ns))
         .filter(|t| live.contains(*t))
         .map(String::from)
         .collect();

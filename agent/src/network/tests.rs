@@ -206,6 +206,15 @@ fn port_udp(p: u16) -> PortMapping {
 fn task_ids_never_blur_into_bridge_names() {
     use super::sweep::task_of_netns;
     assert_eq!(task_of_netns("apiary0", "apiary0-x7k2m9"), Some("x7k2m9"));
+    // With the owner tag: another agent's namespaces on a bridge of the
+    // same name are not ours.
+    let ours = super::bridge::netns_prefix("apiary0", "0a1b2c3d");
+    assert_eq!(
+        task_of_netns(&ours, "apiary0-0a1b2c3d-x7k2m9"),
+        Some("x7k2m9")
+    );
+    assert_eq!(task_of_netns(&ours, "apiary0-99999999-x7k2m9"), None);
+    assert_eq!(task_of_netns(&ours, "apiary0-x7k2m9"), None);
     // Another agent's bridge whose name extends ours, either way round.
     assert_eq!(task_of_netns("apiary0", "apiary0-x-x7k2m9"), None);
     assert_eq!(task_of_netns("apiary0-x", "apiary0-x7k2m9"), None);
@@ -235,11 +244,16 @@ fn sweep_plan_releases_only_what_no_live_task_owns() {
     }
     let found = Found {
         netns: vec![
-            "apiary0-kept".into(),
-            "apiary0-gone".into(),
-            "apiary0-onlyns".into(),
-            // Another agent's (bridge apiary0-x), and someone else's.
-            "apiary0-x-other".into(),
+            "apiary0-0a1b2c3d-kept".into(),
+            "apiary0-0a1b2c3d-gone".into(),
+            "apiary0-0a1b2c3d-onlyns".into(),
+            // Another agent's with the same bridge name (in a network
+            // namespace of its own), one of a bridge apiary0-x, one made
+            // before namespaces carried their agent's tag, and someone
+            // else's.
+            "apiary0-99999999-theirs".into(),
+            "apiary0-x-0a1b2c3d-other".into(),
+            "apiary0-untagged".into(),
             "cni-1234".into(),
         ],
         ports: vec![
@@ -252,7 +266,12 @@ fn sweep_plan_releases_only_what_no_live_task_owns() {
         allocations,
         task_dirs: vec!["kept".into(), "gone".into(), "onlydir".into()],
     };
-    let p = plan("apiary0", &found, &live(&["kept", "unattached"]));
+    let p = plan(
+        "apiary0",
+        "apiary0-0a1b2c3d",
+        &found,
+        &live(&["kept", "unattached"]),
+    );
     assert_eq!(
         p.orphans.iter().map(String::as_str).collect::<Vec<_>>(),
         vec!["gone", "halfmade", "onlydir", "onlyns", "onlyrule"]
@@ -263,12 +282,12 @@ fn sweep_plan_releases_only_what_no_live_task_owns() {
         vec!["kept"]
     );
     // Nothing live: everything of ours goes, nothing of anyone else's.
-    let all = plan("apiary0", &found, &live(&[]));
+    let all = plan("apiary0", "apiary0-0a1b2c3d", &found, &live(&[]));
     assert!(all.orphans.contains("kept"));
-    assert!(!all
-        .orphans
-        .iter()
-        .any(|t| t.contains("other") || t.contains("cni")));
+    assert!(!all.orphans.iter().any(|t| t.contains("other")
+        || t.contains("theirs")
+        || t.contains("untagged")
+        || t.contains("cni")));
     assert_eq!(all.stray_veths.len(), 2, "{:?}", all.stray_veths);
 }
 
@@ -308,4 +327,49 @@ fn sweep_rebuilds_the_address_table_from_live_namespaces() {
         Some(Ipv4Addr::new(10, 213, 0, 7))
     );
     assert_eq!(parse_inet(""), None);
+}
+
+#[test]
+fn the_owner_tag_is_drawn_once_and_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = super::owner::tag(dir.path()).expect("a new tag");
+    assert_eq!(a.len(), 8);
+    assert!(!a.contains('-'), "{a}: the tag separates bridge and task");
+    assert_eq!(super::owner::tag(dir.path()).expect("the same tag"), a);
+    std::fs::write(dir.path().join("owner"), "not-a-tag\n").expect("spoil the tag");
+    let e = super::owner::tag(dir.path()).expect_err("a spoilt tag is refused");
+    assert!(e.to_string().contains("owner"), "{e}");
+    assert!(e.to_string().contains("not-a-tag"), "{e}");
+}
+
+#[test]
+fn one_agent_per_bridge_and_network_namespace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let held = super::owner::lock_bridge_in(dir.path(), "apiary0").expect("the first takes it");
+    let e = super::owner::lock_bridge_in(dir.path(), "apiary0").expect_err("taken");
+    assert!(
+        e.to_string()
+            .contains("already uses the task bridge apiary0")
+            && e.to_string().contains("--bridge-name"),
+        "{e}"
+    );
+    // Another bridge in the same namespace is free.
+    let _other = super::owner::lock_bridge_in(dir.path(), "apiary1").expect("another bridge");
+    drop(held);
+    super::owner::lock_bridge_in(dir.path(), "apiary0").expect("free once its holder is gone");
+}
+
+#[tokio::test]
+async fn links_are_read_in_the_agents_own_namespace() {
+    let links = super::links::Links::open().expect("a netlink socket");
+    assert!(links.exists("lo").await.expect("ask for lo"));
+    assert!(!links
+        .exists("apynosuchlink0")
+        .await
+        .expect("ask for a missing link"));
+    assert!(links
+        .ports("apynosuchlink0")
+        .await
+        .expect("ports of a missing bridge")
+        .is_empty());
 }
