@@ -976,3 +976,66 @@ fn own_netns_scenario(c: &Cluster, a: &mut Agent, b: &mut Agent, ns_a: &harness:
         "{stderr}"
     );
 }
+
+/// A node without iptables: the agent starts and serves (it used to exit
+/// at start, and would crash-loop under systemd); only the tasks given to
+/// it fail, saying what to install.
+#[test]
+fn an_agent_without_iptables_serves_and_fails_only_its_tasks() {
+    let daemon = Arc::new(Daemon::start());
+    let c = Cluster::new("noipt").containerd(daemon.clone());
+    let mut m = c.agent("mgr1", 1);
+    // Restarted with a PATH that has `ip` but no iptables.
+    let bin = c.root.path().join("bin-without-iptables");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let ip_path = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("iproute2's ip");
+    std::os::unix::fs::symlink(ip_path, bin.join("ip")).expect("link ip");
+    m.kill();
+    m.env.push(("PATH".into(), bin.display().to_string()));
+    m.start();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually("the missing iptables logged", PATIENCE, || {
+            m.log().contains("iptables not found").then_some(())
+        });
+        let addr = m.addr();
+        m.apiary(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+        ])
+        .ok();
+        m.docker(&[
+            "service",
+            "create",
+            "-d",
+            "--no-resolve-image",
+            "--name",
+            "needs-nat",
+            "busybox",
+            "sleep",
+            "3600",
+        ])
+        .ok();
+        eventually("the task rejected for want of iptables", PATIENCE, || {
+            let out = m
+                .docker(&["service", "ps", "--no-trunc", "needs-nat"])
+                .stdout;
+            (out.contains("Rejected")
+                && out.contains("iptables not found")
+                && out.contains("install iptables"))
+            .then_some(())
+        });
+        assert_eq!(m.exited(), None, "the agent is still up");
+        m.apiary(&["node", "ls"]).ok();
+    }));
+    if let Err(e) = result {
+        eprintln!("{}", m.log());
+        std::panic::resume_unwind(e);
+    }
+}

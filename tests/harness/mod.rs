@@ -45,6 +45,8 @@ pub struct Agent {
     pub extra: Vec<String>,
     /// The task bridge and subnet this agent makes (removed on drop).
     pub bridge: Option<(String, String)>,
+    /// Environment variables set for the agent (on its next start).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -87,6 +89,7 @@ impl Agent {
             .arg(&self.socket)
             .args(["--hostname", &self.name, "--log-level", "info,apiary=debug"])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().expect("log fd")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -480,6 +483,7 @@ impl Cluster {
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
             extra: Vec::new(),
             bridge: None,
+            env: Vec::new(),
             child: None,
         };
         if let (Some(d), Some(tar)) = (&self.containerd, &self.image) {

@@ -306,6 +306,14 @@ impl Bridge {
         self.links.exists(name).await
     }
 
+    /// Delete the link `name` if there is one.
+    async fn delete_link(&self, name: &str) -> NetResult<()> {
+        if self.link_exists(name).await? {
+            ip(&["link", "del", name]).await?;
+        }
+        Ok(())
+    }
+
     fn ips_file(&self) -> PathBuf {
         self.cfg.state_dir.join("ips.json")
     }
@@ -401,14 +409,8 @@ impl Bridge {
                 }
             }
         }
-        match self.link_exists(br).await {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = ip(&["link", "del", br]).await {
-                    errors.push(e.to_string());
-                }
-            }
-            Err(e) => errors.push(e.to_string()),
+        if let Err(e) = self.delete_link(br).await {
+            errors.push(e.to_string());
         }
         if errors.is_empty() {
             Ok(())
@@ -700,14 +702,8 @@ impl Bridge {
             }
         }
         for veth in &plan.stray_veths {
-            match self.link_exists(veth).await {
-                Ok(false) => {}
-                Ok(true) => {
-                    if let Err(e) = ip(&["link", "del", veth]).await {
-                        errors.push(e.to_string());
-                    }
-                }
-                Err(e) => errors.push(e.to_string()),
+            if let Err(e) = self.delete_link(veth).await {
+                errors.push(e.to_string());
             }
         }
         // Tasks that outlived the agent keep using the bridge: `keep`
