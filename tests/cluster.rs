@@ -259,21 +259,77 @@ fn leader_kill_elects_a_new_leader_and_writes_work_again() {
     let new_leader = leader_of(&nodes).expect("a new leader");
     assert_ne!(new_leader, leader);
     eprintln!("failover: writes accepted again {took:?} after kill -9 of {leader}");
-    // The dead manager is eventually shown Unreachable.
-    eventually(
-        "the killed manager to be shown Unreachable",
-        PATIENCE,
-        || {
-            let nodes = survivor.nodes_json()?;
-            nodes
-                .iter()
-                .any(|n| {
-                    n["Description"]["Hostname"] == leader.as_str()
-                        && n["ManagerStatus"]["Reachability"] == "unreachable"
-                })
-                .then_some(())
-        },
+    // The dead manager is shown Unreachable — by raft, while its
+    // heartbeats' 15 s grace still shows it Ready.
+    let (state, took) = unreachable_seen(survivor, &leader, killed_at);
+    eprintln!("{leader} shown Unreachable {took:?} after its kill -9 (state {state})");
+    assert_eq!(
+        state, "ready",
+        "reachability from raft, not from heartbeats"
     );
+
+    // Back when it restarts (now a follower) ...
+    c.managers[idx].start();
+    reachable_seen(&c.managers[(idx + 1) % 3], &leader);
+    // ... and a follower's death is seen as soon.
+    let nodes = c.managers[idx].nodes_json().expect("nodes");
+    let leader = leader_of(&nodes).expect("a leader");
+    let follower_idx = c
+        .managers
+        .iter()
+        .position(|m| m.name != leader)
+        .expect("a follower");
+    let follower = c.managers[follower_idx].name.clone();
+    let other = c
+        .managers
+        .iter()
+        .position(|m| m.name != follower)
+        .expect("another manager");
+    let killed_at = Instant::now();
+    c.managers[follower_idx].kill();
+    let (state, took) = unreachable_seen(&c.managers[other], &follower, killed_at);
+    eprintln!(
+        "{follower} (a follower) shown Unreachable {took:?} after its kill -9 (state {state})"
+    );
+    assert_eq!(
+        state, "ready",
+        "reachability from raft, not from heartbeats"
+    );
+    c.managers[follower_idx].start();
+    reachable_seen(&c.managers[other], &follower);
+}
+
+fn reachable_seen(m: &harness::Agent, name: &str) {
+    eventually(&format!("{name} Reachable again"), PATIENCE, || {
+        let nodes = m.nodes_json()?;
+        nodes
+            .iter()
+            .any(|n| {
+                n["Description"]["Hostname"] == name
+                    && n["ManagerStatus"]["Reachability"] == "reachable"
+            })
+            .then_some(())
+    });
+}
+
+/// Wait for `node ls` on `m` to show the manager `name` Unreachable; its
+/// node state at that moment and how long after `since` it was seen.
+fn unreachable_seen(m: &harness::Agent, name: &str, since: Instant) -> (String, Duration) {
+    eventually(&format!("{name} shown Unreachable"), PATIENCE, || {
+        let nodes = m.nodes_json()?;
+        nodes
+            .iter()
+            .find(|n| {
+                n["Description"]["Hostname"] == name
+                    && n["ManagerStatus"]["Reachability"] == "unreachable"
+            })
+            .map(|n| {
+                (
+                    n["Status"]["State"].as_str().unwrap_or("").to_string(),
+                    since.elapsed(),
+                )
+            })
+    })
 }
 
 #[test]

@@ -55,7 +55,10 @@ fn main() -> ExitCode {
     };
     match cli.cmd {
         Top::Agent(args) => {
-            init_tracing(&args.log_level);
+            if let Err(e) = init_tracing(&args.log_level) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             if let Err(e) = rustls::crypto::ring::default_provider().install_default() {
                 tracing::debug!("crypto provider already installed: {e:?}");
             }
@@ -72,12 +75,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
+/// The log filter: RUST_LOG if set, else `--log-level` (APIARY_LOG).
+/// Directives are `level` and `target=level`, comma-separated; one that
+/// does not parse is an error naming it, not silently dropped.
+fn init_tracing(default: &str) -> Result<(), String> {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (source, text) = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => ("RUST_LOG", v),
+        _ => ("--log-level", default.to_string()),
+    };
+    let filter: Targets = text.parse().map_err(|e| {
+        format!("{source} {text:?}: {e} (use levels such as \"info\" or \"info,apiary=debug\")")
+    })?;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                // Colours on a terminal only: not in journald or a log file.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
+        .with(filter)
         .init();
+    Ok(())
 }

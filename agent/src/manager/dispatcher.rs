@@ -1,7 +1,12 @@
-//! Node liveness, decided by the leader from heartbeats.
+//! Node liveness, decided by the leader: a node's state (Ready ↔ Down) from
+//! its heartbeats (Swarm's rule: three missed periods), a manager's
+//! reachability from raft itself — when it last answered the leader's
+//! appends (`raft::network::Answers`), so that a dead or cut-off manager
+//! shows Unreachable within about a second and a half, not after the
+//! heartbeats' 15 s.
 //!
-//! Heartbeats only touch memory; the leader writes a node's status to raft
-//! only when it changes (Ready ↔ Down), in one batch per tick, so an idle
+//! Heartbeats and answers only touch memory; the leader writes a node's
+//! status to raft only when it changes, in one batch per tick, so an idle
 //! cluster writes nothing.
 
 use std::collections::HashMap;
@@ -13,15 +18,29 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::Manager;
+use crate::raft::network::Answers;
 use crate::store::{Command, NodeId, NodeState, NodeStatusUpdate, Reachability, State};
 
 /// Swarm marks a node Down after three missed heartbeats.
 const MISSED_HEARTBEATS: u32 = 3;
-const TICK: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(250);
+/// A manager that has not answered the leader's raft for this long is
+/// Unreachable: eight heartbeat intervals (150 ms), and longer than an
+/// append takes on a busy two-core board (up to about 1 s with 100k tasks
+/// in flight), so a merely slow follower does not flap. With the tick,
+/// a dead manager shows Unreachable within 1.45 s.
+const RAFT_SILENCE: Duration = Duration::from_millis(1200);
+/// How long a new leader waits for a manager's first answer before it
+/// calls it Unreachable: its first appends go out at once, and a live
+/// follower answers within a heartbeat or two. Shorter than
+/// `RAFT_SILENCE`, so that a dead leader, which spent an election
+/// already, is shown Unreachable about as soon as a dead follower.
+const FIRST_ANSWER: Duration = Duration::from_millis(600);
 
 #[derive(Default)]
 pub struct Dispatcher {
     inner: Mutex<Seen>,
+    answers: Answers,
 }
 
 #[derive(Default)]
@@ -40,6 +59,12 @@ struct Seen {
 }
 
 impl Dispatcher {
+    pub fn new(answers: Answers) -> Dispatcher {
+        Dispatcher {
+            inner: Mutex::default(),
+            answers,
+        }
+    }
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -70,6 +95,7 @@ impl Dispatcher {
         }
         seen.period = Some(period);
         let grace_until = seen.old_grace_until;
+        let term_start = seen.term_start;
         let mut updates = Vec::new();
         for node in state.nodes.values() {
             // A node that left stays Down until it is removed or rejoins.
@@ -91,15 +117,10 @@ impl Dispatcher {
             } else {
                 (NodeState::Down, "heartbeat failure")
             };
-            let want_reach = node.manager_status.as_ref().map(|_| {
-                if alive && heard {
-                    Reachability::Reachable
-                } else if alive {
-                    Reachability::Unknown
-                } else {
-                    Reachability::Unreachable
-                }
-            });
+            let want_reach = node
+                .manager_status
+                .as_ref()
+                .map(|ms| self.reachability(&node.id == me, ms.raft_id, term_start, now));
             let reach_changed = match (&node.manager_status, want_reach) {
                 (Some(ms), Some(r)) => ms.reachability != r && !(r == Reachability::Unknown),
                 _ => false,
@@ -116,6 +137,34 @@ impl Dispatcher {
             }
         }
         updates
+    }
+
+    /// A manager's reachability as raft sees it from this leader. Answers
+    /// from before this term count for nothing (a leader that was a
+    /// follower meanwhile sent nothing); until a peer first answers, it
+    /// is Unknown (nothing written) for the first `FIRST_ANSWER` of the
+    /// term.
+    fn reachability(
+        &self,
+        is_me: bool,
+        raft_id: u64,
+        term_start: Option<Instant>,
+        now: Instant,
+    ) -> Reachability {
+        if is_me {
+            return Reachability::Reachable;
+        }
+        let last = self
+            .answers
+            .last(raft_id)
+            .filter(|t| term_start.is_none_or(|s| *t >= s));
+        match last {
+            Some(t) if now.duration_since(t) < RAFT_SILENCE => Reachability::Reachable,
+            None if term_start.is_some_and(|s| now.duration_since(s) < FIRST_ANSWER) => {
+                Reachability::Unknown
+            }
+            _ => Reachability::Unreachable,
+        }
     }
 }
 

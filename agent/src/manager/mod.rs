@@ -121,7 +121,9 @@ impl Manager {
             .map_err(|e| ControlError::Internal(format!("opening the raft store panicked: {e}")))?
             .map_err(|e| ControlError::Internal(format!("cannot open the raft store: {e}")))?;
         let config = Arc::new(raft_config(snapshot_interval).map_err(ControlError::Internal)?);
-        let raft = Raft::new(me.raft_id, config, Network::new(transport.clone()), log, sm)
+        let answers = crate::raft::network::Answers::default();
+        let network = Network::new(transport.clone(), answers.clone());
+        let raft = Raft::new(me.raft_id, config, network, log, sm)
             .await
             .map_err(|e| ControlError::Internal(format!("cannot start raft: {e}")))?;
         let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
@@ -131,7 +133,7 @@ impl Manager {
             state,
             me,
             transport,
-            dispatcher: Dispatcher::default(),
+            dispatcher: Dispatcher::new(answers),
             membership: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -7,7 +7,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SignatureAlgorithm,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::certification_request::X509CertificationRequest;
@@ -46,7 +47,7 @@ pub enum PkiError {
     PemRead {
         what: &'static str,
         #[source]
-        source: std::io::Error,
+        source: rustls::pki_types::pem::Error,
     },
     #[error("no {what} found in the PEM text (expected a \"-----BEGIN {label}-----\" block)")]
     PemMissing {
@@ -272,16 +273,8 @@ pub fn new_key_and_csr() -> Result<KeyAndCsr, PkiError> {
 /// Checks the CSR's self-signature and returns its public key; nothing
 /// else in it is used, since a joining node chooses all of it.
 fn csr_public_key(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo, PkiError> {
-    let mut reader = csr_pem.as_bytes();
-    let der = rustls_pemfile::csr(&mut reader)
-        .map_err(|source| PkiError::PemRead {
-            what: "certificate signing request",
-            source,
-        })?
-        .ok_or(PkiError::PemMissing {
-            what: "certificate signing request",
-            label: "CERTIFICATE REQUEST",
-        })?;
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|e| pem_error(e, "certificate signing request", "CERTIFICATE REQUEST"))?;
     let (rest, csr) =
         X509CertificationRequest::from_der(der.as_ref()).map_err(|e| PkiError::BadCsr {
             reason: e.to_string(),
@@ -530,29 +523,27 @@ pub fn cert_der_from_pem(pem: &str) -> Result<CertificateDer<'static>, PkiError>
 }
 
 fn pem_cert(pem: &str, what: &'static str) -> Result<CertificateDer<'static>, PkiError> {
-    let mut reader = pem.as_bytes();
-    let first = rustls_pemfile::certs(&mut reader).next();
-    first
-        .ok_or(PkiError::PemMissing {
-            what,
-            label: "CERTIFICATE",
-        })?
-        .map_err(|source| PkiError::PemRead { what, source })
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| pem_error(e, what, "CERTIFICATE"))
+}
+
+/// A PEM text without the block asked for is `PemMissing` (naming the
+/// block), one that does not decode is `PemRead`.
+pub(crate) fn pem_error(
+    e: rustls::pki_types::pem::Error,
+    what: &'static str,
+    label: &'static str,
+) -> PkiError {
+    match e {
+        rustls::pki_types::pem::Error::NoItemsFound => PkiError::PemMissing { what, label },
+        source => PkiError::PemRead { what, source },
+    }
 }
 
 /// PEM helper for the transport: the first private key (PKCS#8, SEC1 or
 /// PKCS#1) in a PEM string as DER.
 pub fn key_der_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
-    let mut reader = pem.as_bytes();
-    rustls_pemfile::private_key(&mut reader)
-        .map_err(|source| PkiError::PemRead {
-            what: "private key",
-            source,
-        })?
-        .ok_or(PkiError::PemMissing {
-            what: "private key",
-            label: "PRIVATE KEY",
-        })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| pem_error(e, "private key", "PRIVATE KEY"))
 }
 
 /// A CSR for an existing key. A node whose certificate expired while it was

@@ -5,6 +5,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
@@ -50,13 +51,9 @@ pub fn cross_sign(new: &RootCa, old: &RootCa) -> Result<String, PkiError> {
 /// Every certificate in a PEM text, in order (a trust bundle, or a leaf and
 /// its intermediates).
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    let mut reader = pem.as_bytes();
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut reader)
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|source| PkiError::PemRead {
-            what: "certificate",
-            source,
-        })?;
+        .map_err(|e| super::cert::pem_error(e, "certificate", "CERTIFICATE"))?;
     if certs.is_empty() {
         return Err(PkiError::PemMissing {
             what: "certificate",

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
+use rustls::pki_types::pem::PemObject;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -386,8 +387,9 @@ fn forged_csr_subject_is_overwritten() {
 fn tampered_csr_is_refused() {
     let ca = new_root_ca().unwrap();
     let kc = new_key_and_csr().unwrap();
-    let mut reader = kc.csr_pem.as_bytes();
-    let der = rustls_pemfile::csr(&mut reader).unwrap().unwrap();
+    let der =
+        rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(kc.csr_pem.as_bytes())
+            .unwrap();
     let mut bytes = der.as_ref().to_vec();
     // Flip a bit inside the subject name (offsets near the start are
     // structural, the CN text sits well after them).

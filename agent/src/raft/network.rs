@@ -1,7 +1,11 @@
 //! openraft's network over the QUIC transport.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -17,14 +21,37 @@ use super::TypeConfig;
 use crate::rpc::{self, Reply, Request};
 use crate::transport::{Transport, MANAGER_SERVER_NAME};
 
+/// When each raft peer last answered this manager's raft. A leader sends
+/// every follower an append at least every heartbeat interval, so on the
+/// leader this is raft's own view of which managers are reachable (the
+/// dispatcher reports it in `node ls`), far sooner than the nodes'
+/// heartbeats tell it. A table touched once per answer, under a lock never
+/// held across an await.
+#[derive(Clone, Default)]
+pub struct Answers(Arc<Mutex<HashMap<u64, Instant>>>);
+
+impl Answers {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// `peer` answered now.
+    pub fn heard(&self, peer: u64) {
+        self.table().insert(peer, Instant::now());
+    }
+    pub fn last(&self, peer: u64) -> Option<Instant> {
+        self.table().get(&peer).copied()
+    }
+}
+
 #[derive(Clone)]
 pub struct Network {
     transport: Transport,
+    answers: Answers,
 }
 
 impl Network {
-    pub fn new(transport: Transport) -> Self {
-        Network { transport }
+    pub fn new(transport: Transport, answers: Answers) -> Self {
+        Network { transport, answers }
     }
 }
 
@@ -32,6 +59,7 @@ pub struct Client {
     transport: Transport,
     target: u64,
     addr: Result<SocketAddr, String>,
+    answers: Answers,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -48,6 +76,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             transport: self.transport.clone(),
             target,
             addr,
+            answers: self.answers.clone(),
         }
     }
 }
@@ -90,6 +119,7 @@ impl Client {
         if let Reply::Error(e) = reply {
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
+        self.answers.heard(self.target);
         Ok(reply)
     }
 
