@@ -11,6 +11,7 @@ use crate::executor::image::Platform;
 use crate::executor::pull::{AuthConfig, Distribution, Progress, Pulled};
 use crate::store::{Availability, Cluster, ClusterSpec, Node, NodeId, NodeSpec};
 use crate::store::{Config, ConfigId, ConfigSpec, Secret, SecretId, SecretSpec};
+use crate::store::{Network, NetworkId, NetworkSpec};
 use crate::store::{RegistryAuth, Service, ServiceId, ServiceSpec, Task};
 
 /// A service with its task counts (`service ls` REPLICAS).
@@ -202,6 +203,9 @@ pub struct InitRequest {
     pub force_new_cluster: bool,
     pub availability: Availability,
     pub spec: ClusterSpec,
+    /// `--default-addr-pool`, `--default-addr-pool-mask-length`,
+    /// `--data-path-port`.
+    pub addr_pool: crate::store::AddrPool,
 }
 
 #[derive(Clone, Debug)]
@@ -298,6 +302,20 @@ pub trait Control: Send + Sync + 'static {
     ) -> impl Future<Output = ControlResult<()>> + Send;
     /// Refused while a service uses the config.
     fn config_remove(&self, id: &str) -> impl Future<Output = ControlResult<()>> + Send;
+
+    /// `network create`: the new network's ID. The swarm allocates its
+    /// subnet (unless the spec names one) and VXLAN ID.
+    fn network_create(
+        &self,
+        spec: NetworkSpec,
+    ) -> impl Future<Output = ControlResult<NetworkId>> + Send;
+    fn networks(&self) -> impl Future<Output = ControlResult<Vec<Network>>> + Send;
+    /// By ID, name or ID prefix.
+    fn network(&self, id: &str) -> impl Future<Output = ControlResult<Network>> + Send;
+    /// Refused while a service uses the network.
+    fn network_remove(&self, id: &str) -> impl Future<Output = ControlResult<()>> + Send;
+    /// The names of the services attached to the network.
+    fn network_users(&self, id: &str) -> impl Future<Output = ControlResult<Vec<String>>> + Send;
 
     // Services and tasks. `id` may be a full ID, a name, or a unique ID
     // prefix.

@@ -9,6 +9,7 @@
 pub mod error;
 pub mod images;
 pub mod models;
+mod networks;
 mod routes;
 mod services;
 

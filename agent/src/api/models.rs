@@ -187,6 +187,9 @@ pub fn cluster_info_to_api(c: &Cluster) -> m::ClusterInfo {
         spec: Some(spec_to_api(&c.spec)),
         tls_info: trust_root(c),
         root_rotation_in_progress: Some(c.rotation.is_some()),
+        default_addr_pool: Some(c.addr_pool.effective_pools()),
+        subnet_size: Some(u32::from(c.addr_pool.effective_subnet_size())),
+        data_path_port: Some(u32::from(c.addr_pool.effective_data_path_port())),
         ..Default::default()
     }
 }
@@ -208,6 +211,9 @@ pub fn swarm_to_api(v: &SwarmView) -> m::Swarm {
             worker: Some(v.worker_token.clone()),
             manager: Some(v.manager_token.clone()),
         }),
+        default_addr_pool: Some(c.addr_pool.effective_pools()),
+        subnet_size: Some(u32::from(c.addr_pool.effective_subnet_size())),
+        data_path_port: Some(u32::from(c.addr_pool.effective_data_path_port())),
         ..Default::default()
     }
 }

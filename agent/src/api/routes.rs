@@ -70,6 +70,19 @@ pub fn router<C: Control>(control: Arc<C>) -> Router {
             "/configs/{id}/update",
             post(config_update::<C>).layer(DefaultBodyLimit::max(OBJECT_BODY_LIMIT)),
         )
+        .route("/networks", get(super::networks::networks_list::<C>))
+        .route(
+            "/networks/create",
+            post(super::networks::network_create::<C>),
+        )
+        .route(
+            "/networks/prune",
+            post(super::networks::networks_prune::<C>),
+        )
+        .route(
+            "/networks/{id}",
+            get(super::networks::network_inspect::<C>).delete(super::networks::network_remove::<C>),
+        )
         .route("/services", get(super::services::services_list::<C>))
         .route(
             "/services/create",
@@ -305,12 +318,32 @@ async fn swarm_init<C: Control>(State(c): Ctl<C>, body: Bytes) -> ApiResult<Json
     if body.auto_lock_managers == Some(true) {
         spec.autolock = true;
     }
+    let addr_pool = crate::store::AddrPool {
+        pools: b.default_addr_pool.clone().unwrap_or_default(),
+        subnet_size: match b.subnet_size {
+            None | Some(0) => 0,
+            Some(n) => u8::try_from(n)
+                .ok()
+                .filter(|n| (8..=29).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("SubnetSize {n}: use a mask length from 8 to 29"))
+                })?,
+        },
+        data_path_port: match b.data_path_port {
+            None | Some(0) => 0,
+            Some(p) => u16::try_from(p).map_err(|_| {
+                ApiError::bad_request(format!("DataPathPort {p}: use a port from 1024 to 49151"))
+            })?,
+        },
+    };
+    addr_pool.validate().map_err(ApiError::bad_request)?;
     let req = InitRequest {
         listen_addr,
         advertise_addr,
         force_new_cluster: b.force_new_cluster.unwrap_or(false),
         availability: models::parse_availability(body.availability.as_deref())?,
         spec,
+        addr_pool,
     };
     let id = c.swarm_init(req).await?;
     Ok(Json(id.0))

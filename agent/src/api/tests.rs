@@ -109,6 +109,7 @@ impl Fake {
                     },
                     unlock_key: None,
                     rotation: None,
+                    addr_pool: Default::default(),
                 },
                 nodes: vec![
                     node(WORKER_ID, "node2", Role::Worker, false, NodeState::Ready),
@@ -414,6 +415,41 @@ impl Control for Fake {
         self.manager_only()?;
         let current = secrets::resolve_config(&self.lock().objects, id)?;
         self.apply(Command::RemoveConfig { id: current.id })
+    }
+
+    async fn network_create(
+        &self,
+        spec: crate::store::NetworkSpec,
+    ) -> ControlResult<crate::store::NetworkId> {
+        self.manager_only()?;
+        crate::node::networks::check_create(&self.lock().objects, &spec)?;
+        let n = crate::node::networks::new_network(spec, "2024-05-01T10:00:00Z");
+        let id = n.id.clone();
+        self.apply(Command::CreateNetwork { network: n })?;
+        Ok(id)
+    }
+
+    async fn networks(&self) -> ControlResult<Vec<crate::store::Network>> {
+        self.manager_only()?;
+        Ok(self.lock().objects.networks.values().cloned().collect())
+    }
+
+    async fn network(&self, id: &str) -> ControlResult<crate::store::Network> {
+        self.manager_only()?;
+        crate::node::networks::resolve_network(&self.lock().objects, id)
+    }
+
+    async fn network_remove(&self, id: &str) -> ControlResult<()> {
+        self.manager_only()?;
+        let n = crate::node::networks::resolve_network(&self.lock().objects, id)?;
+        self.apply(Command::RemoveNetwork { id: n.id })
+    }
+
+    async fn network_users(&self, id: &str) -> ControlResult<Vec<String>> {
+        self.manager_only()?;
+        let state = &self.lock().objects;
+        let n = crate::node::networks::resolve_network(state, id)?;
+        Ok(state.services_using_network(&n.id))
     }
 
     // Services go through the same in-memory state as secrets: enough to

@@ -9,6 +9,7 @@ mod image;
 mod info;
 mod jsonmessage;
 mod login;
+mod network;
 mod node;
 mod objects;
 pub mod opts;
@@ -28,6 +29,7 @@ pub use client::{Client, DEFAULT_HOST};
 pub use config::ConfigCommand;
 pub use image::ImageCommand;
 pub use info::{InfoArgs, VersionArgs};
+pub use network::NetworkCommand;
 pub use node::NodeCommand;
 pub use secret::SecretCommand;
 pub use service::ServiceCommand;
@@ -51,6 +53,9 @@ pub enum Command {
     /// Manage swarm configs
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage swarm networks
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Manage this node's images
     #[command(subcommand)]
     Image(ImageCommand),
@@ -143,6 +148,7 @@ pub async fn execute(client: &mut Client, cmd: Command, out: &mut Output) -> Res
         Command::Service(c) => service::run(client, c, out).await,
         Command::Secret(c) => secret::run(client, c, out).await,
         Command::Config(c) => config::run(client, c, out).await,
+        Command::Network(c) => network::run(client, c, out).await,
         Command::Image(c) => image::run(client, c, out).await,
         Command::Pull(a) => image::pull(client, a, out).await,
         Command::Login(a) => login::login(client, a, out).await,

@@ -18,6 +18,8 @@ use super::{CliError, Client, Output};
 pub enum Kind {
     Secret,
     Config,
+    /// Networks share `inspect` and `rm` only.
+    Network,
 }
 
 impl Kind {
@@ -25,6 +27,7 @@ impl Kind {
         match self {
             Kind::Secret => "/secrets",
             Kind::Config => "/configs",
+            Kind::Network => "/networks",
         }
     }
 }
@@ -173,7 +176,7 @@ pub fn render_table(kind: Kind, rows: &[Value]) -> String {
     let mut t = String::new();
     match kind {
         Kind::Secret => t.push_str("ID\tNAME\tDRIVER\tCREATED\tUPDATED\n"),
-        Kind::Config => t.push_str("ID\tNAME\tCREATED\tUPDATED\n"),
+        Kind::Config | Kind::Network => t.push_str("ID\tNAME\tCREATED\tUPDATED\n"),
     }
     for r in rows {
         t.push_str(&field(r, "ID"));
@@ -338,6 +341,11 @@ pub async fn inspect(
                 out.println(match kind {
                     Kind::Secret => pretty_secret(&v),
                     Kind::Config => pretty_config(&v),
+                    Kind::Network => {
+                        return Err(CliError::Client(
+                            "network inspect has no --pretty format: use --format".into(),
+                        ))
+                    }
                 });
             }
         }

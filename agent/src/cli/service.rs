@@ -124,6 +124,9 @@ pub struct CreateArgs {
     /// Attach a filesystem mount to the service
     #[arg(long, value_parser = parse_mount)]
     pub mount: Vec<m::Mount>,
+    /// Network attachments (NAME, or name=NAME,alias=A)
+    #[arg(long, value_parser = spec::parse_network)]
+    pub network: Vec<m::NetworkAttachmentConfig>,
     /// Maximum number of tasks updated simultaneously (0 to update all at once)
     #[arg(long = "update-parallelism")]
     pub update_parallelism: Option<u64>,
@@ -454,6 +457,7 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
             resources,
             restart_policy: restart,
             placement,
+            networks: (!a.network.is_empty()).then(|| a.network.clone()),
             ..Default::default()
         }),
         mode: Some(mode),

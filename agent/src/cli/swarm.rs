@@ -103,6 +103,15 @@ pub struct InitArgs {
     /// Force create a new cluster from current state
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// Default address pool in CIDR format (repeatable; default 10.0.0.0/8)
+    #[arg(long = "default-addr-pool", value_name = "ipNetSlice")]
+    pub default_addr_pool: Vec<String>,
+    /// Default address pool subnet mask length (default 24)
+    #[arg(long = "default-addr-pool-mask-length", value_name = "uint32")]
+    pub default_addr_pool_mask_length: Option<u32>,
+    /// Port number to use for data path traffic (1024 - 49151; default 4789)
+    #[arg(long = "data-path-port", value_name = "uint32")]
+    pub data_path_port: Option<u32>,
     #[command(flatten)]
     pub spec: SpecFlags,
 }
@@ -254,6 +263,9 @@ async fn init(c: &mut Client, a: InitArgs, out: &mut Output) -> Result<(), CliEr
             advertise_addr: Some(a.advertise_addr.unwrap_or_default()),
             force_new_cluster: Some(a.force_new_cluster),
             spec: Some(spec),
+            default_addr_pool: Some(a.default_addr_pool).filter(|p| !p.is_empty()),
+            subnet_size: a.default_addr_pool_mask_length,
+            data_path_port: a.data_path_port,
             ..Default::default()
         },
         availability: a.availability,

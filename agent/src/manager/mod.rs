@@ -62,6 +62,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 const FORWARD_ATTEMPT: Duration = Duration::from_millis(1500);
 const LEADER_IS_HERE: &str = "this manager became the leader";
 const PING_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a follower waits to apply a write it forwarded before it
+/// answers: a healthy follower is a heartbeat (150 ms) behind at most.
+const READ_YOUR_WRITE: Duration = Duration::from_secs(2);
 
 pub fn raft_config(snapshot_interval: u64) -> Result<openraft::Config, String> {
     openraft::Config {
@@ -224,6 +227,22 @@ impl Manager {
         }
     }
 
+    /// After a write the leader committed for us: wait until this
+    /// manager has applied it too, so that a client that reads right after
+    /// its write (the Python SDK's create-then-get) reads it here as well.
+    /// Bounded: a follower far behind answers from its state as it is.
+    async fn read_your_write(&self, index: Option<u64>) {
+        let Some(index) = index else { return };
+        if let Err(e) = self
+            .raft
+            .wait(Some(READ_YOUR_WRITE))
+            .applied_index_at_least(Some(index), "a forwarded write applied here")
+            .await
+        {
+            debug!(index, "a forwarded write is not applied here yet: {e}");
+        }
+    }
+
     async fn propose_raw(&self, cmd: Command) -> Result<StoreResponse, ControlError> {
         loop {
             let leader = match self.leader_raft_id() {
@@ -238,7 +257,10 @@ impl Manager {
                     // Leadership came to us meanwhile: write here.
                     Err(ControlError::Unavailable(m)) if m == LEADER_IS_HERE => continue,
                     Err(e) => Err(e),
-                    Ok(Reply::Proposed(r)) => Ok(r),
+                    Ok(Reply::Proposed(r)) => {
+                        self.read_your_write(r.index).await;
+                        Ok(r)
+                    }
                     Ok(Reply::Error(e)) => Err(rpc_to_control(e)),
                     Ok(other) => Err(ControlError::Internal(format!(
                         "unexpected answer from the leader: {other:?}"
@@ -1194,14 +1216,21 @@ async fn batching_writer(
         match result {
             Ok(r) if single => {
                 if let Some(tx) = replies.into_iter().next() {
-                    let _ = tx.send(Ok(r.data));
+                    let mut data = r.data;
+                    data.index = Some(r.log_id.index);
+                    let _ = tx.send(Ok(data));
                 }
             }
             Ok(r) => {
+                let index = r.log_id.index;
                 let mut answers = r.data.batch.into_iter();
                 for tx in replies {
                     let answer = answers
                         .next()
+                        .map(|mut a| {
+                            a.index = Some(index);
+                            a
+                        })
                         .ok_or_else(|| WriteError::Failed("a batched write got no answer".into()));
                     let _ = tx.send(answer);
                 }

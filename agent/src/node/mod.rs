@@ -12,6 +12,7 @@ mod services;
 
 pub use services::validate as services_validate;
 mod logs;
+pub(crate) mod networks;
 mod session;
 mod worker_link;
 
@@ -713,6 +714,7 @@ impl NodeHandle {
                 .autolock
                 .then(|| pki::UnlockKey::generate().to_string()),
             rotation: None,
+            addr_pool: req.addr_pool.clone(),
         };
         let node = Node {
             id: node_id.clone(),
@@ -743,6 +745,11 @@ impl NodeHandle {
                 .unwrap_or_default(),
         };
         m.propose(Command::InitCluster { cluster, node }).await?;
+        // The routing mesh's network, as `docker swarm init` makes it.
+        m.propose(Command::CreateNetwork {
+            network: networks::ingress(&crate::util::now_rfc3339()),
+        })
+        .await?;
         m.record_tls(&node_id, &running.certs().ca_pem).await;
         // With --autolock the keys are sealed before init answers.
         running.sync_keys(&m)?;
@@ -773,7 +780,7 @@ impl NodeHandle {
         // Secrets, configs, services and tasks go into the new log too
         // (tasks keep running where they are; the orchestrator of the new
         // cluster replaces those on nodes that never come back).
-        let (secrets, configs, removed, services, tasks) = {
+        let (secrets, configs, removed, services, tasks, networks) = {
             let state = m.state.read();
             (
                 state.secrets.values().cloned().collect::<Vec<_>>(),
@@ -781,6 +788,7 @@ impl NodeHandle {
                 state.removed.iter().cloned().collect::<Vec<_>>(),
                 state.services.values().cloned().collect::<Vec<_>>(),
                 state.tasks.values().cloned().collect::<Vec<_>>(),
+                state.networks.values().cloned().collect::<Vec<_>>(),
             )
         };
         let file = running.file();
@@ -860,6 +868,7 @@ impl NodeHandle {
             removed,
             services,
             tasks,
+            networks,
         })
         .await?;
         self.start_loops(&running);
@@ -1647,6 +1656,44 @@ impl Control for NodeHandle {
         let m = self.manager_or_err()?;
         let current = secrets::resolve_config(&m.state.read(), id)?;
         m.propose(Command::RemoveConfig { id: current.id }).await?;
+        Ok(())
+    }
+
+    async fn network_create(
+        &self,
+        spec: crate::store::NetworkSpec,
+    ) -> ControlResult<crate::store::NetworkId> {
+        let m = self.manager_or_err()?;
+        networks::check_create(&m.state.read(), &spec)?;
+        let network = networks::new_network(spec, &crate::util::now_rfc3339());
+        let id = network.id.clone();
+        m.propose(Command::CreateNetwork { network }).await?;
+        Ok(id)
+    }
+
+    async fn networks(&self) -> ControlResult<Vec<crate::store::Network>> {
+        let m = self.manager_or_err()?;
+        let list = m.state.read().networks.values().cloned().collect();
+        Ok(list)
+    }
+
+    async fn network(&self, id: &str) -> ControlResult<crate::store::Network> {
+        let m = self.manager_or_err()?;
+        let n = networks::resolve_network(&m.state.read(), id)?;
+        Ok(n)
+    }
+
+    async fn network_users(&self, id: &str) -> ControlResult<Vec<String>> {
+        let m = self.manager_or_err()?;
+        let state = m.state.read();
+        let n = networks::resolve_network(&state, id)?;
+        Ok(state.services_using_network(&n.id))
+    }
+
+    async fn network_remove(&self, id: &str) -> ControlResult<()> {
+        let m = self.manager_or_err()?;
+        let current = networks::resolve_network(&m.state.read(), id)?;
+        m.propose(Command::RemoveNetwork { id: current.id }).await?;
         Ok(())
     }
 

@@ -133,12 +133,25 @@ pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSp
     {
         Constraint::parse(c).map_err(invalid)?;
     }
-    if template.networks.as_ref().is_some_and(|n| !n.is_empty())
-        || spec.networks.as_ref().is_some_and(|n| !n.is_empty())
-    {
-        return Err(invalid(
-            "overlay networks are not supported yet: tasks get their own address on the node's bridge; drop --network".into(),
-        ));
+    #[allow(deprecated)]
+    let mut attached = template
+        .networks
+        .iter()
+        .flatten()
+        .chain(spec.networks.iter().flatten());
+    if let Some(n) = attached.next() {
+        let target = n.target.as_deref().unwrap_or_default();
+        let network = super::networks::resolve_network(state, target)?;
+        if network.spec.ingress {
+            return Err(invalid(format!(
+                "Service cannot be explicitly attached to the ingress network \"{}\"",
+                network.spec.name
+            )));
+        }
+        return Err(invalid(format!(
+            "network {}: attaching services to overlay networks is not supported yet (the networks exist, but tasks do not join them): drop --network; tasks get their own address on the node's bridge",
+            network.spec.name
+        )));
     }
     let mut seen = Vec::new();
     for p in spec

@@ -33,6 +33,7 @@ async fn swarm(dir: &std::path::Path, net: u8) -> (NodeHandle, NodeHandle) {
         force_new_cluster: false,
         availability: Availability::Active,
         spec: ClusterSpec::default(),
+        addr_pool: Default::default(),
     })
     .await
     .expect("init");

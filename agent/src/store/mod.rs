@@ -10,12 +10,14 @@
 
 mod ca;
 pub mod hints;
+pub mod networks;
 mod services;
 pub mod spec;
 mod state;
 mod types;
 
 pub use ca::{CaRotation, NodeTls};
+pub use networks::{AddrPool, IpamPool, Network, NetworkId, NetworkSpec};
 pub use services::{
     place_of, NodeView, Place, PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId,
     ServiceSpec, Task, TaskCounts, TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus,

@@ -51,6 +51,7 @@ const NODE_PREFIX: &str = "node/";
 const REMOVED_PREFIX: &str = "removed/";
 const SECRET_PREFIX: &str = "secret/";
 const CONFIG_PREFIX: &str = "config/";
+const NETWORK_PREFIX: &str = "network/";
 
 /// All cluster objects, as every manager holds them.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -59,6 +60,7 @@ pub struct State {
     pub nodes: BTreeMap<NodeId, Node>,
     pub secrets: BTreeMap<SecretId, Secret>,
     pub configs: BTreeMap<ConfigId, Config>,
+    pub networks: BTreeMap<super::NetworkId, super::Network>,
     /// Nodes removed from the swarm: their certificates stay valid for TLS
     /// until they expire, so managers refuse them by ID (revocation).
     pub removed: std::collections::BTreeSet<NodeId>,
@@ -96,6 +98,9 @@ impl State {
         }
         for id in &self.removed {
             rows.push((format!("{REMOVED_PREFIX}{id}"), encode(&true)));
+        }
+        for (id, n) in &self.networks {
+            rows.push((format!("{NETWORK_PREFIX}{id}"), encode(n)));
         }
         for (id, s) in &self.services {
             rows.push((format!("{SERVICE_PREFIX}{id}"), encode(s)));
@@ -141,6 +146,11 @@ impl State {
             } else if let Some(id) = key.strip_prefix(super::ca::NODE_TLS_PREFIX) {
                 let tls: super::NodeTls = serde_json::from_slice(&value).map_err(bad)?;
                 state.node_tls.insert(NodeId(id.to_string()), tls);
+            } else if let Some(id) = key.strip_prefix(NETWORK_PREFIX) {
+                let network: super::Network = serde_json::from_slice(&value).map_err(bad)?;
+                state
+                    .networks
+                    .insert(super::NetworkId(id.to_string()), network);
             } else if let Some(id) = key.strip_prefix(CONFIG_PREFIX) {
                 let config: Config = serde_json::from_slice(&value).map_err(bad)?;
                 state.configs.insert(ConfigId(id.to_string()), config);
@@ -210,6 +220,7 @@ impl State {
                 version: None,
                 error: None,
                 batch: cmds.iter().map(|c| self.apply(index, c)).collect(),
+                index: None,
             };
         }
         let result = self.apply_inner(index, cmd);
@@ -221,11 +232,13 @@ impl State {
                 version,
                 error: None,
                 batch: Vec::new(),
+                index: None,
             },
             Err(e) => Response {
                 version: None,
                 error: Some(e),
                 batch: Vec::new(),
+                index: None,
             },
         }
     }
@@ -272,6 +285,7 @@ impl State {
                 removed,
                 services,
                 tasks,
+                networks,
             } => {
                 // Old versions belong to the old log; restamping every object
                 // with this index keeps `?version=` checks meaningful.
@@ -285,6 +299,12 @@ impl State {
                     self.nodes.insert(n.id.clone(), n);
                 }
                 self.restore_secrets_and_configs(index, secrets, configs);
+                self.networks.clear();
+                for n in networks {
+                    let mut n = n.clone();
+                    n.version = index;
+                    self.networks.insert(n.id.clone(), n);
+                }
                 for id in removed {
                     self.removed.insert(id.clone());
                 }
@@ -592,6 +612,8 @@ impl State {
                 config.updated_at = now.clone();
                 Ok(Some(index))
             }
+            Command::CreateNetwork { network } => self.create_network(index, network),
+            Command::RemoveNetwork { id } => self.remove_network(id),
             Command::RemoveConfig { id } => {
                 let config = self
                     .configs

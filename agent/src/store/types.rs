@@ -275,6 +275,11 @@ pub struct Cluster {
     /// Set while a root CA rotation is in progress.
     #[serde(default)]
     pub rotation: Option<super::CaRotation>,
+    /// Where networks' subnets come from (`swarm init
+    /// --default-addr-pool`), fixed at init; not in the spec, so that
+    /// `swarm update` cannot reset it.
+    #[serde(default)]
+    pub addr_pool: super::AddrPool,
 }
 
 /// Everything a write to the cluster can be. Proposed by the leader (or
@@ -349,6 +354,8 @@ pub enum Command {
         services: Vec<Service>,
         #[serde(default, with = "super::spec::tasks")]
         tasks: Vec<Task>,
+        #[serde(default)]
+        networks: Vec<super::Network>,
     },
     /// Several commands in one log entry, applied in order, each answered on
     /// its own (one failing does not stop the others). The leader batches
@@ -386,6 +393,15 @@ pub enum Command {
     },
     RemoveConfig {
         id: ConfigId,
+    },
+    /// `network create`: the record as the proposer built it; the subnet
+    /// (unless the spec names one) and VXLAN ID are allocated by `apply`.
+    CreateNetwork {
+        network: super::Network,
+    },
+    /// Refused while a service uses the network.
+    RemoveNetwork {
+        id: super::NetworkId,
     },
     /// `service create`: the record as the proposer built it.
     CreateService {
@@ -477,6 +493,10 @@ pub struct Response {
     /// One answer per command of a [`Command::Batch`], in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batch: Vec<Response>,
+    /// The raft log index of the entry, set by the leader when it answers
+    /// a write (a follower that forwarded it waits to apply it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
 }
 
 /// A secret's ID: 25 lowercase base-36 characters, like a node's.

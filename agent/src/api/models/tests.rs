@@ -104,6 +104,7 @@ fn cluster() -> Cluster {
         },
         unlock_key: None,
         rotation: None,
+        addr_pool: Default::default(),
     }
 }
 

@@ -314,3 +314,43 @@ pub fn labels(list: &[String]) -> Option<HashMap<String, String>> {
 pub fn cpus_string(nano: i64) -> String {
     format!("{}", nano as f64 / 1e9)
 }
+
+/// `--network NAME` or the long form
+/// `--network name=NAME,alias=A[,alias=B][,driver-opt=K=V]`, as the docker
+/// CLI takes them.
+pub fn parse_network(s: &str) -> Result<m::NetworkAttachmentConfig, String> {
+    if !s.contains('=') {
+        if s.is_empty() {
+            return Err("--network needs a network name".into());
+        }
+        return Ok(m::NetworkAttachmentConfig {
+            target: Some(s.to_string()),
+            ..Default::default()
+        });
+    }
+    let mut n = m::NetworkAttachmentConfig::default();
+    for field in s.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| format!("invalid field {field:?} in --network: use key=value"))?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "name" | "target" => n.target = Some(v.to_string()),
+            "alias" => n.aliases.get_or_insert_with(Vec::new).push(v.to_string()),
+            "driver-opt" => {
+                let (ok, ov) = v.split_once('=').unwrap_or((v, ""));
+                n.driver_opts
+                    .get_or_insert_with(Default::default)
+                    .insert(ok.to_string(), ov.to_string());
+            }
+            other => {
+                return Err(format!(
+                    "invalid field key {other:?} in --network: use name, alias or driver-opt"
+                ))
+            }
+        }
+    }
+    if n.target.as_deref().is_none_or(str::is_empty) {
+        return Err("--network needs name=NETWORK".into());
+    }
+    Ok(n)
+}

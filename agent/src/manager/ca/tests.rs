@@ -15,6 +15,7 @@ fn cluster(root: RootCa) -> Cluster {
         },
         unlock_key: None,
         rotation: None,
+        addr_pool: Default::default(),
     }
 }
 

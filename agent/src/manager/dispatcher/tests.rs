@@ -19,6 +19,7 @@ fn state_with(nodes: &[(&str, NodeState, bool)]) -> State {
         },
         unlock_key: None,
         rotation: None,
+        addr_pool: Default::default(),
     });
     for (i, (id, st, manager)) in nodes.iter().enumerate() {
         s.nodes.insert(

@@ -84,6 +84,7 @@ pub(crate) fn state_with(nodes: &[Node], services: &[Service]) -> State {
         },
         unlock_key: None,
         rotation: None,
+        addr_pool: Default::default(),
     });
     for n in nodes {
         s.nodes.insert(n.id.clone(), n.clone());

@@ -112,6 +112,7 @@ fn init_cluster() -> Command {
             },
             unlock_key: None,
             rotation: None,
+            addr_pool: Default::default(),
         },
         node: node("node1"),
     }

@@ -50,6 +50,7 @@ fn cluster() -> Cluster {
         },
         unlock_key: None,
         rotation: None,
+        addr_pool: Default::default(),
     }
 }
 
@@ -213,6 +214,7 @@ fn restore_restamps_versions_and_replaces_everything() {
             removed: vec![],
             services: vec![],
             tasks: vec![],
+            networks: vec![],
         },
     );
     assert_eq!(r.error, None);
@@ -493,6 +495,7 @@ fn secrets_and_configs_persist_as_rows_and_survive_restore() {
             removed: vec![],
             services: vec![],
             tasks: vec![],
+            networks: vec![],
         },
     );
     assert_eq!(r.error, None);
@@ -509,6 +512,7 @@ fn secrets_and_configs_persist_as_rows_and_survive_restore() {
         removed: vec![],
         services: vec![],
         tasks: vec![],
+        networks: vec![],
     })
     .expect("encode");
     let trimmed = json.replace(",\"secrets\":[],\"configs\":[]", "");

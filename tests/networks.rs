@@ -1,0 +1,315 @@
+//! Swarm networks as objects: `swarm init` makes `ingress`, `network
+//! create|ls|inspect|rm|prune` with both CLIs and the Python Docker SDK,
+//! subnets from the swarm's pool (`--default-addr-pool`), replicated to
+//! every manager, and bad input refused with nothing created. Services
+//! cannot attach to them yet (no overlay data path): that is refused
+//! with a message saying so.
+//!
+//! Needs the docker CLI and the Python SDK's venv (`scripts/setup` makes
+//! it in target/pyenv).
+
+mod harness;
+
+use std::process::Command;
+
+use harness::{Agent, Cluster};
+
+/// `network ls` names, sorted.
+fn names(a: &Agent) -> Vec<String> {
+    let mut v: Vec<String> = a
+        .apiary(&["network", "ls", "--format", "{{.Name}}"])
+        .ok()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn python() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("APIARY_PYTHON") {
+        return p.into();
+    }
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup (it makes the Python Docker SDK's venv), or set APIARY_PYTHON",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn networks_with_both_clis_and_the_python_sdk() {
+    let c = Cluster::new("nets").managers(3).workers(1).start();
+    let (m1, m2, w) = (&c.managers[0], &c.managers[1], &c.workers[0]);
+
+    // ---- swarm init made the routing mesh's network
+    let ls = m1.apiary(&["network", "ls"]).ok().to_string();
+    let header = ls.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("NETWORK ID") && header.contains("SCOPE"),
+        "{ls}"
+    );
+    let ingress = ls
+        .lines()
+        .find(|l| l.contains("ingress"))
+        .unwrap_or_default();
+    assert!(
+        ingress.contains("overlay") && ingress.contains("swarm"),
+        "{ls}"
+    );
+    let out = m1.docker(&[
+        "network",
+        "inspect",
+        "ingress",
+        "--format",
+        "{{.Ingress}} {{(index .IPAM.Config 0).Subnet}} {{index .Options \"com.docker.network.driver.overlay.vxlanid_list\"}}",
+    ]);
+    assert_eq!(out.ok().trim(), "true 10.0.0.0/24 4096");
+
+    // ---- create with both CLIs: given and allocated subnets
+    m1.docker(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.50.0.0/24",
+        "--gateway",
+        "10.50.0.254",
+        "--label",
+        "tier=back",
+        "back",
+    ])
+    .ok();
+    let front = m1
+        .apiary(&["network", "create", "--opt", "encrypted", "front"])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(front.len(), 25, "a swarm ID: {front}");
+    let out = m1.docker(&[
+        "network",
+        "inspect",
+        "front",
+        "--format",
+        "{{(index .IPAM.Config 0).Subnet}} {{(index .IPAM.Config 0).Gateway}} {{.Scope}} {{.Driver}} {{index .Options \"encrypted\"}}|",
+    ]);
+    assert_eq!(out.ok().trim(), "10.0.1.0/24 10.0.1.1 swarm overlay |");
+    let out = m1.apiary(&[
+        "network",
+        "inspect",
+        "back",
+        "--format",
+        "{{json .IPAM.Config}}",
+    ]);
+    assert_eq!(
+        out.ok().trim(),
+        r#"[{"Gateway":"10.50.0.254","Subnet":"10.50.0.0/24"}]"#
+    );
+    // Replicated: another manager lists them; filters as docker's.
+    assert_eq!(names(m2), ["back", "front", "ingress"]);
+    let q = m2
+        .docker(&["network", "ls", "-q", "--filter", "label=tier=back"])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(q.len(), 12, "{q}");
+    let out = m2.docker(&[
+        "network",
+        "ls",
+        "--filter",
+        "name=fro",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert_eq!(out.ok().trim(), "front");
+    assert!(m2
+        .docker(&["network", "ls", "--filter", "color=blue"])
+        .fails()
+        .contains("invalid filter 'color'"));
+
+    // ---- bad input: a clear error each, nothing created
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--subnet",
+                "10.50.0.0/25",
+                "x1",
+            ],
+            "overlaps network back",
+        ),
+        (
+            &["network", "create", "-d", "overlay", "back"],
+            "network with name back already exists",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--subnet",
+                "10.1.2.3/40",
+                "x2",
+            ],
+            "invalid subnet",
+        ),
+        (
+            &["network", "create", "-d", "overlay", "web.net"],
+            "invalid network name",
+        ),
+        (&["network", "create", "x3"], "use -d overlay"),
+        // The docker CLI refuses this one itself.
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--gateway",
+                "10.9.9.9",
+                "x4",
+            ],
+            "must have a corresponding subnet",
+        ),
+    ];
+    for (args, want) in cases {
+        let err = m1.docker(args).fails().to_string();
+        assert!(err.contains(want), "docker {args:?}: {err}");
+    }
+    let err = m1
+        .apiary(&["network", "create", "--subnet", "10.0.1.128/25", "x5"])
+        .fails()
+        .to_string();
+    assert!(err.contains("overlaps network front"), "{err}");
+    let err = m1
+        .apiary(&["network", "create", "--gateway", "10.9.9.9", "x6"])
+        .fails()
+        .to_string();
+    assert!(err.contains("need --subnet"), "{err}");
+    assert_eq!(names(m1), ["back", "front", "ingress"]);
+
+    // ---- services cannot attach yet, and say so (an unknown one: not found)
+    let err = m1
+        .docker(&[
+            "service",
+            "create",
+            "--network",
+            "front",
+            "busybox",
+            "sleep",
+            "1",
+        ])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("not supported yet") && err.contains("front"),
+        "{err}"
+    );
+    let err = m1
+        .apiary(&[
+            "service",
+            "create",
+            "--network",
+            "nosuch",
+            "busybox",
+            "sleep",
+            "1",
+        ])
+        .fails()
+        .to_string();
+    assert!(err.contains("network nosuch not found"), "{err}");
+    // A worker has no say over swarm networks.
+    assert!(w
+        .apiary(&["network", "ls"])
+        .fails()
+        .contains("not a swarm manager"));
+
+    // ---- the Python Docker SDK
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/python/networks.py"
+        ))
+        .env("DOCKER_HOST", m2.host())
+        .output()
+        .expect("run the Python SDK script");
+    assert!(
+        out.status.success(),
+        "python SDK:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // ---- rm and prune; ingress stays
+    assert_eq!(m1.docker(&["network", "rm", "back"]).ok().trim(), "back");
+    assert!(m1
+        .apiary(&["network", "rm", "back"])
+        .fails()
+        .contains("network back not found"));
+    let out = m1.apiary(&["network", "prune", "-f"]);
+    assert_eq!(out.ok(), "Deleted Networks:\nfront\n");
+    assert_eq!(names(m2), ["ingress"]);
+}
+
+/// `swarm init --default-addr-pool … --default-addr-pool-mask-length …
+/// --data-path-port …`: kept and shown as docker shows them, and the
+/// networks' subnets come from that pool.
+#[test]
+fn init_takes_the_address_pool_and_data_path_port() {
+    let c = Cluster::new("pool");
+    let a = c.agent("solo", 1);
+    let addr = a.addr();
+    let err = a
+        .apiary(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+            "--data-path-port",
+            "80",
+        ])
+        .fails()
+        .to_string();
+    assert!(err.contains("1024 to 49151"), "{err}");
+    a.apiary(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        &addr,
+        "--listen-addr",
+        &addr,
+        "--default-addr-pool",
+        "10.60.0.0/16",
+        "--default-addr-pool-mask-length",
+        "26",
+        "--data-path-port",
+        "7789",
+    ])
+    .ok();
+    let out = a.docker(&[
+        "info",
+        "--format",
+        "{{json .Swarm.Cluster.DefaultAddrPool}} {{.Swarm.Cluster.SubnetSize}} {{.Swarm.Cluster.DataPathPort}}",
+    ]);
+    assert_eq!(out.ok().trim(), r#"["10.60.0.0/16"] 26 7789"#);
+    a.docker(&["network", "create", "-d", "overlay", "mine"])
+        .ok();
+    let out = a.docker(&[
+        "network",
+        "inspect",
+        "ingress",
+        "mine",
+        "--format",
+        "{{(index .IPAM.Config 0).Subnet}}",
+    ]);
+    assert_eq!(out.ok(), "10.60.0.0/26\n10.60.0.64/26\n");
+}
