@@ -194,14 +194,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)
     .with_context(|| format!("cannot start the node from {}", args.data_dir.display()))?;
     let shutdown = CancellationToken::new();
-    let api = tokio::spawn(crate::api::serve(
-        listener,
-        Arc::new(node.clone()),
-        shutdown.clone(),
-    ));
+    let node = Arc::new(node);
+    let api = tokio::spawn(crate::api::serve(listener, node.clone(), shutdown.clone()));
     info!(socket = %args.socket.display(), data_dir = %args.data_dir.display(), "apiary agent ready");
+    crate::systemd::ready(&format!(
+        "serving {}; {}",
+        args.socket.display(),
+        crate::systemd::describe(&*node).await
+    ));
+    crate::systemd::watchdog(node.clone());
     signals.shutdown().await;
     info!("shutting down");
+    crate::systemd::stopping();
     shutdown.cancel();
     node.shutdown().await;
     let _ = api.await;

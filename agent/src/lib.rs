@@ -17,6 +17,7 @@ pub mod raft;
 pub mod rpc;
 pub mod seal;
 pub mod store;
+pub mod systemd;
 pub mod transport;
 pub mod util;
 pub mod worker;

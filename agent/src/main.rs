@@ -89,15 +89,26 @@ fn init_tracing(default: &str) -> Result<(), String> {
     let filter: Targets = text.parse().map_err(|e| {
         format!("{source} {text:?}: {e} (use levels such as \"info\" or \"info,apiary=debug\")")
     })?;
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_target(false)
-                // Colours on a terminal only: not in journald or a log file.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr),
-        )
-        .with(filter)
-        .init();
+    let registry = tracing_subscriber::registry().with(filter);
+    if apiary::systemd::logs_to_journal() {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(apiary::systemd::JournalFormat)
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    // Colours on a terminal only, not in a log file.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    }
     Ok(())
 }
