@@ -3,6 +3,7 @@
 
 mod harness;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::{eventually, Cluster, PATIENCE};
@@ -888,4 +889,119 @@ fn sighup_leaves_the_agent_serving() {
     assert_eq!(m.exited(), None, "the agent exited on SIGHUP:\n{}", m.log());
     m.apiary(&["node", "ls"]).ok();
     m.stop();
+}
+
+/// A manager whose data dir fills up (a tmpfs of its own here): its raft
+/// core stops on the write error, and the agent exits non-zero instead of
+/// staying up as a zombie (calling itself a member, serving stale reads,
+/// refusing every write until restarted), so that systemd restarts it.
+/// Nothing acknowledged is lost: once space is freed and it restarts, it
+/// catches up.
+#[test]
+fn a_full_data_dir_stops_the_manager_loudly_and_it_catches_up_after() {
+    let c = Cluster::new("full");
+    let m1 = c.agent("mgr1", 1);
+    let addr = m1.addr();
+    m1.apiary(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        &addr,
+        "--listen-addr",
+        &addr,
+    ])
+    .ok();
+    let token = m1
+        .apiary(&["swarm", "join-token", "-q", "manager"])
+        .ok()
+        .trim()
+        .to_string();
+    // mgr3's data dir on a small tmpfs (Cluster's drop unmounts it).
+    let data3 = c.root.path().join("mgr3").join("data");
+    std::fs::create_dir_all(&data3).expect("mgr3 data dir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&data3)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount a tmpfs on {}", data3.display());
+    let mut managers = vec![m1];
+    for (name, host) in [("mgr2", 2), ("mgr3", 3)] {
+        let m = c.agent(name, host);
+        let a = m.addr();
+        m.apiary(&[
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            &addr,
+            "--advertise-addr",
+            &a,
+            "--listen-addr",
+            &a,
+        ])
+        .ok();
+        managers.push(m);
+    }
+    eventually("3 managers Reachable", PATIENCE, || {
+        let n = managers[0].nodes_json()?;
+        (n.iter()
+            .filter(|x| x["ManagerStatus"]["Reachability"] == "reachable")
+            .count()
+            == 3)
+            .then_some(())
+    });
+    // Fill the tmpfs to the last byte.
+    let filler = data3.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.flush();
+    }
+    // Writes through mgr1 until mgr3 gives up (2 of 3 keep the quorum).
+    let payload = "x".repeat(32 * 1024);
+    let mut acked = Vec::new();
+    for i in 0..400 {
+        let name = format!("c{i}");
+        if managers[0]
+            .apiary_stdin(&["config", "create", &name, "-"], payload.as_bytes())
+            .status
+            == 0
+        {
+            acked.push(name);
+        }
+        if managers[2].exited().is_some() {
+            break;
+        }
+    }
+    let status = eventually("mgr3 to exit", PATIENCE, || managers[2].exited());
+    let log = managers[2].log();
+    assert!(!status.success(), "exit status {status}\n{log}");
+    assert!(
+        log.contains("raft stopped on this manager") && log.contains("No space left on device"),
+        "{log}"
+    );
+    assert!(!acked.is_empty(), "no write was acknowledged");
+    // The other two carry on.
+    managers[0]
+        .apiary_stdin(&["config", "create", "after-full", "-"], b"ok")
+        .ok();
+    acked.push("after-full".into());
+    // Space back, restarted (as systemd would): it catches up.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    managers[2].kill();
+    managers[2].start();
+    eventually("mgr3 to have every acknowledged config", PATIENCE, || {
+        let ls = managers[2].apiary(&["config", "ls", "--format", "{{.Name}}"]);
+        if ls.status != 0 {
+            return None;
+        }
+        let have: std::collections::HashSet<&str> = ls.stdout.lines().collect();
+        acked
+            .iter()
+            .all(|n| have.contains(n.as_str()))
+            .then_some(())
+    });
 }

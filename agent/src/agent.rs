@@ -203,14 +203,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         crate::systemd::describe(&*node).await
     ));
     crate::systemd::watchdog(node.clone());
-    signals.shutdown().await;
+    let failed = tokio::select! {
+        _ = signals.shutdown() => None,
+        why = node.failed() => Some(why),
+    };
     info!("shutting down");
     crate::systemd::stopping();
     shutdown.cancel();
     node.shutdown().await;
     let _ = api.await;
     let _ = std::fs::remove_file(&args.socket);
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(why) => bail!("{why}"),
+    }
 }
 
 /// The signals the agent answers. Watched from the very start of `run`:

@@ -227,6 +227,25 @@ impl Manager {
         }
     }
 
+    /// Resolves when raft's core stopped on its own — a storage error such
+    /// as a full disk — with why; never on a normal shutdown. The process
+    /// must not go on serving then: it would answer reads from a state
+    /// that no longer follows the log, and refuse every write, until
+    /// restarted (issue found with a full data dir).
+    pub async fn raft_failed(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            match &rx.borrow_and_update().running_state {
+                Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
+                Err(e) => return e.to_string(),
+            }
+            if rx.changed().await.is_err() {
+                // The core is gone; a normal shutdown says Stopped first.
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// After a write the leader committed for us: wait until this
     /// manager has applied it too, so that a client that reads right after
     /// its write (the Python SDK's create-then-get) reads it here as well.

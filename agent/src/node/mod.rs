@@ -26,7 +26,7 @@ use rand::Rng;
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::control::*;
 use crate::manager::{Manager, ManagerIdentity};
@@ -80,6 +80,10 @@ struct Inner {
     executor: Arc<dyn crate::executor::Executor>,
     network: Arc<dyn crate::network::Network>,
     registries: crate::executor::pull::RegistryConfig,
+    /// Set once something that the agent cannot carry on after has failed
+    /// (raft's core stopped on a storage error): the agent exits non-zero
+    /// so that its service manager restarts it.
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// A node that is in a swarm.
@@ -99,6 +103,7 @@ pub struct Running {
     /// Serialises writers of the key files (the key guard, `swarm update`).
     key_writer: Mutex<()>,
     executor: Arc<dyn crate::executor::Executor>,
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Running {
@@ -221,6 +226,16 @@ impl Running {
         )
         .await?;
         self.set_manager(Some(m.clone()));
+        let (watched, stop, fatal) = (m.clone(), self.shutdown.clone(), self.fatal.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                why = watched.raft_failed() => {
+                    error!("raft stopped on this manager: {why}; exiting so that the agent is restarted (free the disk first if it is full)");
+                    fatal.send_replace(Some(format!("raft stopped on this manager: {why}")));
+                }
+            }
+        });
         self.tasks.spawn(keys::guard(self.clone(), m.clone()));
         self.tasks
             .spawn(ca_rotation::follow(self.clone(), m.clone()));
@@ -381,6 +396,7 @@ impl NodeHandle {
                 .clone()
                 .unwrap_or_else(|| Arc::new(crate::network::HostNetwork::unchecked())),
             registries: cfg.registries.clone(),
+            fatal: tokio::sync::watch::channel(None).0,
         });
         let handle = NodeHandle { inner };
         if let Some((file, certs)) = dir.load().map_err(|e| e.to_string())? {
@@ -457,6 +473,16 @@ impl NodeHandle {
         self.current().and_then(|r| r.manager())
     }
 
+    /// Resolves, with why, once the node cannot carry on (see `fatal`).
+    pub async fn failed(&self) -> String {
+        let mut rx = self.inner.fatal.subscribe();
+        let why = match rx.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => return std::future::pending().await,
+        };
+        why
+    }
+
     pub async fn shutdown(&self) {
         if let Some(r) = self.current() {
             r.stop().await;
@@ -477,6 +503,7 @@ impl NodeHandle {
             sealed_with: Mutex::new(None),
             key_writer: Mutex::new(()),
             executor: self.inner.executor.clone(),
+            fatal: self.inner.fatal.clone(),
         })
     }
 
