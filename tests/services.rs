@@ -355,3 +355,68 @@ fn services_on_real_containers_with_the_docker_cli() {
         (containers_running(&daemon, &c, "mgr1") == 0).then_some(())
     });
 }
+
+/// `docker image inspect` and the Python SDK's `images.get` (its swarm
+/// tests' set-up calls it): by name, by ID prefix, and the 404 SDKs map
+/// to `NotFound`.
+#[test]
+fn image_inspect_with_the_docker_cli_and_the_python_sdk() {
+    let daemon = Arc::new(Daemon::start());
+    let c = Cluster::new("imginspect")
+        .managers(1)
+        .containerd(daemon.clone())
+        .start();
+    let m = &c.managers[0];
+    let out = eventually("busybox preloaded", PATIENCE, || {
+        let o = m.docker(&[
+            "image",
+            "inspect",
+            "busybox",
+            "--format",
+            "{{.Id}} {{.Os}} {{.Architecture}} {{json .RepoTags}}",
+        ]);
+        (o.status == 0).then_some(o.stdout)
+    });
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert!(fields[0].starts_with("sha256:"), "{out}");
+    assert_eq!(fields[1], "linux", "{out}");
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    assert_eq!(fields[2], arch, "{out}");
+    assert_eq!(fields[3], r#"["busybox:latest"]"#, "{out}");
+    let prefix = &fields[0]["sha256:".len().."sha256:".len() + 12];
+    let by_id = m.docker(&["image", "inspect", prefix, "--format", "{{.Id}}"]);
+    assert_eq!(by_id.ok().trim(), fields[0]);
+    assert!(m
+        .docker(&["image", "inspect", "nosuch"])
+        .fails()
+        .contains("No such image: nosuch"));
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    let script = r#"
+import docker
+from docker import errors
+c = docker.from_env()
+img = c.images.get("busybox")
+assert "busybox:latest" in img.tags, img.attrs
+try:
+    c.images.get("nosuch")
+    raise AssertionError("found nosuch")
+except errors.ImageNotFound:
+    pass
+print("ok")
+"#;
+    let out = Command::new(&py)
+        .args(["-c", script])
+        .env("DOCKER_HOST", m.host())
+        .output()
+        .expect("the Python SDK's venv (scripts/setup makes it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

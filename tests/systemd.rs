@@ -135,3 +135,43 @@ fn ready_status_watchdog_and_stopping_over_the_notify_protocol() {
     assert!(ready_line.starts_with("<6>apiary agent ready"), "{lines}");
     assert!(!lines.contains('\u{1b}'), "no colour codes: {lines}");
 }
+
+/// The API socket is `root:apiary`, mode 0660, where the system has an
+/// `apiary` group (the package makes it): its members use the CLI without
+/// sudo. The test makes the group if it is missing, and removes it after.
+#[test]
+fn the_socket_belongs_to_the_apiary_group() {
+    let had = std::fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("apiary:"));
+    if !had {
+        let ok = Command::new("groupadd")
+            .args(["--system", "apiary"])
+            .status()
+            .expect("groupadd (passwd)");
+        assert!(ok.success(), "groupadd --system apiary");
+    }
+    let c = Cluster::new("sockgrp");
+    let a = c.agent("solo", 1);
+    let meta = std::fs::metadata(&a.socket).expect("socket");
+    let gid: u32 = std::fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"apiary")).then(|| f[2].parse().ok())?
+        })
+        .expect("the apiary group's ID");
+    drop(a);
+    if !had {
+        let _ = Command::new("groupdel").arg("apiary").status();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.gid(), gid, "the socket's group");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o660,
+        "the socket's mode"
+    );
+}

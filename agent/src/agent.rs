@@ -172,10 +172,49 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    // Like docker.sock: root and the socket's group only.
+    // Like docker.sock: root and the socket's group only — the `apiary`
+    // group where there is one (the package makes it), so its members use
+    // the CLI without sudo.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set permissions on {}", path.display()))?;
+    if let Some(gid) = group_id(SOCKET_GROUP) {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {SOCKET_GROUP}", path.display()))?;
+    }
     Ok(listener)
+}
+
+/// The API socket's group, when the system has it.
+const SOCKET_GROUP: &str = "apiary";
+
+/// A group's ID from /etc/group (no NSS: a static binary has none; the
+/// package's group is a local one).
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    parse_group_id(&groups, name)
+}
+
+fn parse_group_id(groups: &str, name: &str) -> Option<u32> {
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_socket_group_is_read_from_etc_group() {
+        let groups = "root:x:0:\n# comment\napiary-x:x:998:\napiary:x:999:alice,bob\n";
+        assert_eq!(super::parse_group_id(groups, "apiary"), Some(999));
+        assert_eq!(super::parse_group_id(groups, "root"), Some(0));
+        assert_eq!(super::parse_group_id(groups, "docker"), None);
+        assert_eq!(
+            super::parse_group_id("apiary:x:notanumber:\n", "apiary"),
+            None
+        );
+    }
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {

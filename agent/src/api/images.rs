@@ -69,6 +69,60 @@ pub async fn images_list<C: Control>(State(c): Ctl<C>) -> ApiResult<Json<Vec<Val
     ))
 }
 
+/// `GET /images/{name}/json` (`docker image inspect`, the SDKs'
+/// `images.get`): by name (as `docker pull` names it), full digest or ID
+/// prefix. Partial: the image's own config (Cmd, Env, …) and layer list
+/// are not read from the content store yet, so `Config` is empty and
+/// `RootFS` has no layers; the platform is the node's, which is the one
+/// apiary unpacks.
+pub async fn image_inspect<C: Control>(
+    State(c): Ctl<C>,
+    Path(rest): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let Some(name) = rest.strip_suffix("/json").filter(|n| !n.is_empty()) else {
+        return Err(ApiError::not_found("page not found"));
+    };
+    let images = c.images().await?;
+    let full = crate::executor::image::normalize(name);
+    let hex = name.strip_prefix("sha256:").unwrap_or(name);
+    let by_id = |i: &&crate::executor::image::ImageInfo| {
+        hex.len() >= 4
+            && hex.chars().all(|ch| ch.is_ascii_hexdigit())
+            && i.digest
+                .strip_prefix("sha256:")
+                .unwrap_or(&i.digest)
+                .starts_with(hex)
+    };
+    let found = images
+        .iter()
+        .find(|i| i.name == full)
+        .or_else(|| images.iter().find(by_id))
+        .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+    let tags: Vec<String> = images
+        .iter()
+        .filter(|i| i.digest == found.digest && !i.name.contains('@'))
+        .map(|i| familiar(&i.name))
+        .collect();
+    let host = Platform::host();
+    Ok(Json(json!({
+        "Id": found.digest,
+        "RepoTags": tags,
+        "RepoDigests": [],
+        "Parent": "",
+        "Comment": "",
+        "Created": "",
+        "DockerVersion": "",
+        "Author": "",
+        "Config": {},
+        "Architecture": host.architecture,
+        "Variant": host.variant,
+        "Os": host.os,
+        "Size": found.size,
+        "RootFS": { "Type": "layers" },
+        "Metadata": { "LastTagTime": "0001-01-01T00:00:00Z" },
+    })))
+}
+
 /// The client's `X-Registry-Auth`, decoded; a malformed one is refused
 /// (pulling anonymously instead would fail later with a misleading
 /// "unauthorized").

@@ -106,6 +106,7 @@ pub fn router<C: Control>(control: Arc<C>) -> Router {
         )
         .route("/images/json", get(super::images::images_list::<C>))
         .route("/images/create", post(super::images::images_create::<C>))
+        .route("/images/{*name}", get(super::images::image_inspect::<C>))
         .route(
             "/distribution/{*name}",
             get(super::images::distribution::<C>),
