@@ -902,15 +902,7 @@ fn a_full_data_dir_stops_the_manager_loudly_and_it_catches_up_after() {
     let c = Cluster::new("full");
     let m1 = c.agent("mgr1", 1);
     let addr = m1.addr();
-    m1.apiary(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        &addr,
-        "--listen-addr",
-        &addr,
-    ])
-    .ok();
+    m1.init_swarm(&[]).ok();
     let token = m1
         .apiary(&["swarm", "join-token", "-q", "manager"])
         .ok()
@@ -928,19 +920,7 @@ fn a_full_data_dir_stops_the_manager_loudly_and_it_catches_up_after() {
     let mut managers = vec![m1];
     for (name, host) in [("mgr2", 2), ("mgr3", 3)] {
         let m = c.agent(name, host);
-        let a = m.addr();
-        m.apiary(&[
-            "swarm",
-            "join",
-            "--token",
-            &token,
-            &addr,
-            "--advertise-addr",
-            &a,
-            "--listen-addr",
-            &a,
-        ])
-        .ok();
+        m.join_swarm(&token, &addr).ok();
         managers.push(m);
     }
     eventually("3 managers Reachable", PATIENCE, || {

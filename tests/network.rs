@@ -1000,16 +1000,7 @@ fn an_agent_without_iptables_serves_and_fails_only_its_tasks() {
         eventually("the missing iptables logged", PATIENCE, || {
             m.log().contains("iptables not found").then_some(())
         });
-        let addr = m.addr();
-        m.apiary(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &addr,
-            "--listen-addr",
-            &addr,
-        ])
-        .ok();
+        m.init_swarm(&[]).ok();
         m.docker(&[
             "service",
             "create",

@@ -265,28 +265,12 @@ fn networks_with_both_clis_and_the_python_sdk() {
 fn init_takes_the_address_pool_and_data_path_port() {
     let c = Cluster::new("pool");
     let a = c.agent("solo", 1);
-    let addr = a.addr();
     let err = a
-        .apiary(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &addr,
-            "--listen-addr",
-            &addr,
-            "--data-path-port",
-            "80",
-        ])
+        .init_swarm(&["--data-path-port", "80"])
         .fails()
         .to_string();
     assert!(err.contains("1024 to 49151"), "{err}");
-    a.apiary(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        &addr,
-        "--listen-addr",
-        &addr,
+    a.init_swarm(&[
         "--default-addr-pool",
         "10.60.0.0/16",
         "--default-addr-pool-mask-length",

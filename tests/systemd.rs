@@ -105,16 +105,7 @@ fn ready_status_watchdog_and_stopping_over_the_notify_protocol() {
     );
     read_until(&sock, &mut seen, "WATCHDOG=1", Duration::from_secs(5));
     // The status follows the node: after init it says manager.
-    let addr = a.addr();
-    a.apiary(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        &addr,
-        "--listen-addr",
-        &addr,
-    ])
-    .ok();
+    a.init_swarm(&[]).ok();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !seen
         .iter()

@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             force_new_cluster: false,
             availability: Availability::Active,
             spec: ClusterSpec::default(),
+            addr_pool: Default::default(),
         })
         .await?;
     let token = nodes[0].swarm_inspect().await?.manager_token;

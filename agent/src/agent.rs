@@ -202,21 +202,6 @@ fn parse_group_id(groups: &str, name: &str) -> Option<u32> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_socket_group_is_read_from_etc_group() {
-        let groups = "root:x:0:\n# comment\napiary-x:x:998:\napiary:x:999:alice,bob\n";
-        assert_eq!(super::parse_group_id(groups, "apiary"), Some(999));
-        assert_eq!(super::parse_group_id(groups, "root"), Some(0));
-        assert_eq!(super::parse_group_id(groups, "docker"), None);
-        assert_eq!(
-            super::parse_group_id("apiary:x:notanumber:\n", "apiary"),
-            None
-        );
-    }
-}
-
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut signals = Signals::watch()?;
     let listener = bind_socket(&args.socket).await?;
@@ -288,5 +273,20 @@ impl Signals {
                 _ = self.hup.recv() => info!("SIGHUP ignored: the agent has nothing to reload (restart it to change its flags)"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_socket_group_is_read_from_etc_group() {
+        let groups = "root:x:0:\n# comment\napiary-x:x:998:\napiary:x:999:alice,bob\n";
+        assert_eq!(super::parse_group_id(groups, "apiary"), Some(999));
+        assert_eq!(super::parse_group_id(groups, "root"), Some(0));
+        assert_eq!(super::parse_group_id(groups, "docker"), None);
+        assert_eq!(
+            super::parse_group_id("apiary:x:notanumber:\n", "apiary"),
+            None
+        );
     }
 }

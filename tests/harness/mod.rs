@@ -246,6 +246,38 @@ impl Agent {
         with_stdin(cmd, input, format!("docker {}", args.join(" ")))
     }
 
+    /// `swarm init` on this agent's address, with `extra` flags: the
+    /// command's output.
+    pub fn init_swarm(&self, extra: &[&str]) -> Out {
+        let addr = self.addr();
+        let mut args = vec![
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+        ];
+        args.extend(extra);
+        self.apiary(&args)
+    }
+
+    /// `swarm join --token <token> <manager>` on this agent's address.
+    pub fn join_swarm(&self, token: &str, manager: &str) -> Out {
+        let addr = self.addr();
+        self.apiary(&[
+            "swarm",
+            "join",
+            "--token",
+            token,
+            manager,
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+        ])
+    }
+
     /// The `ID` of this node as it reports itself.
     pub fn node_id(&self) -> String {
         let out = self.apiary(&["node", "inspect", "self"]);
@@ -525,58 +557,23 @@ impl Cluster {
     pub fn start(mut self) -> Self {
         let mgr1 = self.agent("mgr1", 1);
         let addr = mgr1.addr();
-        mgr1.apiary(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &addr,
-            "--listen-addr",
-            &addr,
-        ])
-        .ok();
-        let wtoken = mgr1
-            .apiary(&["swarm", "join-token", "-q", "worker"])
-            .ok()
-            .trim()
-            .to_string();
-        let mtoken = mgr1
-            .apiary(&["swarm", "join-token", "-q", "manager"])
-            .ok()
-            .trim()
-            .to_string();
+        mgr1.init_swarm(&[]).ok();
+        let token = |role: &str| {
+            mgr1.apiary(&["swarm", "join-token", "-q", role])
+                .ok()
+                .trim()
+                .to_string()
+        };
+        let (wtoken, mtoken) = (token("worker"), token("manager"));
         self.managers.push(mgr1);
         for i in 0..self.want_workers {
             let w = self.agent(&format!("wrk{}", i + 1), 10 + i as u8);
-            let a = w.addr();
-            w.apiary(&[
-                "swarm",
-                "join",
-                "--token",
-                &wtoken,
-                &addr,
-                "--advertise-addr",
-                &a,
-                "--listen-addr",
-                &a,
-            ])
-            .ok();
+            w.join_swarm(&wtoken, &addr).ok();
             self.workers.push(w);
         }
         for i in 1..self.want_managers {
             let m = self.agent(&format!("mgr{}", i + 1), 1 + i as u8);
-            let a = m.addr();
-            m.apiary(&[
-                "swarm",
-                "join",
-                "--token",
-                &mtoken,
-                &addr,
-                "--advertise-addr",
-                &a,
-                "--listen-addr",
-                &a,
-            ])
-            .ok();
+            m.join_swarm(&mtoken, &addr).ok();
             self.managers.push(m);
         }
         let total = self.want_managers + self.want_workers;
