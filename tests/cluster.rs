@@ -985,3 +985,58 @@ fn a_full_data_dir_stops_the_manager_loudly_and_it_catches_up_after() {
             .then_some(())
     });
 }
+
+/// A damaged raft store (truncated, or its header overwritten): the agent
+/// refuses to start with one message naming the file and the ways out,
+/// and exits 1 — it used to abort inside redb (exit 134) naming neither.
+#[test]
+fn a_damaged_raft_store_is_refused_with_one_message() {
+    let c = Cluster::new("damaged");
+    let mut a = c.agent("solo", 1);
+    a.init_swarm(&[]).ok();
+    a.apiary_stdin(&["config", "create", "kept", "-"], b"data")
+        .ok();
+    a.stop();
+    let db = a.data_dir().join("raft.redb");
+    let good = std::fs::read(&db).expect("raft.redb");
+    let start = |what: &str| {
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(harness::APIARY)
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(a.data_dir())
+            .arg("--socket")
+            .arg(&a.socket)
+            .args(["--task-network", "host"])
+            .output()
+            .expect("run the agent");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&format!("the raft store {} is damaged", db.display()))
+                && stderr.contains("--force-new-cluster")
+                && stderr.contains("join this node again"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked at"),
+            "{what}: one message, no panic: {stderr}"
+        );
+    };
+    std::fs::write(&db, &good[..20_000]).expect("truncate");
+    start("truncated");
+    let mut spoilt = good.clone();
+    for b in spoilt.iter_mut().take(64) {
+        *b = 0xa5;
+    }
+    std::fs::write(&db, &spoilt).expect("overwrite the header");
+    start("header overwritten");
+    // The healthy copy back: the node starts and has its config.
+    std::fs::write(&db, &good).expect("restore");
+    a.start();
+    harness::eventually("the config back", PATIENCE, || {
+        let ls = a.apiary(&["config", "ls", "--format", "{{.Name}}"]);
+        (ls.status == 0 && ls.stdout.contains("kept")).then_some(())
+    });
+}

@@ -42,6 +42,19 @@ fn main() -> ExitCode {
         let code = apiary::executor::logdriver::run(std::path::Path::new(&path));
         return ExitCode::from(code as u8);
     }
+    // Panics end the process (the release profile unwinds only so that
+    // `util::catch_panic` can turn a dependency's panic on a damaged file
+    // into an error): a task that panicked must not vanish into the
+    // runtime while the rest of the agent serves on.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // A caught panic's message is in the error its catcher reports.
+        if apiary::util::catching_panic() {
+            return;
+        }
+        default_hook(info);
+        std::process::abort();
+    }));
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -119,10 +119,21 @@ impl Manager {
         dek: Arc<crate::seal::Sealer>,
     ) -> Result<Arc<Manager>, ControlError> {
         let path = data_dir.join("raft.redb");
-        let (log, sm, state) = tokio::task::spawn_blocking(move || storage::open(&path, dek))
-            .await
-            .map_err(|e| ControlError::Internal(format!("opening the raft store panicked: {e}")))?
-            .map_err(|e| ControlError::Internal(format!("cannot open the raft store: {e}")))?;
+        let shown = path.display().to_string();
+        let damaged = |why: String| {
+            ControlError::Internal(format!(
+                "the raft store {shown} is damaged or unreadable ({why}). This manager cannot start from it. \
+                 To recover: if other managers of the swarm are up, move the data dir aside and join this node again with a manager token; \
+                 if this was the last manager, start from a healthy copy of the data dir with `apiary swarm init --force-new-cluster`"
+            ))
+        };
+        let (log, sm, state) = tokio::task::spawn_blocking(move || {
+            crate::util::catch_panic(|| storage::open(&path, dek))
+        })
+        .await
+        .map_err(|e| ControlError::Internal(format!("opening the raft store failed: {e}")))?
+        .map_err(|panic| damaged(panic))?
+        .map_err(|e| damaged(e.to_string()))?;
         let config = Arc::new(raft_config(snapshot_interval).map_err(ControlError::Internal)?);
         let answers = crate::raft::network::Answers::default();
         let network = Network::new(transport.clone(), answers.clone());
