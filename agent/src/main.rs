@@ -42,18 +42,18 @@ fn main() -> ExitCode {
         let code = apiary::executor::logdriver::run(std::path::Path::new(&path));
         return ExitCode::from(code as u8);
     }
-    // Panics end the process (the release profile unwinds only so that
-    // `util::catch_panic` can turn a dependency's panic on a damaged file
-    // into an error): a task that panicked must not vanish into the
-    // runtime while the rest of the agent serves on.
+    // A dependency that panics where it should have refused its input
+    // (redb on a damaged file) is reported as one error line, exit 1
+    // (`util::exit_on_panic`); any other panic keeps the default report.
     let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        // A caught panic's message is in the error its catcher reports.
-        if apiary::util::catching_panic() {
-            return;
+    std::panic::set_hook(Box::new(move |info| match apiary::util::panic_context() {
+        Some(what) => {
+            let why = apiary::util::panic_message(info);
+            tracing::error!("{what} ({why})");
+            eprintln!("error: {what} ({why})");
+            std::process::exit(1);
         }
-        default_hook(info);
-        std::process::abort();
+        None => default_hook(info),
     }));
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()

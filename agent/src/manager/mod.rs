@@ -119,21 +119,19 @@ impl Manager {
         dek: Arc<crate::seal::Sealer>,
     ) -> Result<Arc<Manager>, ControlError> {
         let path = data_dir.join("raft.redb");
-        let shown = path.display().to_string();
-        let damaged = |why: String| {
-            ControlError::Internal(format!(
-                "the raft store {shown} is damaged or unreadable ({why}). This manager cannot start from it. \
-                 To recover: if other managers of the swarm are up, move the data dir aside and join this node again with a manager token; \
-                 if this was the last manager, start from a healthy copy of the data dir with `apiary swarm init --force-new-cluster`"
-            ))
-        };
+        let damaged = format!(
+            "the raft store {} is damaged or unreadable. This manager cannot start from it. \
+             To recover: if other managers of the swarm are up, move the data dir aside and join this node again with a manager token; \
+             if this was the last manager, start from a healthy copy of the data dir with `apiary swarm init --force-new-cluster`",
+            path.display()
+        );
+        let what = damaged.clone();
         let (log, sm, state) = tokio::task::spawn_blocking(move || {
-            crate::util::catch_panic(|| storage::open(&path, dek))
+            crate::util::exit_on_panic(what, || storage::open(&path, dek))
         })
         .await
         .map_err(|e| ControlError::Internal(format!("opening the raft store failed: {e}")))?
-        .map_err(|panic| damaged(panic))?
-        .map_err(|e| damaged(e.to_string()))?;
+        .map_err(|e| ControlError::Internal(format!("{damaged} ({e})")))?;
         let config = Arc::new(raft_config(snapshot_interval).map_err(ControlError::Internal)?);
         let answers = crate::raft::network::Answers::default();
         let network = Network::new(transport.clone(), answers.clone());
