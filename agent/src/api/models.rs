@@ -190,7 +190,6 @@ pub fn cluster_info_to_api(c: &Cluster) -> m::ClusterInfo {
         default_addr_pool: Some(c.addr_pool.effective_pools()),
         subnet_size: Some(u32::from(c.addr_pool.effective_subnet_size())),
         data_path_port: Some(u32::from(c.addr_pool.effective_data_path_port())),
-        ..Default::default()
     }
 }
 
@@ -214,7 +213,6 @@ pub fn swarm_to_api(v: &SwarmView) -> m::Swarm {
         default_addr_pool: Some(c.addr_pool.effective_pools()),
         subnet_size: Some(u32::from(c.addr_pool.effective_subnet_size())),
         data_path_port: Some(u32::from(c.addr_pool.effective_data_path_port())),
-        ..Default::default()
     }
 }
 
