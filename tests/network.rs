@@ -527,23 +527,9 @@ fn running_task(c: &Cluster, service: &str, node: &str) -> String {
     let what = format!("{service}'s task running on {node}");
     let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         eventually(&what, PATIENCE, || {
-            let out = m.docker(&[
-                "service",
-                "ps",
-                service,
-                "--no-trunc",
-                "--filter",
-                "desired-state=running",
-                "--format",
-                "{{.ID}}|{{.Node}}|{{.CurrentState}}",
-            ]);
-            let lines: Vec<&str> = out.stdout.lines().collect();
-            match lines.as_slice() {
-                [one] => {
-                    let f: Vec<&str> = one.split('|').collect();
-                    (f.len() == 3 && f[1] == node && f[2].starts_with("Running"))
-                        .then(|| f[0].to_string())
-                }
+            match wanted_tasks(m, service, "{{.ID}}|{{.Node}}|{{.CurrentState}}").as_slice() {
+                [f] => (f.len() == 3 && f[1] == node && f[2].starts_with("Running"))
+                    .then(|| f[0].clone()),
                 _ => None,
             }
         })
@@ -777,8 +763,9 @@ fn sweep_scenario(daemon: &Daemon, c: &mut Cluster) {
     }
 }
 
-/// `(task ID, state)` of a service's tasks that should run.
-fn task_states(m: &Agent, service: &str) -> Vec<(String, String)> {
+/// The `|`-separated `format` fields of each of a service's tasks that
+/// should run (`docker service ps --no-trunc`).
+fn wanted_tasks(m: &Agent, service: &str, format: &str) -> Vec<Vec<String>> {
     let out = m.docker(&[
         "service",
         "ps",
@@ -787,14 +774,20 @@ fn task_states(m: &Agent, service: &str) -> Vec<(String, String)> {
         "--filter",
         "desired-state=running",
         "--format",
-        "{{.ID}}|{{.CurrentState}}|{{.Error}}",
+        format,
     ]);
     out.stdout
         .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('|').collect();
-            (f.len() == 3).then(|| (f[0].to_string(), format!("{} {}", f[1], f[2])))
-        })
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect()
+}
+
+/// `(task ID, state)` of a service's tasks that should run.
+fn task_states(m: &Agent, service: &str) -> Vec<(String, String)> {
+    wanted_tasks(m, service, "{{.ID}}|{{.CurrentState}}|{{.Error}}")
+        .into_iter()
+        .filter(|f| f.len() == 3)
+        .map(|f| (f[0].clone(), format!("{} {}", f[1], f[2])))
         .collect()
 }
 
