@@ -236,21 +236,23 @@ impl Manager {
         }
     }
 
-    /// Resolves when raft's core stopped on its own — a storage error such
-    /// as a full disk — with why; never on a normal shutdown. The process
+    /// Resolves when raft's core stops: with why if it stopped on its own
+    /// (a storage error such as a full disk), None if it was stopped
+    /// (shutdown, demotion). The process
     /// must not go on serving then: it would answer reads from a state
     /// that no longer follows the log, and refuse every write, until
     /// restarted (issue found with a full data dir).
-    pub async fn raft_failed(&self) -> String {
+    pub async fn raft_failed(&self) -> Option<String> {
         let mut rx = self.raft.metrics();
         loop {
             match &rx.borrow_and_update().running_state {
-                Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
-                Err(e) => return e.to_string(),
+                Ok(()) => {}
+                // Stopped on purpose (shutdown, demotion): nothing to report.
+                Err(openraft::error::Fatal::Stopped) => return None,
+                Err(e) => return Some(e.to_string()),
             }
             if rx.changed().await.is_err() {
-                // The core is gone; a normal shutdown says Stopped first.
-                return std::future::pending().await;
+                return None;
             }
         }
     }

@@ -230,7 +230,8 @@ impl Running {
         self.tasks.spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                why = watched.raft_failed() => {
+                // Ends with the manager, so that a demoted one is not kept.
+                why = watched.raft_failed() => if let Some(why) = why {
                     error!("raft stopped on this manager: {why}; exiting so that the agent is restarted (free the disk first if it is full)");
                     fatal.send_replace(Some(format!("raft stopped on this manager: {why}")));
                 }

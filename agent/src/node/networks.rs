@@ -33,14 +33,15 @@ pub fn ingress(now: &str) -> Network {
     )
 }
 
-/// Refuse what `apply` would refuse, with the store's wording.
+/// Refuse what `apply` would refuse, with the store's wording and the
+/// same mapping as a refusal from `apply` (`Manager::propose`).
 pub fn check_create(state: &State, spec: &NetworkSpec) -> ControlResult<()> {
     networks::check_create(state, spec)
         .map(drop)
         .map_err(|e| match e.kind {
             StoreErrorKind::Conflict => ControlError::Conflict(e.message),
             StoreErrorKind::NotFound => ControlError::NotFound(e.message),
-            StoreErrorKind::Invalid => ControlError::InvalidArgument(e.message),
+            StoreErrorKind::Invalid => ControlError::FailedPrecondition(e.message),
         })
 }
 

@@ -102,15 +102,25 @@ impl Client {
         // never taken for unreachable, which would stop replication to it
         // for 500 ms (openraft's backoff). Found with 100k tasks: a third
         // of the appends ran past 150 ms, and each such follower fell silent.
-        let bytes = self
-            .transport
-            .call(
-                addr,
-                MANAGER_SERVER_NAME,
-                rpc::encode(&req),
-                timeout + TRANSPORT_SLACK,
-            )
+        // In a task of its own, so that an answer that comes after openraft
+        // gave up on the call (it drops the future after one heartbeat
+        // interval) still counts as the peer having answered: a busy but
+        // live follower must not be shown Unreachable.
+        let (transport, answers, target) =
+            (self.transport.clone(), self.answers.clone(), self.target);
+        let frame = rpc::encode(&req);
+        let call = tokio::spawn(async move {
+            let r = transport
+                .call(addr, MANAGER_SERVER_NAME, frame, timeout + TRANSPORT_SLACK)
+                .await;
+            if r.is_ok() {
+                answers.heard(target);
+            }
+            r
+        });
+        let bytes = call
             .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?
             // openraft backs off from Unreachable peers, which is what a dead
             // or cut-off manager needs (no connection, or no answer at all).
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
@@ -119,7 +129,6 @@ impl Client {
         if let Reply::Error(e) = reply {
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
-        self.answers.heard(self.target);
         Ok(reply)
     }
 

@@ -137,7 +137,13 @@ impl AddrPool {
 
     /// Check what `swarm init` was given, with Docker's limits.
     pub fn validate(&self) -> Result<(), String> {
-        for p in &self.pools {
+        if self.subnet_size != 0 && !(8..=29).contains(&self.subnet_size) {
+            return Err(format!(
+                "--default-addr-pool-mask-length {}: use a value from 8 to 29",
+                self.subnet_size
+            ));
+        }
+        for p in &self.effective_pools() {
             let s = parse_subnet(p).map_err(|e| format!("--default-addr-pool: {e}"))?;
             if self.effective_subnet_size() < s.prefix {
                 return Err(format!(
@@ -146,12 +152,6 @@ impl AddrPool {
                     s.prefix
                 ));
             }
-        }
-        if !(0..=29).contains(&self.subnet_size) {
-            return Err(format!(
-                "--default-addr-pool-mask-length {}: use a value from 8 to 29",
-                self.subnet_size
-            ));
         }
         for (i, a) in self.pools.iter().enumerate() {
             for b in &self.pools[i + 1..] {
