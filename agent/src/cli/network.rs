@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::client::{decode, encode_query};
 use super::node::filters_json;
 use super::objects::{self, labels_map, InspectArgs, Kind, RmArgs};
-use super::table::{natural_cmp, render_template, tabwrite};
+use super::table::{natural_cmp, render_rows, tabwrite};
 use super::{CliError, Client, Output};
 
 #[derive(Subcommand, Debug)]
@@ -129,14 +129,8 @@ fn ipam_config(a: &CreateArgs) -> Result<Vec<Value>, CliError> {
 }
 
 async fn create(c: &mut Client, a: CreateArgs, out: &mut Output) -> Result<(), CliError> {
-    let options: BTreeMap<String, String> = a
-        .opt
-        .iter()
-        .map(|o| match o.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (o.clone(), String::new()),
-        })
-        .collect();
+    // `--opt k=v`, a bare `k` being an empty value: the labels' rule.
+    let options = labels_map(&a.opt);
     let body = json!({
         "Name": a.name,
         "Driver": a.driver,
@@ -230,20 +224,7 @@ async fn ls(c: &mut Client, a: LsArgs, out: &mut Output) -> Result<(), CliError>
                 "IPv4": "IPV4", "IPv6": "IPV6", "Internal": "INTERNAL", "Labels": "LABELS",
                 "CreatedAt": "CREATED AT",
             });
-            let (table, tmpl) = match other.strip_prefix("table") {
-                Some(rest) => (true, rest.trim()),
-                None => (false, other.trim()),
-            };
-            let mut s = String::new();
-            if table {
-                s.push_str(&render_template(tmpl, &headers).map_err(CliError::Client)?);
-                s.push('\n');
-            }
-            for r in &rows {
-                s.push_str(&render_template(tmpl, r).map_err(CliError::Client)?);
-                s.push('\n');
-            }
-            out.print(if table { tabwrite(&s) } else { s });
+            out.print(render_rows(other, &headers, &rows).map_err(CliError::Client)?);
         }
     }
     Ok(())

@@ -187,20 +187,7 @@ fn render_custom(format: &str, rows: &[serde_json::Value]) -> Result<String, Cli
         "Availability": "AVAILABILITY", "ManagerStatus": "MANAGER STATUS",
         "EngineVersion": "ENGINE VERSION", "TLSStatus": "TLS STATUS",
     });
-    let (table, tmpl) = match format.strip_prefix("table") {
-        Some(rest) => (true, rest.trim()),
-        None => (false, format.trim()),
-    };
-    let mut text = String::new();
-    if table {
-        text.push_str(&render_template(tmpl, &headers).map_err(CliError::Client)?);
-        text.push('\n');
-    }
-    for r in rows {
-        text.push_str(&render_template(tmpl, r).map_err(CliError::Client)?);
-        text.push('\n');
-    }
-    Ok(if table { tabwrite(&text) } else { text })
+    super::table::render_rows(format, &headers, rows).map_err(CliError::Client)
 }
 
 async fn self_id(c: &mut Client) -> Result<String, CliError> {

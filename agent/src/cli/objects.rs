@@ -201,20 +201,7 @@ fn render_custom(format: &str, rows: &[Value]) -> Result<String, CliError> {
         "ID": "ID", "Name": "NAME", "Driver": "DRIVER", "CreatedAt": "CREATED",
         "UpdatedAt": "UPDATED", "Labels": "LABELS",
     });
-    let (table, tmpl) = match format.strip_prefix("table") {
-        Some(rest) => (true, rest.trim()),
-        None => (false, format.trim()),
-    };
-    let mut text = String::new();
-    if table {
-        text.push_str(&render_template(tmpl, &headers).map_err(CliError::Client)?);
-        text.push('\n');
-    }
-    for r in rows {
-        text.push_str(&render_template(tmpl, r).map_err(CliError::Client)?);
-        text.push('\n');
-    }
-    Ok(if table { tabwrite(&text) } else { text })
+    super::table::render_rows(format, &headers, rows).map_err(CliError::Client)
 }
 
 pub async fn ls(c: &mut Client, kind: Kind, a: LsArgs, out: &mut Output) -> Result<(), CliError> {

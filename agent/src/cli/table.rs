@@ -446,3 +446,27 @@ mod tests {
         );
     }
 }
+
+/// Rows through a user's `--format` template; a `table ...` template gets a
+/// header row from `headers` (the column names docker prints) and aligned
+/// columns, like Docker's.
+pub fn render_rows(
+    format: &str,
+    headers: &serde_json::Value,
+    rows: &[serde_json::Value],
+) -> Result<String, String> {
+    let (table, tmpl) = match format.strip_prefix("table") {
+        Some(rest) => (true, rest.trim()),
+        None => (false, format.trim()),
+    };
+    let mut text = String::new();
+    if table {
+        text.push_str(&render_template(tmpl, headers)?);
+        text.push('\n');
+    }
+    for r in rows {
+        text.push_str(&render_template(tmpl, r)?);
+        text.push('\n');
+    }
+    Ok(if table { tabwrite(&text) } else { text })
+}
