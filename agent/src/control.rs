@@ -21,6 +21,8 @@ pub struct ServiceView {
     pub running: u64,
     pub desired: u64,
     pub completed: u64,
+    /// Its virtual IPs: (network ID, address/prefix).
+    pub vips: Vec<(String, String)>,
 }
 
 /// A task with the name of its service (for `service ps` names).
@@ -28,6 +30,8 @@ pub struct ServiceView {
 pub struct TaskView {
     pub task: Task,
     pub service_name: String,
+    /// Its networks, each with its address/prefix on it.
+    pub networks: Vec<(crate::store::Network, String)>,
 }
 
 /// `GET /tasks?filters=`: each list is OR-ed, lists are AND-ed.

@@ -150,6 +150,13 @@ pub struct Assignments {
     pub service_names: BTreeMap<ServiceId, String>,
     pub secrets: Vec<Secret>,
     pub configs: Vec<Config>,
+    /// The swarm networks its tasks use, and ingress while the routing
+    /// mesh is in use (`manager::netview`).
+    #[serde(default)]
+    pub networks: Vec<crate::network::view::NetworkView>,
+    /// The VXLAN UDP port (`swarm init --data-path-port`).
+    #[serde(default)]
+    pub data_path_port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -35,10 +35,19 @@ pub fn service_to_api(v: &ServiceView, with_status: bool) -> m::Service {
         spec: Some(s.spec.clone()),
         endpoint: Some(m::ServiceEndpoint {
             spec: Some(s.spec.endpoint_spec.clone().unwrap_or_default()),
-            // Docker lists only ingress ports here; host-mode ports show in
-            // each task's PortStatus.
-            ports: None,
-            virtual_ips: None,
+            // Ports as published (an ingress port left out gets one from
+            // 30000-32767 here); host-mode ports also show in each task's
+            // PortStatus.
+            ports: (!s.endpoint.ports.is_empty()).then(|| s.endpoint.ports.clone()),
+            virtual_ips: (!v.vips.is_empty()).then(|| {
+                v.vips
+                    .iter()
+                    .map(|(net, addr)| m::ServiceEndpointVirtualIps {
+                        network_id: Some(net.clone()),
+                        addr: Some(addr.clone()),
+                    })
+                    .collect()
+            }),
         }),
         update_status: None,
         service_status: with_status.then_some(m::ServiceServiceStatus {
@@ -52,6 +61,32 @@ pub fn service_to_api(v: &ServiceView, with_status: bool) -> m::Service {
 
 fn state_to_api(s: crate::store::TaskState) -> Option<m::TaskState> {
     serde_json::from_value(serde_json::Value::String(s.as_str().to_string())).ok()
+}
+
+/// A task as the Engine API shows it: bollard's model lacks
+/// `NetworksAttachments`, which `docker inspect` of a task has.
+#[derive(serde::Serialize)]
+pub struct ApiTask {
+    #[serde(flatten)]
+    pub task: m::Task,
+    #[serde(rename = "NetworksAttachments", skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<serde_json::Value>,
+}
+
+pub fn task_with_networks(v: &TaskView) -> ApiTask {
+    ApiTask {
+        task: task_to_api(v),
+        networks: v
+            .networks
+            .iter()
+            .map(|(n, addr)| {
+                serde_json::json!({
+                    "Network": super::networks::network_to_api(n),
+                    "Addresses": [addr],
+                })
+            })
+            .collect(),
+    }
 }
 
 pub fn task_to_api(v: &TaskView) -> m::Task {
@@ -205,7 +240,7 @@ pub async fn service_remove<C: Control>(
     Ok(StatusCode::OK)
 }
 
-pub async fn tasks_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Json<Vec<m::Task>>> {
+pub async fn tasks_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Json<Vec<ApiTask>>> {
     let q = query(&uri)?;
     let filters = Filters::parse(q.get("filters").map(String::as_str))?;
     for key in filters.0.keys() {
@@ -228,15 +263,15 @@ pub async fn tasks_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Jso
         up_to_date: !get("_up-to-date").is_empty(),
     };
     let tasks = c.tasks(f).await?;
-    Ok(Json(tasks.iter().map(task_to_api).collect()))
+    Ok(Json(tasks.iter().map(task_with_networks).collect()))
 }
 
 pub async fn task_inspect<C: Control>(
     State(c): Ctl<C>,
     Path(id): Path<String>,
-) -> ApiResult<Json<m::Task>> {
+) -> ApiResult<Json<ApiTask>> {
     let v = c.task(&id).await?;
-    Ok(Json(task_to_api(&v)))
+    Ok(Json(task_with_networks(&v)))
 }
 
 pub async fn service_logs<C: Control>(

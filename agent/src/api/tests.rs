@@ -472,6 +472,7 @@ impl Control for Fake {
                 previous_spec: None,
                 spec_version: 0,
                 registry_auth,
+                endpoint: Default::default(),
             },
         })?;
         Ok(id)
@@ -488,6 +489,7 @@ impl Control for Fake {
                 running: 0,
                 desired: s.replicas().unwrap_or(0),
                 completed: 0,
+                vips: Vec::new(),
             })
             .collect())
     }

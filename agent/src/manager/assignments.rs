@@ -65,7 +65,8 @@ fn references_of<'a>(
 pub fn fingerprint(state: &State, node: &NodeId) -> u64 {
     let view = view(state, node);
     let (secret_ids, config_ids) = references_of(state, node, view);
-    fingerprint_of(state, view.digests, &secret_ids, &config_ids)
+    let networks = super::netview::views(state, node);
+    fingerprint_of(state, view.digests, &secret_ids, &config_ids, &networks)
 }
 
 /// The node's tasks in sum, as the state keeps them.
@@ -83,9 +84,14 @@ fn fingerprint_of(
     digests: u64,
     secret_ids: &BTreeSet<&str>,
     config_ids: &BTreeSet<&str>,
+    networks: &[crate::network::view::NetworkView],
 ) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     digests.hash(&mut h);
+    // Nothing hashed without networks: fingerprints stay as they were.
+    if !networks.is_empty() {
+        networks.hash(&mut h);
+    }
     for s in state
         .secrets
         .values()
@@ -155,13 +161,20 @@ pub fn build(state: &State, node: &NodeId, have: &[u64]) -> Assignments {
         .filter(|c| config_ids.contains(c.id.0.as_str()))
         .cloned()
         .collect();
+    let networks = super::netview::views(state, node);
     Assignments {
-        fingerprint: fingerprint_of(state, view.digests, &secret_ids, &config_ids),
+        fingerprint: fingerprint_of(state, view.digests, &secret_ids, &config_ids, &networks),
         tasks,
         dropped,
         service_names,
         secrets,
         configs,
+        networks,
+        data_path_port: state
+            .cluster
+            .as_ref()
+            .map(|c| c.addr_pool.effective_data_path_port())
+            .unwrap_or(crate::store::networks::DEFAULT_DATA_PATH_PORT),
     }
 }
 

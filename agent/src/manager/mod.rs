@@ -5,6 +5,7 @@
 pub(crate) mod assignments;
 pub mod ca;
 mod dispatcher;
+pub mod netview;
 pub mod orchestrator;
 mod reconciler;
 mod roles;

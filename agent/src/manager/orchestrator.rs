@@ -180,6 +180,7 @@ impl Orchestrator<'_> {
             ),
             attempt,
             registry_auth: service.registry_auth.clone(),
+            networks: Vec::new(),
         });
     }
 

@@ -30,6 +30,7 @@ pub mod links;
 pub mod owner;
 pub mod rules;
 pub mod sweep;
+pub mod view;
 
 pub use bridge::{Bridge, BridgeConfig};
 
@@ -45,7 +46,10 @@ pub struct Attachment {
     pub files: Vec<(PathBuf, String)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,

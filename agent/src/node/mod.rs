@@ -1742,6 +1742,7 @@ impl Control for NodeHandle {
             previous_spec: None,
             spec_version: 0,
             registry_auth,
+            endpoint: Default::default(),
         };
         let id = service.id.clone();
         m.propose(Command::CreateService { service }).await?;

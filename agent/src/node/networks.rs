@@ -16,6 +16,7 @@ pub fn new_network(spec: NetworkSpec, now: &str) -> Network {
         spec,
         pool: Default::default(),
         vni: 0,
+        node_addrs: Default::default(),
     }
 }
 

@@ -59,6 +59,7 @@ pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSp
             )));
         }
     }
+    let dnsrr = crate::store::attachments::dnsrr(&spec);
     let template = spec
         .task_template
         .as_mut()
@@ -133,25 +134,41 @@ pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSp
     {
         Constraint::parse(c).map_err(invalid)?;
     }
+    // Networks by ID, as Docker keeps them (a name given is resolved
+    // now: a network renamed or recreated later is not silently joined).
+    let mut joined: Vec<String> = Vec::new();
     #[allow(deprecated)]
-    let mut attached = template
-        .networks
-        .iter()
-        .flatten()
-        .chain(spec.networks.iter().flatten());
-    if let Some(n) = attached.next() {
-        let target = n.target.as_deref().unwrap_or_default();
-        let network = super::networks::resolve_network(state, target)?;
+    let top = spec.networks.take().unwrap_or_default();
+    let mut networks = template.networks.take().unwrap_or_default();
+    networks.extend(top);
+    for n in &mut networks {
+        let target = n.target.clone().unwrap_or_default();
+        let network = super::networks::resolve_network(state, &target)?;
         if network.spec.ingress {
             return Err(invalid(format!(
                 "Service cannot be explicitly attached to the ingress network \"{}\"",
                 network.spec.name
             )));
         }
-        return Err(invalid(format!(
-            "network {}: attaching services to overlay networks is not supported yet (the networks exist, but tasks do not join them): drop --network; tasks get their own address on the node's bridge",
-            network.spec.name
-        )));
+        if joined.contains(&network.id.0) {
+            return Err(invalid(format!(
+                "network {} is given twice: attach a service to each network once",
+                network.spec.name
+            )));
+        }
+        for alias in n.aliases.iter().flatten() {
+            check_name(alias).map_err(|_| {
+                invalid(format!(
+                    "invalid alias {alias:?} on network {}: use letters, digits, '-', '_' or '.'",
+                    network.spec.name
+                ))
+            })?;
+        }
+        joined.push(network.id.0.clone());
+        n.target = Some(network.id.0.clone());
+    }
+    if !networks.is_empty() {
+        template.networks = Some(networks);
     }
     let mut seen = Vec::new();
     for p in spec
@@ -170,21 +187,30 @@ pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSp
                 "invalid published port: target port {target} must be between 1 and 65535"
             )));
         }
-        match mode {
-            EndpointPortConfigPublishModeEnum::HOST => {}
-            _ => {
-                return Err(invalid(format!(
-                    "port {}:{target}: ingress-mode publishing (the routing mesh) is not supported yet; publish in host mode instead: -p published={},target={target},mode=host",
-                    p.published_port.unwrap_or(target),
-                    p.published_port.unwrap_or(target)
-                )))
-            }
-        }
         let published = p.published_port.unwrap_or(0);
-        if !(1..=65535).contains(&published) {
-            return Err(invalid(format!(
-                "port {target}: host-mode publishing needs a published port between 1 and 65535"
-            )));
+        match mode {
+            EndpointPortConfigPublishModeEnum::HOST => {
+                if !(1..=65535).contains(&published) {
+                    return Err(invalid(format!(
+                        "port {target}: host-mode publishing needs a published port between 1 and 65535"
+                    )));
+                }
+            }
+            _ => {
+                if dnsrr {
+                    return Err(invalid(format!(
+                        "port {target}: a port published in ingress mode can't be used with dnsrr mode: publish it with mode=host, or use --endpoint-mode vip"
+                    )));
+                }
+                if !(0..=65535).contains(&published) {
+                    return Err(invalid(format!(
+                        "port {target}: the published port {published} must be between 1 and 65535 (or left out to get one from 30000-32767)"
+                    )));
+                }
+                if published == 0 {
+                    continue;
+                }
+            }
         }
         let proto = p
             .protocol
@@ -249,6 +275,12 @@ fn view_with(state: &State, s: &Service, stranded: &HashMap<&ServiceId, u64>) ->
             .saturating_sub(stranded.get(&s.id).copied().unwrap_or(0)),
         desired: s.replicas().unwrap_or(c.live),
         completed: c.completed,
+        vips: s
+            .endpoint
+            .vips
+            .iter()
+            .map(|v| (v.network.0.clone(), cidr(state, v)))
+            .collect(),
     }
 }
 
@@ -268,8 +300,23 @@ pub fn views(state: &State) -> Vec<ServiceView> {
         .collect()
 }
 
+/// An address with its network's prefix length, as Docker shows them.
+fn cidr(state: &State, a: &crate::store::NetAddr) -> String {
+    let prefix = state
+        .networks
+        .get(&a.network)
+        .and_then(|n| n.pool.subnet.split_once('/').map(|(_, p)| p.to_string()))
+        .unwrap_or_else(|| "32".into());
+    format!("{}/{prefix}", a.addr)
+}
+
 pub fn task_view(state: &State, t: &Task) -> TaskView {
     TaskView {
+        networks: t
+            .networks
+            .iter()
+            .filter_map(|a| Some((state.networks.get(&a.network)?.clone(), cidr(state, a))))
+            .collect(),
         task: t.clone(),
         service_name: state
             .services

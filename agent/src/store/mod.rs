@@ -8,6 +8,7 @@
 //! An object's `version` is the raft log index of the command that last
 //! changed it, which gives Docker's optimistic concurrency (`?version=N`).
 
+pub mod attachments;
 mod ca;
 pub mod hints;
 pub mod networks;
@@ -16,6 +17,7 @@ pub mod spec;
 mod state;
 mod types;
 
+pub use attachments::{Endpoint, NetAddr};
 pub use ca::{CaRotation, NodeTls};
 pub use networks::{AddrPool, IpamPool, Network, NetworkId, NetworkSpec};
 pub use services::{

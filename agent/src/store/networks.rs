@@ -89,6 +89,11 @@ pub struct Network {
     /// The VXLAN network ID.
     #[serde(default)]
     pub vni: u32,
+    /// The ingress network: each node's address on it, which the routing
+    /// mesh sends from (Docker's ingress-sbox address). Allocated by
+    /// `apply` as nodes join.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_addrs: BTreeMap<super::NodeId, Ipv4Addr>,
 }
 
 impl Network {
@@ -352,7 +357,12 @@ impl State {
         n.version = index;
         n.pool = pool;
         n.vni = vni;
+        n.node_addrs.clear();
+        let ingress = n.spec.ingress;
         self.networks.insert(n.id.clone(), n);
+        if ingress {
+            self.allocate_node_addrs();
+        }
         Ok(Some(index))
     }
 

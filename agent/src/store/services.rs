@@ -68,6 +68,9 @@ pub struct Service {
     /// Given with `--with-registry-auth`; copied into each new task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuth>,
+    /// Its ports as published and its virtual IPs (allocated by `apply`).
+    #[serde(default)]
+    pub endpoint: super::attachments::Endpoint,
 }
 
 impl Service {
@@ -283,6 +286,10 @@ pub struct Task {
     /// worker pulls the image with them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuth>,
+    /// Its address on each network of its service (allocated by `apply`
+    /// when the task is created).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<super::attachments::NetAddr>,
 }
 
 impl Task {
@@ -412,6 +419,8 @@ pub struct TaskIndex {
     /// manager's CPU once commands were grouped by node (100 services per
     /// command: `manager::orchestrator::by_node`).
     pub places: BTreeMap<ServiceId, BTreeMap<Place, u32>>,
+    /// The addresses held on each swarm network (`store::attachments`).
+    pub addrs: super::attachments::AddrIndex,
 }
 
 /// A wanted task's place in its service: a replicated task's slot (1..),
@@ -495,6 +504,8 @@ struct Before {
     counts: TaskCounts,
     given: Option<u64>,
     view: NodeView,
+    /// It held its network addresses.
+    holds: bool,
 }
 
 impl Before {
@@ -504,8 +515,21 @@ impl Before {
             counts: TaskCounts::of(t),
             given,
             view: NodeView::with_digest(t, given),
+            holds: super::attachments::holds(t),
         }
     }
+}
+
+/// What the nodes' network views show of a task: whether it is a live
+/// backend (running and wanted) and where. A change wakes every node's
+/// long poll (their views list the backends of the services they reach).
+fn backend_of(t: &Task) -> Option<(bool, Option<&NodeId>)> {
+    (!t.networks.is_empty()).then(|| {
+        (
+            wanted(t) && t.status.state == TaskState::Running,
+            t.node_id.as_ref(),
+        )
+    })
 }
 
 /// Put `id → digest` in `node`'s entry of the node index.
@@ -636,6 +660,19 @@ impl State {
     /// once, and keys are cloned only when they are new.)
     pub(super) fn put_task(&mut self, mut task: Task) {
         let given = task.given_digest();
+        {
+            let old = self.tasks.get(&task.id);
+            if old.map(backend_of) != Some(backend_of(&task)) && backend_of(&task).is_some() {
+                self.task_index.hints.all_nodes();
+            }
+            let addrs = &mut self.task_index.addrs;
+            if let Some(o) = old.filter(|o| super::attachments::holds(o)) {
+                addrs.release_task(&o.networks);
+            }
+            if super::attachments::holds(&task) {
+                addrs.hold_task(&task.networks);
+            }
+        }
         let old = match self.tasks.get(&task.id) {
             Some(o) => {
                 let places = &mut self.task_index.places;
@@ -734,6 +771,12 @@ impl State {
     pub(super) fn delete_task(&mut self, id: &TaskId) -> Option<Task> {
         let task = self.tasks.remove(id)?;
         let index = &mut self.task_index;
+        if super::attachments::holds(&task) {
+            index.addrs.release_task(&task.networks);
+        }
+        if backend_of(&task).is_some_and(|(live, _)| live) {
+            index.hints.all_nodes();
+        }
         index.specs.release(&task.spec);
         count(
             &mut index.counts,
@@ -778,6 +821,13 @@ impl State {
     fn retouch(&mut self, id: &TaskId, orchestrator_cares: bool, before: Before) {
         let Some(t) = self.tasks.get(id) else { return };
         let index = &mut self.task_index;
+        if before.holds && !super::attachments::holds(t) {
+            index.addrs.release_task(&t.networks);
+        }
+        if !t.networks.is_empty() && (before.counts.running == 1) != (TaskCounts::of(t).running == 1)
+        {
+            index.hints.all_nodes();
+        }
         count(
             &mut index.counts,
             &t.service_id,
@@ -875,6 +925,10 @@ impl State {
         let mut s = service.clone();
         s.version = index;
         s.spec_version = index;
+        s.endpoint = self.allocate_endpoint(&s.id, &s.spec, &Default::default())?;
+        if !s.endpoint.vips.is_empty() {
+            self.task_index.hints.all_nodes();
+        }
         self.services.insert(s.id.clone(), s);
         self.task_index.hints.service(&service.id);
         Ok(Some(index))
@@ -909,9 +963,15 @@ impl State {
                 )));
             }
         }
+        let old = current.endpoint.clone();
+        let endpoint = self.allocate_endpoint(id, spec, &old)?;
+        if endpoint != old {
+            self.task_index.hints.all_nodes();
+        }
         let Some(s) = self.services.get_mut(id) else {
             return Err(StoreError::not_found(format!("service {id} not found")));
         };
+        s.endpoint = endpoint;
         let tasks_change = s.spec.task_template != spec.task_template
             || s.spec.endpoint_spec != spec.endpoint_spec;
         s.previous_spec = Some(std::mem::replace(&mut s.spec, spec.clone()));
@@ -938,8 +998,14 @@ impl State {
         id: &ServiceId,
         now: &str,
     ) -> Result<Option<u64>, StoreError> {
-        if self.services.remove(id).is_none() {
+        let Some(gone) = self.services.remove(id) else {
             return Err(StoreError::not_found(format!("service {id} not found")));
+        };
+        for v in &gone.endpoint.vips {
+            self.task_index.addrs.release(v);
+        }
+        if !gone.endpoint.vips.is_empty() {
+            self.task_index.hints.all_nodes();
         }
         let ids = self.task_ids_of_service(id);
         self.task_index.hints.service(id);
@@ -984,6 +1050,20 @@ impl State {
             }
             let mut t = t.clone();
             t.version = index;
+            let spec = service.spec.clone();
+            match self.allocate_task_addrs(&spec) {
+                Ok(addrs) => t.networks = addrs,
+                Err(e) => {
+                    // Loud in `service ps`; the orchestrator makes another
+                    // after the restart delay, which gets one once an
+                    // address is free.
+                    t.networks = Vec::new();
+                    t.status = TaskStatus::new(TaskState::Rejected, "allocating network addresses", &t.created_at);
+                    t.status.err = Some(e.message);
+                    self.put_task(t);
+                    continue;
+                }
+            }
             // Created already placed (`orchestrator::place_created`) on a
             // node that has left since: wait for the scheduler again, as a
             // placement of a pending task on it would (`assign_tasks`).

@@ -379,6 +379,7 @@ mod tests {
             status: TaskStatus::new(TaskState::Pending, "", ""),
             attempt: 0,
             registry_auth: None,
+            networks: Vec::new(),
         }
     }
 

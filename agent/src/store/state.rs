@@ -166,6 +166,7 @@ impl State {
                 return Err(StoreError::invalid(format!("unknown stored object {key}")));
             }
         }
+        state.hold_static_addrs();
         let specs = std::sync::Arc::new(specs);
         for (key, value) in tasks {
             let task: Task = super::spec::decode_with_table(&value, &specs).map_err(|e| {
@@ -313,6 +314,7 @@ impl State {
                     s.version = index;
                     self.services.insert(s.id.clone(), s);
                 }
+                self.hold_static_addrs();
                 for t in tasks {
                     let mut t = t.clone();
                     t.version = index;
@@ -359,6 +361,7 @@ impl State {
                 let mut node = node.clone();
                 node.version = index;
                 self.nodes.insert(node.id.clone(), node);
+                self.allocate_node_addrs();
                 Ok(Some(index))
             }
             Command::UpdateNodeSpec {
@@ -459,6 +462,7 @@ impl State {
                     )));
                 }
                 self.nodes.remove(id);
+                self.release_node_addr(id);
                 self.removed.insert(id.clone());
                 self.node_tls.remove(id);
                 Ok(None)

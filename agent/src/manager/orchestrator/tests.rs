@@ -63,6 +63,7 @@ pub(crate) fn service(id: &str, replicas: Option<i64>) -> Service {
         previous_spec: None,
         spec_version: 1,
         registry_auth: None,
+        endpoint: Default::default(),
     }
 }
 

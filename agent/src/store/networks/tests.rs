@@ -26,6 +26,7 @@ fn net(id: &str, spec: NetworkSpec) -> Network {
         spec,
         pool: Default::default(),
         vni: 0,
+        node_addrs: Default::default(),
     }
 }
 

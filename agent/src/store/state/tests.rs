@@ -576,6 +576,7 @@ fn service(id: &str, replicas: i64) -> Service {
         previous_spec: None,
         spec_version: 0,
         registry_auth: None,
+        endpoint: Default::default(),
     }
 }
 
@@ -594,6 +595,7 @@ fn task(id: &str, service: &str, slot: u64) -> Task {
         desired_state: crate::store::TaskState::Running,
         status: crate::store::TaskStatus::new(crate::store::TaskState::Pending, "pending", "t0"),
         attempt: 0,
+        networks: Vec::new(),
         registry_auth: None,
     }
 }
