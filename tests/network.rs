@@ -195,7 +195,7 @@ async fn start(
     spec: ContainerSpec,
     ports: &[PortMapping],
 ) -> Ipv4Addr {
-    let a = net.attach(&spec.id, &spec.id).await.expect("attach");
+    let a = net.attach(&spec.id, &spec.id, &[]).await.expect("attach");
     net.publish(&spec.id, ports).await.expect("publish");
     let spec = with_attachment(spec, &a);
     exec.prepare(&spec).await.expect("prepare");
@@ -255,7 +255,7 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
 
     // Attach and publish again (a restarted worker re-driving): same
     // address, no second rule.
-    let again = net.attach("web", "web").await.expect("attach again");
+    let again = net.attach("web", "web", &[]).await.expect("attach again");
     assert_eq!(again.ip, Some(web_ip));
     net.publish("web", &[tcp(18080, 80)])
         .await
@@ -308,7 +308,7 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
 
     // ---- host port in use: by another program, and by another task
     let holder = std::net::TcpListener::bind("0.0.0.0:18082").expect("hold 18082");
-    net.attach("busy", "busy").await.expect("attach busy");
+    net.attach("busy", "busy", &[]).await.expect("attach busy");
     let e = net
         .publish("busy", &[tcp(18082, 80)])
         .await
@@ -367,7 +367,7 @@ async fn scenario(daemon: &Daemon, host: &mut HostState, n: u8) {
     assert_eq!(swept.released, vec!["ghost"], "{swept:?}");
     assert_eq!(swept.recovered, vec!["web"], "{swept:?}");
     let again = net
-        .attach("web", "web")
+        .attach("web", "web", &[])
         .await
         .expect("attach after the sweep");
     assert_eq!(

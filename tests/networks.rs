@@ -195,23 +195,36 @@ fn networks_with_both_clis_and_the_python_sdk() {
     assert!(err.contains("need --subnet"), "{err}");
     assert_eq!(names(m1), ["back", "front", "ingress"]);
 
-    // ---- services cannot attach yet, and say so (an unknown one: not found)
+    // ---- a service on a network gets a virtual IP there, and holds it
+    m1.docker(&[
+        "service", "create", "-d", "--replicas", "0", "--name", "onfront", "--network",
+        "name=front,alias=fe", "busybox", "sleep", "1",
+    ])
+    .ok();
+    let svc: serde_json::Value =
+        serde_json::from_str(m1.docker(&["service", "inspect", "onfront"]).ok()).unwrap();
+    let front_id = m1
+        .docker(&["network", "inspect", "-f", "{{.ID}}", "front"])
+        .ok()
+        .trim()
+        .to_string();
+    let vips = &svc[0]["Endpoint"]["VirtualIPs"];
+    assert_eq!(vips[0]["NetworkID"], front_id.as_str(), "{svc}");
+    let addr = vips[0]["Addr"].as_str().unwrap_or_default();
+    assert!(addr.starts_with("10.") && addr.ends_with("/24"), "{svc}");
+    let target = &svc[0]["Spec"]["TaskTemplate"]["Networks"][0];
+    assert_eq!(target["Target"], front_id.as_str(), "kept by ID: {svc}");
+    assert_eq!(target["Aliases"][0], "fe");
+    let err = m1.docker(&["network", "rm", "front"]).fails().to_string();
+    assert!(err.contains("in use by service onfront"), "{err}");
     let err = m1
         .docker(&[
-            "service",
-            "create",
-            "--network",
-            "front",
-            "busybox",
-            "sleep",
-            "1",
+            "service", "create", "--network", "ingress", "busybox", "sleep", "1",
         ])
         .fails()
         .to_string();
-    assert!(
-        err.contains("not supported yet") && err.contains("front"),
-        "{err}"
-    );
+    assert!(err.contains("explicitly attached to the ingress network"), "{err}");
+    m1.docker(&["service", "rm", "onfront"]).ok();
     let err = m1
         .apiary(&[
             "service",

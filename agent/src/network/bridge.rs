@@ -31,8 +31,10 @@ use tracing::{debug, warn};
 use super::ipam::{Allocations, Subnet};
 use super::links::Links;
 use super::owner::{self, BridgeLock};
+use super::view::{NetworkView, TaskNetwork};
 use super::{
-    files, io_err, rules, sweep, Attachment, NetError, NetResult, Network, PortMapping, Swept,
+    files, io_err, overlay, rules, sweep, Attachment, NetError, NetResult, Network, PortMapping,
+    Swept,
 };
 
 /// Where `ip netns add` puts its namespaces.
@@ -80,6 +82,11 @@ pub struct Bridge {
     /// only then does `keep` check it (after `swarm leave` the node has no
     /// bridge, and a check must not make one again).
     in_use: std::sync::atomic::AtomicBool,
+    /// The swarm networks' data path on this node.
+    overlay: overlay::Overlay,
+    /// Overlays are one agent's per network namespace (their VXLAN port
+    /// and link names are the namespace's): taken at the first use.
+    overlay_lock: std::sync::Mutex<Option<BridgeLock>>,
 }
 
 /// How often `keep` checks the bridge and its base rules (base rules wiped
@@ -144,10 +151,10 @@ fn spawn_error(program: &str, command: impl FnOnce() -> String, e: std::io::Erro
     if e.kind() == std::io::ErrorKind::NotFound {
         NetError::MissingTool {
             program: program.to_string(),
-            package: if program == "ip" {
-                "iproute2"
-            } else {
-                "iptables"
+            package: match program {
+                "ip" | "bridge" => "iproute2",
+                "nft" => "nftables",
+                _ => "iptables",
             },
         }
     } else {
@@ -158,7 +165,7 @@ fn spawn_error(program: &str, command: impl FnOnce() -> String, e: std::io::Erro
     }
 }
 
-async fn run(program: &str, args: &[String]) -> NetResult<String> {
+pub(super) async fn run(program: &str, args: &[String]) -> NetResult<String> {
     let out = tokio::process::Command::new(program)
         .args(args)
         .output()
@@ -174,18 +181,18 @@ async fn run(program: &str, args: &[String]) -> NetResult<String> {
     }
 }
 
-fn sv(v: &[&str]) -> Vec<String> {
+pub(super) fn sv(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-async fn ip(args: &[&str]) -> NetResult<String> {
+pub(super) async fn ip(args: &[&str]) -> NetResult<String> {
     run("ip", &sv(args)).await
 }
 
 /// Several `ip` commands in one run (`ip -batch -`, in namespace `ns` if
 /// given): each spawn of `ip` costs milliseconds. Stops at the first
 /// command that fails, which the error names.
-async fn ip_batch(ns: Option<&str>, lines: &[String]) -> NetResult<()> {
+pub(super) async fn ip_batch(ns: Option<&str>, lines: &[String]) -> NetResult<()> {
     use tokio::io::AsyncWriteExt;
     let mut args = Vec::new();
     if let Some(ns) = ns {
@@ -206,6 +213,32 @@ async fn ip_batch(ns: Option<&str>, lines: &[String]) -> NetResult<()> {
             .write_all(format!("{}\n", lines.join("\n")).as_bytes())
             .await
             .map_err(failed)?;
+    }
+    let out = child.wait_with_output().await.map_err(failed)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Command {
+            command: command(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Run `program` with `input` on its stdin (`nft -f -`).
+pub(super) async fn run_input(program: &str, args: &[String], input: &str) -> NetResult<()> {
+    use tokio::io::AsyncWriteExt;
+    let command = || format!("{program} {}", args.join(" "));
+    let failed = |e: std::io::Error| spawn_error(program, command, e);
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).await.map_err(failed)?;
     }
     let out = child.wait_with_output().await.map_err(failed)?;
     if out.status.success() {
@@ -276,6 +309,10 @@ impl Bridge {
             lock: Mutex::new(()),
             checked: std::sync::atomic::AtomicBool::new(false),
             in_use: std::sync::atomic::AtomicBool::new(false),
+            overlay: overlay::Overlay::new(super::dns::upstreams(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ))?,
+            overlay_lock: std::sync::Mutex::new(None),
         })
     }
 
@@ -286,6 +323,22 @@ impl Bridge {
         }
         // Fails as `attach` would without root or a nat table.
         iptables("nat", &sv(&["-n", "-L", "POSTROUTING"])).await?;
+        Ok(())
+    }
+
+    /// Take this namespace's overlay lock, once.
+    fn overlay_lock(&self) -> NetResult<()> {
+        let mut held = self
+            .overlay_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.is_none() {
+            *held = Some(owner::lock_bridge("overlay").map_err(|_| {
+                NetError::Invalid(
+                    "another apiary agent in this network namespace already runs overlay networks: run each agent that joins overlay networks in a network namespace of its own".into(),
+                )
+            })?);
+        }
         Ok(())
     }
 
@@ -428,10 +481,18 @@ impl Bridge {
         Ok(rules::parse_dnat(&text, &chain))
     }
 
-    async fn do_attach(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
+    async fn do_attach(
+        &self,
+        task: &str,
+        hostname: &str,
+        networks: &[TaskNetwork],
+    ) -> NetResult<Attachment> {
         check_task(task)?;
+        if !networks.is_empty() {
+            self.overlay_lock()?;
+        }
         let _g = self.lock.lock().await;
-        let r = self.attach_locked(task, hostname).await;
+        let r = self.attach_locked(task, hostname, networks).await;
         if r.is_err() {
             set(&self.checked, false);
         }
@@ -471,7 +532,12 @@ impl Bridge {
         r
     }
 
-    async fn attach_locked(&self, task: &str, hostname: &str) -> NetResult<Attachment> {
+    async fn attach_locked(
+        &self,
+        task: &str,
+        hostname: &str,
+        networks: &[TaskNetwork],
+    ) -> NetResult<Attachment> {
         if !get(&self.checked) || !self.link_exists(&self.cfg.bridge).await? {
             self.ensure_bridge().await?;
             set(&self.checked, true);
@@ -511,13 +577,51 @@ impl Bridge {
             ],
         )
         .await?;
+        for (i, n) in networks.iter().enumerate() {
+            self.overlay.prepare(n).await?;
+            let br = overlay::bridge_name(n.network.vni);
+            let veth = veth_name(&br, task);
+            let ifname = format!("eth{}", i + 1);
+            let mtu = overlay::mtu(&n.network);
+            if !self.link_exists(&veth).await? {
+                let _ = ip(&["-n", &ns, "link", "del", &ifname]).await;
+                ip_batch(
+                    None,
+                    &[format!(
+                        "link add {veth} mtu {mtu} type veth peer name {ifname} mtu {mtu} netns {ns}"
+                    )],
+                )
+                .await?;
+            }
+            ip_batch(None, &[format!("link set {veth} master {br} up")]).await?;
+            ip_batch(
+                Some(&ns),
+                &[
+                    format!("addr replace {}/{} dev {ifname}", n.addr, n.network.prefix()),
+                    format!("link set {ifname} up"),
+                ],
+            )
+            .await?;
+        }
 
         let dir = self.task_dir(task);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
         let host_resolv = host_resolv_conf();
+        // Tasks on overlays ask the embedded resolver (which forwards what
+        // is not a service name to the node's own name servers).
+        let named: Vec<String> = networks
+            .iter()
+            .filter(|n| !n.network.ingress)
+            .map(|n| n.network.id.clone())
+            .collect();
+        let resolv = if named.is_empty() {
+            files::resolv_conf(&host_resolv)
+        } else {
+            files::embedded_resolv_conf(&host_resolv)
+        };
         let data = [
             files::hosts(hostname, Some(addr)),
-            files::resolv_conf(&host_resolv),
+            resolv,
             format!("{hostname}\n"),
         ];
         let mut a = self.planned_paths(task);
@@ -527,6 +631,11 @@ impl Bridge {
             write_atomic(p, data.as_bytes(), false)?;
         }
         a.ip = Some(addr);
+        // Service names resolve on the networks a task joined itself
+        // (not on ingress, as in Docker).
+        if !named.is_empty() {
+            self.overlay.join(task, &ns, ns_path.clone(), named).await?;
+        }
         debug!(task.id = task, %addr, netns = %ns_path.display(), "task network attached");
         Ok(a)
     }
@@ -594,6 +703,7 @@ impl Bridge {
 
     async fn do_detach(&self, task: &str) -> NetResult<()> {
         check_task(task)?;
+        self.overlay.leave(task).await;
         let _g = self.lock.lock().await;
         let rules = self.dnat_rules().await?;
         let mut a = self.load()?;
@@ -775,8 +885,18 @@ impl Network for Bridge {
         &'a self,
         task: &'a str,
         hostname: &'a str,
+        networks: &'a [TaskNetwork],
     ) -> BoxFuture<'a, NetResult<Attachment>> {
-        self.do_attach(task, hostname).boxed()
+        self.do_attach(task, hostname, networks).boxed()
+    }
+    fn program(&self, views: Vec<NetworkView>, data_port: u16) -> BoxFuture<'_, NetResult<()>> {
+        async move {
+            if !views.is_empty() {
+                self.overlay_lock()?;
+            }
+            self.overlay.program(views, data_port).await
+        }
+        .boxed()
     }
     fn planned(&self, task: &str) -> Attachment {
         self.planned_paths(task)
@@ -797,8 +917,9 @@ impl Network for Bridge {
     fn teardown(&self) -> BoxFuture<'_, NetResult<()>> {
         async move {
             let swept = self.do_sweep(&HashSet::new()).await;
+            let overlays = self.overlay.teardown().await;
             let removed = self.remove().await;
-            swept.and(removed)
+            swept.and(overlays).and(removed)
         }
         .boxed()
     }

@@ -57,3 +57,16 @@ pub fn has_reachable_nameserver(resolv: &str) -> bool {
         w.next() == Some("nameserver") && w.next().is_some_and(|ns| !is_loopback(ns))
     })
 }
+
+/// A task on overlay networks: the embedded resolver (`dns::RESOLVER`),
+/// with the node's search domains; `ndots:0` as Docker's, so that a
+/// service name is asked as is first.
+pub fn embedded_resolv_conf(host: &str) -> String {
+    let mut out: String = host
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some("search"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("nameserver {}\noptions ndots:0\n", super::dns::RESOLVER));
+    out
+}

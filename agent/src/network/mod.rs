@@ -24,9 +24,11 @@ use std::path::PathBuf;
 use futures::future::BoxFuture;
 
 pub mod bridge;
+pub mod dns;
 pub mod files;
 pub mod ipam;
 pub mod links;
+pub mod overlay;
 pub mod owner;
 pub mod rules;
 pub mod sweep;
@@ -171,7 +173,12 @@ pub trait Network: Send + Sync + 'static {
         &'a self,
         task: &'a str,
         hostname: &'a str,
+        networks: &'a [view::TaskNetwork],
     ) -> BoxFuture<'a, NetResult<Attachment>>;
+    /// Program the node's overlays from the managers' latest network views
+    /// (`overlay`): networks, peers, the routing mesh, and the names and
+    /// virtual IPs of the tasks on them.
+    fn program(&self, views: Vec<view::NetworkView>, data_port: u16) -> BoxFuture<'_, NetResult<()>>;
     /// What `attach` will give this task, without its address: the paths
     /// depend on the task ID alone, so the worker creates the container
     /// while the namespace is still being made (the container's spec only
@@ -229,8 +236,21 @@ impl Network for HostNetwork {
         &'a self,
         _task: &'a str,
         _hostname: &'a str,
+        networks: &'a [view::TaskNetwork],
     ) -> BoxFuture<'a, NetResult<Attachment>> {
-        Box::pin(futures::future::ready(Ok(Attachment::default())))
+        let r = match networks.first() {
+            None => Ok(Attachment::default()),
+            Some(n) => Err(NetError::Unsupported(format!(
+                "network {}: tasks on overlay networks need the bridge task network (start the agent without --task-network host)",
+                n.network.name
+            ))),
+        };
+        Box::pin(futures::future::ready(r))
+    }
+    fn program(&self, _views: Vec<view::NetworkView>, _data_port: u16) -> BoxFuture<'_, NetResult<()>> {
+        // Nothing to program: a host-network node runs no overlay task
+        // (their attach says so) and does not serve the routing mesh.
+        Box::pin(futures::future::ready(Ok(())))
     }
     fn planned(&self, _task: &str) -> Attachment {
         Attachment::default()

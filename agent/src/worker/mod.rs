@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::executor::{ContainerSpec, ContainerState, ContainerStatus, Executor};
+use crate::network::view::TaskNetwork;
 use crate::network::{Network, PortMapping};
 use crate::rpc::Assignments;
 use crate::store::{PublishedPort, Task, TaskId, TaskState, TaskStatus, TaskStatusUpdate};
@@ -176,6 +177,8 @@ pub async fn run(
     // manager returns).
     let offline = Arc::new(AtomicBool::new(false));
     let mut failures = 0u32;
+    // The network views last programmed.
+    let mut programmed: Vec<crate::network::view::NetworkView> = Vec::new();
     loop {
         // Asked with nothing held, the answer is the node's whole set.
         let whole = held.tasks.is_empty();
@@ -207,6 +210,13 @@ pub async fn run(
             continue;
         };
         known = a.fingerprint;
+        // The overlays before the tasks that join them.
+        if a.networks != programmed {
+            match host.net.program(a.networks.clone(), a.data_path_port).await {
+                Ok(()) => programmed = a.networks.clone(),
+                Err(e) => warn!("{e}"),
+            }
+        }
         if failures >= OFFLINE_AFTER {
             info!("a manager answers again");
         }
@@ -245,7 +255,8 @@ pub async fn run(
                 ));
                 continue;
             }
-            let spec = spec::container_spec(t, &a).and_then(|s| Ok((s, spec::host_ports(t)?)));
+            let spec = spec::container_spec(t, &a)
+                .and_then(|s| Ok((s, spec::host_ports(t)?, spec::task_networks(t, &a.networks)?)));
             let (dtx, drx) = watch::channel(t.desired_state);
             let handle = tokio::spawn(run_task(
                 host.clone(),
@@ -377,7 +388,7 @@ impl Autonomy {
 async fn run_task(
     h: Host,
     id: TaskId,
-    spec: Result<(ContainerSpec, Vec<PortMapping>), String>,
+    spec: Result<(ContainerSpec, Vec<PortMapping>, Vec<TaskNetwork>), String>,
     adopted: Option<ContainerStatus>,
     mut desired: watch::Receiver<TaskState>,
     reports: Reports,
@@ -388,7 +399,7 @@ async fn run_task(
     let send = |state: TaskState, message: &str, err: Option<String>| {
         let _ = reports.send(update(&id, state, message, err));
     };
-    let (spec, ports) = match spec {
+    let (spec, ports, nets) = match spec {
         Ok(s) => s,
         Err(e) => {
             send(TaskState::Rejected, "rejected", Some(e));
@@ -407,6 +418,13 @@ async fn run_task(
     match adopted {
         Some(ContainerStatus::Running { pid }) => {
             debug!(task.id = %id, "adopted a running container");
+            // Its overlays' names and VIPs are served by this process:
+            // attach again (idempotent) to take them up.
+            if !nets.is_empty() {
+                if let Err(e) = h.net.attach(&id.0, &spec::hostname(&spec), &nets).await {
+                    warn!(task.id = %id, "re-joining the overlay networks of an adopted task: {e}");
+                }
+            }
             // Its rules normally survived the restart; publishing again is
             // idempotent and repairs them if not.
             let ports = match h.net.publish(&id.0, &ports).await {
@@ -428,7 +446,7 @@ async fn run_task(
             send(TaskState::Preparing, "preparing", None);
             // Ports are published before the task starts: a port in use
             // is the task's error before it runs.
-            let ports = match prepare_networked(&h, &id, &spec, &ports).await {
+            let ports = match prepare_networked(&h, &id, &spec, &ports, &nets).await {
                 Ok(p) => {
                     debug!(task.id = %id, "network attached and container prepared");
                     p
@@ -486,7 +504,7 @@ async fn run_task(
                         let restarted: Result<u32, String> = async {
                             let attached = h
                                 .net
-                                .attach(&id.0, &spec::hostname(&spec))
+                                .attach(&id.0, &spec::hostname(&spec), &nets)
                                 .await
                                 .map_err(|e| e.to_string())?;
                             let again = spec::with_attachment(spec.clone(), &attached);
@@ -543,10 +561,11 @@ async fn prepare_networked(
     id: &TaskId,
     spec: &ContainerSpec,
     ports: &[PortMapping],
+    nets: &[TaskNetwork],
 ) -> Result<Vec<PortMapping>, String> {
     let planned = spec::with_attachment(spec.clone(), &h.net.planned(&id.0));
     let network = async {
-        let attached = h.net.attach(&id.0, &spec::hostname(spec)).await?;
+        let attached = h.net.attach(&id.0, &spec::hostname(spec), nets).await?;
         let ports = h.net.publish(&id.0, ports).await?;
         Ok::<_, crate::network::NetError>((attached, ports))
     };

@@ -7,6 +7,7 @@ use bollard_stubs::models::MountTypeEnum;
 
 use crate::executor::pull::AuthConfig;
 use crate::executor::{ContainerSpec, FileMount, Mount, MountKind};
+use crate::network::view::{NetworkView, TaskNetwork};
 use crate::network::{Attachment, PortMapping, Protocol};
 use crate::rpc::Assignments;
 use crate::store::Task;
@@ -188,6 +189,26 @@ pub fn host_ports(task: &Task) -> Result<Vec<PortMapping>, String> {
         });
     }
     Ok(out)
+}
+
+/// The task's addresses on its networks, with what its node was told of
+/// each network. A network the node was not told of is the task's error.
+pub fn task_networks(task: &Task, views: &[NetworkView]) -> Result<Vec<TaskNetwork>, String> {
+    task.networks
+        .iter()
+        .map(|a| {
+            let v = views.iter().find(|v| v.id == a.network.0).ok_or_else(|| {
+                format!(
+                    "network {} of the task was not sent to this node: the managers run an older version?",
+                    a.network
+                )
+            })?;
+            Ok(TaskNetwork {
+                network: v.clone(),
+                addr: a.addr,
+            })
+        })
+        .collect()
 }
 
 /// The hostname a container gets: the task's, else the first 12
