@@ -197,8 +197,18 @@ fn networks_with_both_clis_and_the_python_sdk() {
 
     // ---- a service on a network gets a virtual IP there, and holds it
     m1.docker(&[
-        "service", "create", "-d", "--replicas", "0", "--name", "onfront", "--network",
-        "name=front,alias=fe", "busybox", "sleep", "1",
+        "service",
+        "create",
+        "-d",
+        "--replicas",
+        "0",
+        "--name",
+        "onfront",
+        "--network",
+        "name=front,alias=fe",
+        "busybox",
+        "sleep",
+        "1",
     ])
     .ok();
     let svc: serde_json::Value =
@@ -219,11 +229,20 @@ fn networks_with_both_clis_and_the_python_sdk() {
     assert!(err.contains("in use by service onfront"), "{err}");
     let err = m1
         .docker(&[
-            "service", "create", "--network", "ingress", "busybox", "sleep", "1",
+            "service",
+            "create",
+            "--network",
+            "ingress",
+            "busybox",
+            "sleep",
+            "1",
         ])
         .fails()
         .to_string();
-    assert!(err.contains("explicitly attached to the ingress network"), "{err}");
+    assert!(
+        err.contains("explicitly attached to the ingress network"),
+        "{err}"
+    );
     m1.docker(&["service", "rm", "onfront"]).ok();
     let err = m1
         .apiary(&[

@@ -80,8 +80,32 @@ pub fn task_with_networks(v: &TaskView) -> ApiTask {
             .networks
             .iter()
             .map(|(n, addr)| {
+                // Swarm's network object (not the Engine's network list
+                // entry), as in Docker's task inspect.
                 serde_json::json!({
-                    "Network": super::networks::network_to_api(n),
+                    "Network": {
+                        "ID": n.id.0,
+                        "Version": {"Index": n.version},
+                        "CreatedAt": n.created_at,
+                        "UpdatedAt": n.updated_at,
+                        "Spec": {
+                            "Name": n.spec.name,
+                            "Labels": n.spec.labels,
+                            "DriverConfiguration": {"Name": n.spec.driver},
+                            "Ingress": n.spec.ingress,
+                            "Attachable": n.spec.attachable,
+                            "Internal": n.spec.internal,
+                            "Scope": "swarm",
+                        },
+                        "DriverState": {
+                            "Name": n.spec.driver,
+                            "Options": {"com.docker.network.driver.overlay.vxlanid_list": n.vni.to_string()},
+                        },
+                        "IPAMOptions": {
+                            "Driver": {"Name": "default"},
+                            "Configs": [{"Subnet": n.pool.subnet, "Gateway": n.pool.gateway}],
+                        },
+                    },
                     "Addresses": [addr],
                 })
             })

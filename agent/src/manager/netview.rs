@@ -99,7 +99,12 @@ pub fn views(state: &State, node: &NodeId) -> Vec<NetworkView> {
         };
         let mut services = Vec::new();
         for s in state.services.values() {
-            let vip = s.endpoint.vips.iter().find(|v| &v.network == id).map(|v| v.addr);
+            let vip = s
+                .endpoint
+                .vips
+                .iter()
+                .find(|v| &v.network == id)
+                .map(|v| v.addr);
             let member = vip.is_some() || state.service_networks(&s.spec).contains(id);
             if !member {
                 continue;

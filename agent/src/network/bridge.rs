@@ -597,7 +597,11 @@ impl Bridge {
             ip_batch(
                 Some(&ns),
                 &[
-                    format!("addr replace {}/{} dev {ifname}", n.addr, n.network.prefix()),
+                    format!(
+                        "addr replace {}/{} dev {ifname}",
+                        n.addr,
+                        n.network.prefix()
+                    ),
                     format!("link set {ifname} up"),
                 ],
             )

@@ -281,16 +281,25 @@ mod tests {
         let v = view();
         let t = table(&[&v]);
         let vip = vec![Ipv4Addr::new(10, 0, 1, 2)];
-        assert_eq!(addrs(ask(&t, "web.", RecordType::A)), (ResponseCode::NoError, vip.clone()));
+        assert_eq!(
+            addrs(ask(&t, "web.", RecordType::A)),
+            (ResponseCode::NoError, vip.clone())
+        );
         assert_eq!(addrs(ask(&t, "WWW", RecordType::A)).1, vip);
         assert_eq!(
             addrs(ask(&t, "tasks.web", RecordType::A)).1,
             vec![Ipv4Addr::new(10, 0, 1, 3), Ipv4Addr::new(10, 0, 1, 4)]
         );
-        assert_eq!(addrs(ask(&t, "db", RecordType::A)).1, vec![Ipv4Addr::new(10, 0, 1, 9)]);
+        assert_eq!(
+            addrs(ask(&t, "db", RecordType::A)).1,
+            vec![Ipv4Addr::new(10, 0, 1, 9)]
+        );
         // A name of ours has no IPv6 address: an empty answer, not a
         // forward (which would leak the name and wait on the upstream).
-        assert_eq!(addrs(ask(&t, "web", RecordType::AAAA)), (ResponseCode::NoError, vec![]));
+        assert_eq!(
+            addrs(ask(&t, "web", RecordType::AAAA)),
+            (ResponseCode::NoError, vec![])
+        );
         assert_eq!(ask(&t, "example.org.", RecordType::A), Answer::Forward);
         assert_eq!(answer(&t, b"not dns"), Answer::Drop);
     }

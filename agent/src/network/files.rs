@@ -67,6 +67,9 @@ pub fn embedded_resolv_conf(host: &str) -> String {
         .filter(|l| l.split_whitespace().next() == Some("search"))
         .map(|l| format!("{l}\n"))
         .collect();
-    out.push_str(&format!("nameserver {}\noptions ndots:0\n", super::dns::RESOLVER));
+    out.push_str(&format!(
+        "nameserver {}\noptions ndots:0\n",
+        super::dns::RESOLVER
+    ));
     out
 }

@@ -178,7 +178,11 @@ pub trait Network: Send + Sync + 'static {
     /// Program the node's overlays from the managers' latest network views
     /// (`overlay`): networks, peers, the routing mesh, and the names and
     /// virtual IPs of the tasks on them.
-    fn program(&self, views: Vec<view::NetworkView>, data_port: u16) -> BoxFuture<'_, NetResult<()>>;
+    fn program(
+        &self,
+        views: Vec<view::NetworkView>,
+        data_port: u16,
+    ) -> BoxFuture<'_, NetResult<()>>;
     /// What `attach` will give this task, without its address: the paths
     /// depend on the task ID alone, so the worker creates the container
     /// while the namespace is still being made (the container's spec only
@@ -247,7 +251,11 @@ impl Network for HostNetwork {
         };
         Box::pin(futures::future::ready(r))
     }
-    fn program(&self, _views: Vec<view::NetworkView>, _data_port: u16) -> BoxFuture<'_, NetResult<()>> {
+    fn program(
+        &self,
+        _views: Vec<view::NetworkView>,
+        _data_port: u16,
+    ) -> BoxFuture<'_, NetResult<()>> {
         // Nothing to program: a host-network node runs no overlay task
         // (their attach says so) and does not serve the routing mesh.
         Box::pin(futures::future::ready(Ok(())))

@@ -214,7 +214,11 @@ async fn nft(netns: Option<&str>, script: &str) -> NetResult<()> {
 }
 
 async fn delete_table(netns: Option<&str>, table: &str) -> NetResult<()> {
-    nft(netns, &format!("table ip {table} {{}}\ndelete table ip {table}\n")).await
+    nft(
+        netns,
+        &format!("table ip {table} {{}}\ndelete table ip {table}\n"),
+    )
+    .await
 }
 
 /// Peers listed as flood entries in `bridge fdb show dev X`.
@@ -296,7 +300,15 @@ impl Overlay {
         for p in want.difference(&have) {
             let r = run(
                 "bridge",
-                &sv(&["fdb", "append", "00:00:00:00:00:00", "dev", &vx, "dst", &p.to_string()]),
+                &sv(&[
+                    "fdb",
+                    "append",
+                    "00:00:00:00:00:00",
+                    "dev",
+                    &vx,
+                    "dst",
+                    &p.to_string(),
+                ]),
             )
             .await;
             if let Err(e) = r {
@@ -308,7 +320,15 @@ impl Overlay {
         for p in have.difference(&want) {
             let _ = run(
                 "bridge",
-                &sv(&["fdb", "del", "00:00:00:00:00:00", "dev", &vx, "dst", &p.to_string()]),
+                &sv(&[
+                    "fdb",
+                    "del",
+                    "00:00:00:00:00:00",
+                    "dev",
+                    &vx,
+                    "dst",
+                    &p.to_string(),
+                ]),
             )
             .await;
         }
@@ -390,7 +410,13 @@ impl Overlay {
 
     /// A task joined its overlays: serve its names and program its VIPs.
     /// Again for the same task (an adopted one): replaced.
-    pub async fn join(&self, task: &str, netns: &str, netns_path: PathBuf, networks: Vec<String>) -> NetResult<()> {
+    pub async fn join(
+        &self,
+        task: &str,
+        netns: &str,
+        netns_path: PathBuf,
+        networks: Vec<String>,
+    ) -> NetResult<()> {
         let sock = dns::bind_in(&netns_path).await?;
         let mut inner = self.inner.lock().await;
         let (tx, rx) = watch::channel(Arc::new(dns::Table::new()));
@@ -503,7 +529,10 @@ mod tests {
         let r = mesh_rules(Some(&v));
         assert!(r.contains("fib daddr type local tcp dport 8080 dnat to numgen random mod 2 map { 0 : 10.0.0.5, 1 : 10.0.0.6 } : 80"), "{r}");
         assert!(!r.contains("dport 53"), "no backend, no rule: {r}");
-        assert!(r.contains("oifname \"apo1000\" ct status dnat masquerade"), "{r}");
+        assert!(
+            r.contains("oifname \"apo1000\" ct status dnat masquerade"),
+            "{r}"
+        );
         assert!(r.starts_with("table ip apiary_mesh {}\ndelete table ip apiary_mesh\n"));
         // Nothing running: no table at all.
         let mut idle = v.clone();

@@ -154,7 +154,8 @@ pub fn holds(t: &Task) -> bool {
 }
 
 fn ingress_mode(p: &EndpointPortConfig) -> bool {
-    p.publish_mode.unwrap_or(EndpointPortConfigPublishModeEnum::INGRESS)
+    p.publish_mode
+        .unwrap_or(EndpointPortConfigPublishModeEnum::INGRESS)
         == EndpointPortConfigPublishModeEnum::INGRESS
 }
 
@@ -326,7 +327,10 @@ impl State {
 
     /// A new task's addresses, one on each of its service's networks; the
     /// error names the network with none left (nothing stays held).
-    pub(super) fn allocate_task_addrs(&mut self, spec: &ServiceSpec) -> Result<Vec<NetAddr>, StoreError> {
+    pub(super) fn allocate_task_addrs(
+        &mut self,
+        spec: &ServiceSpec,
+    ) -> Result<Vec<NetAddr>, StoreError> {
         let mut out = Vec::new();
         for net in self.service_networks(spec) {
             let Some(n) = self.networks.get(&net) else {

@@ -824,7 +824,8 @@ impl State {
         if before.holds && !super::attachments::holds(t) {
             index.addrs.release_task(&t.networks);
         }
-        if !t.networks.is_empty() && (before.counts.running == 1) != (TaskCounts::of(t).running == 1)
+        if !t.networks.is_empty()
+            && (before.counts.running == 1) != (TaskCounts::of(t).running == 1)
         {
             index.hints.all_nodes();
         }
@@ -1058,7 +1059,11 @@ impl State {
                     // after the restart delay, which gets one once an
                     // address is free.
                     t.networks = Vec::new();
-                    t.status = TaskStatus::new(TaskState::Rejected, "allocating network addresses", &t.created_at);
+                    t.status = TaskStatus::new(
+                        TaskState::Rejected,
+                        "allocating network addresses",
+                        &t.created_at,
+                    );
                     t.status.err = Some(e.message);
                     self.put_task(t);
                     continue;

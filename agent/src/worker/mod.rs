@@ -255,8 +255,13 @@ pub async fn run(
                 ));
                 continue;
             }
-            let spec = spec::container_spec(t, &a)
-                .and_then(|s| Ok((s, spec::host_ports(t)?, spec::task_networks(t, &a.networks)?)));
+            let spec = spec::container_spec(t, &a).and_then(|s| {
+                Ok((
+                    s,
+                    spec::host_ports(t)?,
+                    spec::task_networks(t, &a.networks)?,
+                ))
+            });
             let (dtx, drx) = watch::channel(t.desired_state);
             let handle = tokio::spawn(run_task(
                 host.clone(),

@@ -111,7 +111,10 @@ fn nodes_see_the_networks_of_their_tasks_and_the_mesh() {
         assert_eq!(ing.peers.len(), 2, "the other nodes");
         let front = entry(&v, "ing", "front");
         assert_eq!(front.ports.len(), 1);
-        assert_eq!((front.ports[0].published, front.ports[0].target), (8080, 80));
+        assert_eq!(
+            (front.ports[0].published, front.ports[0].target),
+            (8080, 80)
+        );
         assert_eq!(front.backends.len(), 1);
         // The overlay only where a web task runs; its peers are the
         // other web node.
@@ -178,7 +181,11 @@ fn ingress_ports_are_chosen_and_never_shared() {
         },
     );
     let e = r.error.expect("refused");
-    assert!(e.message.contains("port '8080' is already in use by service front"), "{e}");
+    assert!(
+        e.message
+            .contains("port '8080' is already in use by service front"),
+        "{e}"
+    );
     let r = st.apply(
         30_001,
         &Command::CreateService {
@@ -198,7 +205,10 @@ fn ingress_ports_are_chosen_and_never_shared() {
             now: String::new(),
         },
     );
-    assert_eq!(st.task_index.addrs.count(&NetworkId("back".into())), before - 1);
+    assert_eq!(
+        st.task_index.addrs.count(&NetworkId("back".into())),
+        before - 1
+    );
     // A state rebuilt from its rows holds the same addresses.
     let again = State::from_rows(st.rows()).unwrap();
     assert_eq!(again.task_index.addrs, st.task_index.addrs);

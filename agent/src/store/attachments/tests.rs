@@ -30,9 +30,15 @@ fn addresses_skip_network_gateway_and_broadcast_and_come_back() {
     let got: Vec<String> = (0..5)
         .map(|_| ix.allocate(&n).unwrap().addr.to_string())
         .collect();
-    assert_eq!(got, ["10.0.9.2", "10.0.9.3", "10.0.9.4", "10.0.9.5", "10.0.9.6"]);
+    assert_eq!(
+        got,
+        ["10.0.9.2", "10.0.9.3", "10.0.9.4", "10.0.9.5", "10.0.9.6"]
+    );
     let e = ix.allocate(&n).unwrap_err();
-    assert!(e.message.contains("no free address left in 10.0.9.0/29"), "{e}");
+    assert!(
+        e.message.contains("no free address left in 10.0.9.0/29"),
+        "{e}"
+    );
     ix.release(&NetAddr {
         network: n.id.clone(),
         addr: "10.0.9.4".parse().unwrap(),

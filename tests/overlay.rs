@@ -1,0 +1,434 @@
+//! Overlay networks across real nodes: three agents, each in a network
+//! namespace of its own (a machine of its own) on an underlay the test
+//! makes (a bridge in a fourth namespace), real containerd + runc and the
+//! busybox image. What the chapter does: a service on an overlay reached
+//! by name from a task on another node (embedded DNS, VIP load balancing,
+//! `tasks.NAME`), and `-p 8080:80` answering on every node through the
+//! routing mesh, including nodes with no task.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+
+use harness::containerd::Daemon;
+use harness::{eventually, Agent, Cluster, Netns, PATIENCE};
+
+/// The underlay's subnet: only inside the test's namespaces.
+const UNDERLAY: &str = "192.168.250";
+
+fn sh(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn must(program: &str, args: &[&str]) -> String {
+    let (ok, out) = sh(program, args);
+    assert!(ok, "{program} {}: {out}", args.join(" "));
+    out
+}
+
+/// A switch (a bridge in a namespace of its own) and a namespace per node
+/// plugged into it, node `i` at `192.168.250.i`.
+struct Underlay {
+    switch: Netns,
+    nodes: Vec<Netns>,
+}
+
+impl Underlay {
+    fn new(tag: u32, n: usize) -> Underlay {
+        let switch = Netns::new(&format!("apyov-{tag}-sw"));
+        must(
+            "ip",
+            &["-n", &switch.name, "link", "add", "sw0", "type", "bridge"],
+        );
+        must("ip", &["-n", &switch.name, "link", "set", "sw0", "up"]);
+        must(
+            "ip",
+            &[
+                "-n",
+                &switch.name,
+                "addr",
+                "add",
+                &format!("{UNDERLAY}.254/24"),
+                "dev",
+                "sw0",
+            ],
+        );
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let ns = Netns::new(&format!("apyov-{tag}-n{i}"));
+            let (a, b) = (format!("apyov{tag}a{i}"), format!("apyov{tag}b{i}"));
+            must(
+                "ip",
+                &["link", "add", &a, "type", "veth", "peer", "name", &b],
+            );
+            must("ip", &["link", "set", &a, "netns", &switch.name]);
+            must("ip", &["link", "set", &b, "netns", &ns.name]);
+            must(
+                "ip",
+                &["-n", &switch.name, "link", "set", &a, "master", "sw0", "up"],
+            );
+            must("ip", &["-n", &ns.name, "link", "set", &b, "name", "eth0"]);
+            must(
+                "ip",
+                &[
+                    "-n",
+                    &ns.name,
+                    "addr",
+                    "add",
+                    &format!("{UNDERLAY}.{i}/24"),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            must("ip", &["-n", &ns.name, "link", "set", "eth0", "up"]);
+            nodes.push(ns);
+        }
+        Underlay { switch, nodes }
+    }
+}
+
+/// Run `args` inside the namespace `ns` (the host's programs).
+fn in_ns(ns: &str, args: &[&str]) -> (bool, String) {
+    let mut a = vec!["netns", "exec", ns];
+    a.extend(args);
+    sh("ip", &a)
+}
+
+fn owner(a: &Agent) -> String {
+    std::fs::read_to_string(a.data_dir().join("network").join("owner"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Task IDs of the service's tasks that should run, once `n` run.
+fn running(m: &Agent, service: &str, n: usize) -> Vec<String> {
+    eventually(&format!("{n} running tasks of {service}"), PATIENCE, || {
+        let out = m.docker(&[
+            "service",
+            "ps",
+            service,
+            "--no-trunc",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.ID}}|{{.CurrentState}}",
+        ]);
+        let rows: Vec<(String, String)> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        (rows.len() == n && rows.iter().all(|(_, s)| s.starts_with("Running")))
+            .then(|| rows.into_iter().map(|(id, _)| id).collect())
+    })
+}
+
+fn inspect(m: &Agent, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["inspect"];
+    a.extend(args);
+    serde_json::from_str(m.docker(&a).ok()).expect("inspect JSON")
+}
+
+/// A task's address on `network` (without the prefix).
+fn task_addr(m: &Agent, task: &str, network: &str) -> String {
+    let t = inspect(m, &["--type", "task", task]);
+    t[0]["NetworksAttachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["Network"]["Spec"]["Name"] == network)
+        .and_then(|a| a["Addresses"][0].as_str())
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("task {task} has no address on {network}: {t}"))
+        .to_string()
+}
+
+/// GET / from `addr:port` inside `ns`, with busybox nc (Debian's static
+/// busybox wget crashes): the body's last line, if the answer came.
+fn http_get(ns: &str, addr: &str, port: u16) -> (bool, String) {
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "busybox",
+            "nc",
+            "-w",
+            "5",
+            addr,
+            &port.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run busybox nc");
+    if let Some(mut i) = child.stdin.take() {
+        use std::io::Write;
+        let _ = i.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    }
+    let out = child.wait_with_output().expect("busybox nc");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ok = text.starts_with("HTTP/1.") && text.contains(" 200 ");
+    (
+        ok,
+        text.lines().last().unwrap_or_default().trim().to_string(),
+    )
+}
+
+const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+
+#[test]
+fn overlay_dns_vips_and_the_routing_mesh_across_three_nodes() {
+    let daemon = Arc::new(Daemon::start());
+    let tag = std::process::id() % 10_000;
+    let under = Underlay::new(tag, 3);
+    let c = Cluster::new("overlay").containerd(daemon.clone());
+    let nodes: Vec<Agent> = under
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let mut a = c.agent_in_netns(&format!("n{}", i + 1), ns);
+            a.ip = format!("{UNDERLAY}.{}", i + 1);
+            a
+        })
+        .collect();
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&nodes, &under)));
+    let owners: Vec<String> = nodes.iter().map(owner).collect();
+    let logs: String = nodes
+        .iter()
+        .map(|a| format!("===== {} =====\n{}\n", a.name, a.log()))
+        .collect();
+    drop(nodes);
+    // Task namespaces are host-wide: remove the agents' by their tags.
+    for o in owners.iter().filter(|o| !o.is_empty()) {
+        let prefix = format!("apiary0-{o}-");
+        for e in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) {
+                let _ = sh("ip", &["netns", "del", &n]);
+            }
+        }
+    }
+    drop(under);
+    if let Err(e) = result {
+        eprintln!("{logs}");
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn scenario(nodes: &[Agent], under: &Underlay) {
+    let (n1, n3) = (&nodes[0], &nodes[2]);
+    n1.init_swarm(&[]).ok();
+    let token = n1
+        .apiary(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_string();
+    for n in &nodes[1..] {
+        n.join_swarm(&token, &n1.addr()).ok();
+    }
+    eventually("three nodes Ready", PATIENCE, || {
+        let ls = n1.docker(&["node", "ls", "--format", "{{.Status}}"]);
+        (ls.stdout.lines().filter(|l| *l == "Ready").count() == 3).then_some(())
+    });
+
+    n1.docker(&["network", "create", "-d", "overlay", "backnet"])
+        .ok();
+    // web on n1 and n2; its client on n3; front publishes through the
+    // mesh from n2 only.
+    n1.docker(&[
+        "service",
+        "create",
+        "-d",
+        "--no-resolve-image",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--network",
+        "name=backnet,alias=www",
+        "--constraint",
+        "node.hostname!=n3",
+        "busybox",
+        "sh",
+        "-c",
+        HTTPD,
+    ])
+    .ok();
+    n1.docker(&[
+        "service",
+        "create",
+        "-d",
+        "--no-resolve-image",
+        "--name",
+        "client",
+        "--network",
+        "backnet",
+        "--constraint",
+        "node.hostname==n3",
+        "busybox",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    n1.docker(&[
+        "service",
+        "create",
+        "-d",
+        "--no-resolve-image",
+        "--name",
+        "front",
+        "-p",
+        "8080:80",
+        "--constraint",
+        "node.hostname==n2",
+        "busybox",
+        "sh",
+        "-c",
+        HTTPD,
+    ])
+    .ok();
+    let web = running(n1, "web", 2);
+    let client = running(n1, "client", 1);
+    running(n1, "front", 1);
+
+    // ---- what the managers allocated
+    let svc = inspect(n1, &["--type", "service", "web"]);
+    let vip = svc[0]["Endpoint"]["VirtualIPs"]
+        .as_array()
+        .and_then(|v| v.first())
+        .and_then(|v| v["Addr"].as_str())
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("web has no virtual IP: {svc}"))
+        .to_string();
+    let web_addrs: BTreeSet<String> = web.iter().map(|t| task_addr(n1, t, "backnet")).collect();
+    assert_eq!(web_addrs.len(), 2, "two addresses: {web_addrs:?}");
+    assert!(!web_addrs.contains(&vip));
+    let front = inspect(n1, &["--type", "service", "front"]);
+    assert_eq!(
+        front[0]["Endpoint"]["Ports"][0]["PublishedPort"], 8080,
+        "{front}"
+    );
+    let ls = n1.docker(&["service", "ls", "--format", "{{.Name}} {{.Ports}}"]);
+    assert!(ls.stdout.contains("front *:8080->80/tcp"), "{}", ls.stdout);
+
+    // ---- from the client's task on n3: names, VIP, tasks.NAME
+    let ns = format!("apiary0-{}-{}", owner(n3), client[0]);
+    let resolves = |name: &str| -> BTreeSet<String> {
+        let (_, out) = in_ns(&ns, &["busybox", "nslookup", name, "127.0.0.11"]);
+        // busybox prints the server first ("Address: 127.0.0.11:53").
+        out.lines()
+            .filter_map(|l| {
+                l.strip_prefix("Address: ")
+                    .or_else(|| l.strip_prefix("Address 1: "))
+            })
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.starts_with("127.0.0.11"))
+            .collect()
+    };
+    eventually(
+        "web to resolve to its virtual IP in the client",
+        PATIENCE,
+        || (resolves("web") == BTreeSet::from([vip.clone()])).then_some(()),
+    );
+    assert_eq!(resolves("www"), BTreeSet::from([vip.clone()]), "the alias");
+    assert_eq!(resolves("tasks.web"), web_addrs, "tasks.web: every task");
+    assert!(
+        resolves("front").is_empty(),
+        "front shares no network with the client"
+    );
+    // The client's own files say so too.
+    let resolv = std::fs::read_to_string(
+        n3.data_dir()
+            .join("network")
+            .join("tasks")
+            .join(&client[0])
+            .join("resolv.conf"),
+    )
+    .unwrap_or_default();
+    assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+
+    // The VIP spreads connections over both tasks, on the other nodes.
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        let (ok, body) = http_get(&ns, &vip, 80);
+        assert!(ok, "GET the VIP from n3: {body}");
+        seen.insert(body.trim().to_string());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both web tasks answer through the VIP: {seen:?}"
+    );
+    for a in &web_addrs {
+        let (ok, body) = http_get(&ns, a, 80);
+        assert!(
+            ok && !body.trim().is_empty(),
+            "GET task {a} across the overlay: {body}"
+        );
+    }
+
+    // ---- the routing mesh: every node answers on 8080, n3 and n1
+    // without a front task, from a client outside the swarm.
+    for i in [1, 2, 3] {
+        let addr = format!("{UNDERLAY}.{i}");
+        eventually(
+            &format!("the mesh to answer at {addr}:8080"),
+            PATIENCE,
+            || {
+                let (ok, body) = http_get(&under.switch.name, &addr, 8080);
+                (ok && !body.is_empty()).then_some(())
+            },
+        );
+    }
+    // And on the node's own loopback.
+    let (ok, body) = http_get(&under.nodes[2].name, "127.0.0.1", 8080);
+    assert!(
+        ok && !body.trim().is_empty(),
+        "the mesh on n3's loopback: {body}"
+    );
+
+    // ---- a service gone: its name goes; the overlay goes from a node
+    // with no task left on it.
+    n1.docker(&["service", "rm", "client"]).ok();
+    let n3_links = || in_ns(&under.nodes[2].name, &["ip", "-o", "link", "show"]).1;
+    eventually("n3 to remove backnet's links", PATIENCE, || {
+        let links = n3_links();
+        let vni = 4097;
+        (!links.contains(&format!("apo{vni:x}")) && !links.contains(&format!("apx{vni:x}")))
+            .then_some(())
+    });
+    assert!(
+        n3_links().contains("apo1000"),
+        "n3 still serves the mesh (ingress)"
+    );
+    let err = n1.docker(&["network", "rm", "backnet"]).fails().to_string();
+    assert!(err.contains("in use by service web"), "{err}");
+    n1.docker(&["service", "rm", "web", "front"]).ok();
+    n1.docker(&["network", "rm", "backnet"]).ok();
+}
