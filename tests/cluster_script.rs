@@ -80,7 +80,8 @@ fn owners(root: &Path) -> Vec<String> {
 /// GET / from `addr` (HTTP/1.0): the status line, or None.
 fn http_status(addr: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
     let mut out = String::new();
@@ -116,12 +117,16 @@ fn leftovers(root: &Path) -> Vec<String> {
     {
         let n = e.file_name().to_string_lossy().into_owned();
         let node = names.iter().any(|x| n == format!("apiary-node-{x}"));
-        let task = owners.iter().any(|o| n.starts_with(&format!("apiary0-{o}-")));
+        let task = owners
+            .iter()
+            .any(|o| n.starts_with(&format!("apiary0-{o}-")));
         if node || task {
             left.push(format!("netns {n}"));
         }
     }
-    for l in std::iter::once("apiary-lan".to_string()).chain(names.iter().map(|n| format!("al-{n}"))) {
+    for l in
+        std::iter::once("apiary-lan".to_string()).chain(names.iter().map(|n| format!("al-{n}")))
+    {
         if Path::new("/sys/class/net").join(&l).exists() {
             left.push(format!("link {l}"));
         }

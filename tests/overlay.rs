@@ -11,6 +11,7 @@ mod harness;
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use harness::containerd::Daemon;
 use harness::{eventually, Agent, Cluster, Netns, PATIENCE};
@@ -191,7 +192,27 @@ fn http_get(ns: &str, addr: &str, port: u16) -> (bool, String) {
     )
 }
 
-const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+/// A web server answering its hostname (the task ID's first 12
+/// characters) at / and 2 MiB at /big.
+const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && dd if=/dev/zero of=/www/big bs=1024 count=2048 2>/dev/null && exec httpd -f -p 80 -h /www";
+
+/// The bytes `GET path` from `addr:80` inside `ns` brought back.
+fn http_bytes(ns: &str, addr: &str, path: &str) -> usize {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "busybox", "nc", "-w", "10", addr, "80"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run busybox nc");
+    if let Some(mut i) = child.stdin.take() {
+        use std::io::Write;
+        let _ = i.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+    }
+    child
+        .wait_with_output()
+        .map(|o| o.stdout.len())
+        .unwrap_or(0)
+}
 
 #[test]
 fn overlay_dns_vips_and_the_routing_mesh_across_three_nodes() {
@@ -413,6 +434,138 @@ fn scenario(nodes: &[Agent], under: &Underlay) {
         "the mesh on n3's loopback: {body}"
     );
 
+    // ---- MTU: the overlay's accounts for VXLAN; a 1400-byte ping and a
+    // 2 MiB transfer across nodes go through whole.
+    let eth1 = in_ns(&ns, &["ip", "link", "show", "eth1"]).1;
+    assert!(eth1.contains("mtu 1450"), "{eth1}");
+    let a = web_addrs.iter().next().cloned().unwrap_or_default();
+    let (ok, out) = in_ns(
+        &ns,
+        &["busybox", "ping", "-c", "2", "-s", "1400", "-W", "3", &a],
+    );
+    assert!(ok, "1400-byte ping across the overlay: {out}");
+    let got = http_bytes(&ns, &vip, "/big");
+    assert!(
+        got > 2 * 1024 * 1024,
+        "2 MiB through the VIP: got {got} bytes"
+    );
+
+    // ---- dnsrr: the name is the tasks' addresses (the apiary CLI's flag)
+    n1.apiary(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "db",
+        "--replicas",
+        "2",
+        "--endpoint-mode",
+        "dnsrr",
+        "--network",
+        "backnet",
+        "--constraint",
+        "node.hostname!=n3",
+        "busybox",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    let db = running(n1, "db", 2);
+    let db_addrs: BTreeSet<String> = db.iter().map(|t| task_addr(n1, t, "backnet")).collect();
+    let db_svc = inspect(n1, &["--type", "service", "db"]);
+    assert!(
+        db_svc[0]["Endpoint"]["VirtualIPs"].is_null(),
+        "no VIP in dnsrr mode: {db_svc}"
+    );
+    eventually("db to resolve to its tasks", PATIENCE, || {
+        (resolves("db") == db_addrs).then_some(())
+    });
+
+    // ---- update: a network added (front becomes a name on backnet), a
+    // port added to the mesh (the apiary CLI's flags)
+    n1.apiary(&[
+        "service",
+        "update",
+        "-d",
+        "--network-add",
+        "backnet",
+        "--publish-add",
+        "8081:80",
+        "front",
+    ])
+    .ok();
+    running(n1, "front", 1);
+    eventually(
+        "front to resolve on backnet after --network-add",
+        PATIENCE,
+        || (resolves("front").len() == 1).then_some(()),
+    );
+    eventually(
+        "the mesh to answer on the added port 8081",
+        PATIENCE,
+        || {
+            http_get(&under.switch.name, &format!("{UNDERLAY}.1"), 8081)
+                .0
+                .then_some(())
+        },
+    );
+
+    // ---- node loss: n2's cable pulled. Once it is down, the mesh and
+    // the VIP send nothing to its tasks; web is rescheduled on n1.
+    let n2_tasks: BTreeSet<String> = ["web", "front"]
+        .iter()
+        .flat_map(|s| {
+            let out = n1.docker(&[
+                "service",
+                "ps",
+                s,
+                "--no-trunc",
+                "--filter",
+                "node=n2",
+                "--format",
+                "{{.ID}}",
+            ]);
+            out.stdout
+                .lines()
+                .map(|l| l[..12].to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!n2_tasks.is_empty(), "n2 runs tasks");
+    let pulled = std::time::Instant::now();
+    must(
+        "ip",
+        &["-n", &under.nodes[1].name, "link", "set", "eth0", "down"],
+    );
+    eventually("n2 to be Down", Duration::from_secs(60), || {
+        let ls = n1.docker(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]);
+        ls.stdout.lines().any(|l| l == "n2 Down").then_some(())
+    });
+    let down_after = pulled.elapsed();
+    // From now on no answer comes from a task on n2.
+    running(n1, "web", 2);
+    let mut answers = BTreeSet::new();
+    for _ in 0..20 {
+        let (ok, body) = http_get(&ns, &vip, 80);
+        assert!(ok, "the VIP answers after n2 went down: {body}");
+        assert!(
+            !n2_tasks.contains(&body),
+            "answer from {body}, a task on the lost n2"
+        );
+        answers.insert(body);
+    }
+    eprintln!("cable pulled -> n2 Down: {down_after:?}; answers since: {answers:?}");
+    // front ran on n2 only: its mesh port no longer answers.
+    let (ok, body) = http_get(&under.switch.name, &format!("{UNDERLAY}.1"), 8080);
+    assert!(
+        !ok || !n2_tasks.contains(&body),
+        "the mesh sent to the lost n2: {body}"
+    );
+    must(
+        "ip",
+        &["-n", &under.nodes[1].name, "link", "set", "eth0", "up"],
+    );
+
     // ---- a service gone: its name goes; the overlay goes from a node
     // with no task left on it.
     n1.docker(&["service", "rm", "client"]).ok();
@@ -428,7 +581,7 @@ fn scenario(nodes: &[Agent], under: &Underlay) {
         "n3 still serves the mesh (ingress)"
     );
     let err = n1.docker(&["network", "rm", "backnet"]).fails().to_string();
-    assert!(err.contains("in use by service web"), "{err}");
-    n1.docker(&["service", "rm", "web", "front"]).ok();
+    assert!(err.contains("is in use by service"), "{err}");
+    n1.docker(&["service", "rm", "web", "front", "db"]).ok();
     n1.docker(&["network", "rm", "backnet"]).ok();
 }

@@ -58,6 +58,9 @@ pub struct CreateArgs {
     /// Publish a port as a node port
     #[arg(short = 'p', long, value_parser = parse_publish)]
     pub publish: Vec<m::EndpointPortConfig>,
+    /// Endpoint mode (vip or dnsrr)
+    #[arg(long = "endpoint-mode", value_parser = parse_endpoint_mode)]
+    pub endpoint_mode: Option<m::EndpointSpecModeEnum>,
     /// Set environment variables
     #[arg(short = 'e', long)]
     pub env: Vec<String>,
@@ -293,6 +296,21 @@ pub struct UpdateArgs {
     /// Remove a constraint
     #[arg(long = "constraint-rm")]
     pub constraint_rm: Vec<String>,
+    /// Add a network
+    #[arg(long = "network-add", value_parser = spec::parse_network)]
+    pub network_add: Vec<m::NetworkAttachmentConfig>,
+    /// Remove a network
+    #[arg(long = "network-rm")]
+    pub network_rm: Vec<String>,
+    /// Add or update a published port
+    #[arg(long = "publish-add", value_parser = parse_publish)]
+    pub publish_add: Vec<m::EndpointPortConfig>,
+    /// Remove a published port by its target port (PORT[/PROTOCOL])
+    #[arg(long = "publish-rm")]
+    pub publish_rm: Vec<String>,
+    /// Endpoint mode (vip or dnsrr)
+    #[arg(long = "endpoint-mode", value_parser = parse_endpoint_mode)]
+    pub endpoint_mode: Option<m::EndpointSpecModeEnum>,
     /// Maximum number of tasks updated simultaneously (0 to update all at once)
     #[arg(long = "update-parallelism")]
     pub update_parallelism: Option<u64>,
@@ -462,9 +480,11 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
         }),
         mode: Some(mode),
         update_config,
-        endpoint_spec: (!a.publish.is_empty()).then(|| m::EndpointSpec {
-            mode: None,
-            ports: Some(a.publish.clone()),
+        endpoint_spec: (!a.publish.is_empty() || a.endpoint_mode.is_some()).then(|| {
+            m::EndpointSpec {
+                mode: a.endpoint_mode,
+                ports: (!a.publish.is_empty()).then(|| a.publish.clone()),
+            }
         }),
         ..Default::default()
     })
@@ -1152,10 +1172,50 @@ pub fn apply_update(a: &UpdateArgs, spec: &mut m::ServiceSpec) -> Result<(), Cli
         }
         placement.constraints = (!cons.is_empty()).then_some(cons);
     }
+    if !a.network_add.is_empty() || !a.network_rm.is_empty() {
+        let mut nets = task.networks.clone().unwrap_or_default();
+        nets.retain(|n| {
+            !a.network_rm
+                .iter()
+                .any(|r| n.target.as_deref() == Some(r.as_str()))
+        });
+        for add in &a.network_add {
+            if nets.iter().any(|n| n.target == add.target) {
+                return Err(CliError::Client(format!(
+                    "service is already attached to network {}",
+                    add.target.as_deref().unwrap_or_default()
+                )));
+            }
+            nets.push(add.clone());
+        }
+        task.networks = (!nets.is_empty()).then_some(nets);
+    }
     if a.force {
         // Docker bumps ForceUpdate so every task is replaced even without
         // another change.
         task.force_update = Some(task.force_update.unwrap_or(0) + 1);
+    }
+    if !a.publish_add.is_empty() || !a.publish_rm.is_empty() || a.endpoint_mode.is_some() {
+        let ep = spec.endpoint_spec.get_or_insert_with(Default::default);
+        let mut ports = ep.ports.clone().unwrap_or_default();
+        let proto = |p: &m::EndpointPortConfig| {
+            p.protocol
+                .map(|x| x.to_string())
+                .filter(|x| !x.is_empty())
+                .unwrap_or_else(|| "tcp".into())
+        };
+        for r in &a.publish_rm {
+            let (target, pr) = parse_target(r)?;
+            ports.retain(|p| !(p.target_port == Some(target) && proto(p) == pr));
+        }
+        for add in &a.publish_add {
+            ports.retain(|p| !(p.target_port == add.target_port && proto(p) == proto(add)));
+            ports.push(add.clone());
+        }
+        ep.ports = (!ports.is_empty()).then_some(ports);
+        if a.endpoint_mode.is_some() {
+            ep.mode = a.endpoint_mode;
+        }
     }
     if a.update_parallelism.is_some() || a.update_delay.is_some() {
         let u = spec.update_config.get_or_insert_with(Default::default);
@@ -1169,7 +1229,19 @@ pub fn apply_update(a: &UpdateArgs, spec: &mut m::ServiceSpec) -> Result<(), Cli
     Ok(())
 }
 
-async fn update(c: &mut Client, a: UpdateArgs, out: &mut Output) -> Result<(), CliError> {
+async fn update(c: &mut Client, mut a: UpdateArgs, out: &mut Output) -> Result<(), CliError> {
+    // Services keep their networks by ID: names given are resolved first
+    // (the change itself is not async).
+    for n in a.network_add.iter_mut() {
+        if let Some(t) = n.target.clone() {
+            n.target = Some(network_id(c, &t).await?);
+        }
+    }
+    let mut rm = Vec::new();
+    for n in &a.network_rm {
+        rm.push(network_id(c, n).await?);
+    }
+    a.network_rm = rm;
     let mut change = |spec: &mut m::ServiceSpec| apply_update(&a, spec);
     let id = update_spec(c, &a.service, &mut change, a.with_registry_auth).await?;
     out.println(&a.service);
@@ -1178,6 +1250,33 @@ async fn update(c: &mut Client, a: UpdateArgs, out: &mut Output) -> Result<(), C
         progress::wait(c, &id).await?;
     }
     Ok(())
+}
+
+/// A network's ID from its name, ID or ID prefix.
+async fn network_id(c: &mut Client, name: &str) -> Result<String, CliError> {
+    let n: serde_json::Value = c
+        .get(&format!("/networks/{}", encode_segment(name)))
+        .await?;
+    Ok(n["Id"].as_str().unwrap_or(name).to_string())
+}
+
+fn parse_endpoint_mode(s: &str) -> Result<m::EndpointSpecModeEnum, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "vip" => Ok(m::EndpointSpecModeEnum::VIP),
+        "dnsrr" => Ok(m::EndpointSpecModeEnum::DNSRR),
+        _ => Err(format!("invalid endpoint mode {s:?}: use vip or dnsrr")),
+    }
+}
+
+/// `--publish-rm 80` / `80/udp`: (target, protocol).
+fn parse_target(s: &str) -> Result<(i64, String), CliError> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    let port = port.parse::<i64>().map_err(|_| {
+        CliError::Client(format!(
+            "invalid --publish-rm {s:?}: give the target port, like 80 or 53/udp"
+        ))
+    })?;
+    Ok((port, proto.to_ascii_lowercase()))
 }
 
 /// Converts `--since 42m` to unix seconds; timestamps pass through.
