@@ -220,7 +220,7 @@ fn overlay_dns_vips_and_the_routing_mesh_across_three_nodes() {
     let tag = std::process::id() % 10_000;
     let under = Underlay::new(tag, 3);
     let c = Cluster::new("overlay").containerd(daemon.clone());
-    let nodes: Vec<Agent> = under
+    let mut nodes: Vec<Agent> = under
         .nodes
         .iter()
         .enumerate()
@@ -231,7 +231,7 @@ fn overlay_dns_vips_and_the_routing_mesh_across_three_nodes() {
         })
         .collect();
     let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&nodes, &under)));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut nodes, &under)));
     let owners: Vec<String> = nodes.iter().map(owner).collect();
     let logs: String = nodes
         .iter()
@@ -259,15 +259,18 @@ fn overlay_dns_vips_and_the_routing_mesh_across_three_nodes() {
     }
 }
 
-fn scenario(nodes: &[Agent], under: &Underlay) {
-    let (n1, n3) = (&nodes[0], &nodes[2]);
+fn scenario(nodes: &mut [Agent], under: &Underlay) {
+    let (first, rest) = nodes.split_at_mut(1);
+    let n1 = &first[0];
+    let (n2, n3) = rest.split_at_mut(1);
+    let (n2, n3) = (&n2[0], &mut n3[0]);
     n1.init_swarm(&[]).ok();
     let token = n1
         .apiary(&["swarm", "join-token", "-q", "worker"])
         .ok()
         .trim()
         .to_string();
-    for n in &nodes[1..] {
+    for n in [n2, &*n3] {
         n.join_swarm(&token, &n1.addr()).ok();
     }
     eventually("three nodes Ready", PATIENCE, || {
@@ -480,6 +483,18 @@ fn scenario(nodes: &[Agent], under: &Underlay) {
     eventually("db to resolve to its tasks", PATIENCE, || {
         (resolves("db") == db_addrs).then_some(())
     });
+
+    // ---- n3's agent killed and started again: the client's container
+    // lives on, and its names and VIP come back with the new process.
+    n3.kill();
+    n3.start();
+    eventually(
+        "web to resolve again after n3's agent restarted",
+        PATIENCE,
+        || (resolves("web") == BTreeSet::from([vip.clone()])).then_some(()),
+    );
+    assert!(http_get(&ns, &vip, 80).0, "the VIP after the restart");
+    assert_eq!(running(n1, "client", 1), client, "the same client task");
 
     // ---- update: a network added (front becomes a name on backnet), a
     // port added to the mesh (the apiary CLI's flags)

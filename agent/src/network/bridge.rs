@@ -342,6 +342,13 @@ impl Bridge {
         Ok(())
     }
 
+    fn release_overlay_lock(&self) {
+        *self
+            .overlay_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     pub fn config(&self) -> &BridgeConfig {
         &self.cfg
     }
@@ -897,8 +904,18 @@ impl Network for Bridge {
         async move {
             if !views.is_empty() {
                 self.overlay_lock()?;
+                return self.overlay.program(views, data_port).await;
             }
-            self.overlay.program(views, data_port).await
+            // No overlay in use here: clear what this agent (or an earlier
+            // run of it) left, unless another agent in this namespace holds
+            // the overlays — then they are its, not ours. The lock is let
+            // go after, for whichever agent needs overlays next.
+            if self.overlay_lock().is_err() {
+                return Ok(());
+            }
+            let r = self.overlay.program(views, data_port).await;
+            self.release_overlay_lock();
+            r
         }
         .boxed()
     }

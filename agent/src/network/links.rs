@@ -56,6 +56,25 @@ impl Links {
         Ok(self.get(name).await?.is_some())
     }
 
+    /// The names of every link of the namespace.
+    pub async fn names(&self) -> NetResult<Vec<String>> {
+        let mut all = self.handle.link().get().execute();
+        let mut names = Vec::new();
+        while let Some(link) = all
+            .try_next()
+            .await
+            .map_err(|e| failed("listing the links", e))?
+        {
+            if let Some(name) = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }) {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
     /// The names of the links enslaved to `bridge`; none if it does not
     /// exist.
     pub async fn ports(&self, bridge: &str) -> NetResult<Vec<String>> {

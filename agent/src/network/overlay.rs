@@ -53,6 +53,16 @@ pub fn vxlan_name(vni: u32) -> String {
     format!("apx{vni:x}")
 }
 
+/// The VXLAN ID an overlay link is named for (`apo…`, `apx…`).
+pub fn overlay_vni(link: &str) -> Option<u32> {
+    let hex = link
+        .strip_prefix("apo")
+        .or_else(|| link.strip_prefix("apx"))?;
+    (!hex.is_empty() && hex.len() <= 6)
+        .then(|| u32::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
 pub fn mtu(view: &NetworkView) -> u32 {
     view.mtu
         .filter(|m| (576..=9000).contains(m))
@@ -81,7 +91,9 @@ struct Inner {
     port: u16,
     /// Peers each VXLAN link floods to, as last programmed.
     fdb: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
-    mesh: String,
+    /// The mesh's rules as last applied; None: not known (a new process
+    /// replaces whatever an earlier one left).
+    mesh: Option<String>,
     members: BTreeMap<String, Member>,
 }
 
@@ -350,32 +362,32 @@ impl Overlay {
                 errors.push(e.to_string());
             }
         }
+        // Links of networks no longer in use, including those an earlier
+        // process left (this agent alone runs overlays here: the lock).
         let wanted: BTreeSet<u32> = views.iter().map(|v| v.vni).collect();
-        let gone: Vec<u32> = inner
-            .views
-            .iter()
-            .map(|v| v.vni)
-            .filter(|vni| !wanted.contains(vni))
-            .collect();
-        for vni in gone {
-            inner.fdb.remove(&vni);
-            for name in [vxlan_name(vni), bridge_name(vni)] {
-                if self.links.exists(&name).await.unwrap_or(false) {
-                    if let Err(e) = ip(&["link", "del", &name]).await {
+        match self.links.names().await {
+            Ok(names) => {
+                for name in names
+                    .iter()
+                    .filter(|n| overlay_vni(n).is_some_and(|v| !wanted.contains(&v)))
+                {
+                    if let Err(e) = ip(&["link", "del", name]).await {
                         errors.push(e.to_string());
                     }
                 }
             }
+            Err(e) => errors.push(e.to_string()),
         }
+        inner.fdb.retain(|vni, _| wanted.contains(vni));
         let mesh = mesh_rules(views.iter().find(|v| v.ingress));
-        if mesh != inner.mesh {
+        if inner.mesh.as_ref() != Some(&mesh) {
             let r = if mesh.is_empty() {
                 delete_table(None, MESH_TABLE).await
             } else {
                 nft(None, &mesh).await
             };
             match r {
-                Ok(()) => inner.mesh = mesh,
+                Ok(()) => inner.mesh = Some(mesh),
                 Err(e) => errors.push(format!("routing mesh: {e}")),
             }
         }
@@ -443,23 +455,34 @@ impl Overlay {
     pub async fn teardown(&self) -> NetResult<()> {
         let mut inner = self.inner.lock().await;
         inner.members.clear();
-        let vnis: Vec<u32> = inner.views.iter().map(|v| v.vni).collect();
         inner.views.clear();
         inner.fdb.clear();
-        for vni in vnis {
-            for name in [vxlan_name(vni), bridge_name(vni)] {
-                if self.links.exists(&name).await.unwrap_or(false) {
-                    let _ = ip(&["link", "del", &name]).await;
-                }
+        let mut errors = Vec::new();
+        for name in self
+            .links
+            .names()
+            .await?
+            .iter()
+            .filter(|n| overlay_vni(n).is_some())
+        {
+            if let Err(e) = ip(&["link", "del", name]).await {
+                errors.push(e.to_string());
             }
         }
-        if !inner.mesh.is_empty() {
+        if inner.mesh.as_ref().is_none_or(|m| !m.is_empty()) {
             if let Err(e) = delete_table(None, MESH_TABLE).await {
                 warn!("removing the routing mesh's rules: {e}");
             }
-            inner.mesh.clear();
         }
-        Ok(())
+        inner.mesh = Some(String::new());
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(NetError::Command {
+                command: "removing the overlay networks".into(),
+                stderr: errors.join("; "),
+            })
+        }
     }
 }
 
@@ -565,6 +588,14 @@ mod tests {
         assert!(r.contains("ip daddr 10.0.1.2 dnat to 10.0.1.3\n"), "{r}");
         assert!(r.contains("ip daddr { 10.0.1.9 } reject"), "{r}");
         assert!(!r.contains("10.0.1.7"), "dnsrr has no VIP: {r}");
+    }
+
+    #[test]
+    fn overlay_links_are_known_by_name() {
+        assert_eq!(overlay_vni(&bridge_name(4097)), Some(4097));
+        assert_eq!(overlay_vni(&vxlan_name(0xfffff)), Some(0xfffff));
+        assert_eq!(overlay_vni("apiary0"), None);
+        assert_eq!(overlay_vni("apo"), None);
     }
 
     #[test]

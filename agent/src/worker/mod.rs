@@ -177,8 +177,9 @@ pub async fn run(
     // manager returns).
     let offline = Arc::new(AtomicBool::new(false));
     let mut failures = 0u32;
-    // The network views last programmed.
-    let mut programmed: Vec<crate::network::view::NetworkView> = Vec::new();
+    // The network views last programmed; None: not yet by this process,
+    // so the first answer also clears what an earlier one left.
+    let mut programmed: Option<Vec<crate::network::view::NetworkView>> = None;
     loop {
         // Asked with nothing held, the answer is the node's whole set.
         let whole = held.tasks.is_empty();
@@ -211,9 +212,9 @@ pub async fn run(
         };
         known = a.fingerprint;
         // The overlays before the tasks that join them.
-        if a.networks != programmed {
+        if programmed.as_ref() != Some(&a.networks) {
             match host.net.program(a.networks.clone(), a.data_path_port).await {
-                Ok(()) => programmed = a.networks.clone(),
+                Ok(()) => programmed = Some(a.networks.clone()),
                 Err(e) => warn!("{e}"),
             }
         }
