@@ -230,8 +230,9 @@ fn overlay_dns_vips_and_the_routing_mesh_across_three_nodes() {
             a
         })
         .collect();
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut nodes, &under)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        scenario(&mut nodes, &under)
+    }));
     let owners: Vec<String> = nodes.iter().map(owner).collect();
     let logs: String = nodes
         .iter()
@@ -599,4 +600,156 @@ fn scenario(nodes: &mut [Agent], under: &Underlay) {
     assert!(err.contains("is in use by service"), "{err}");
     n1.docker(&["service", "rm", "web", "front", "db"]).ok();
     n1.docker(&["network", "rm", "backnet"]).ok();
+}
+
+/// The chapter's users bring compose files: `docker stack deploy` against
+/// apiary, on two nodes. The stack's services reach each other by their
+/// short names on the stack's default network, its port answers through
+/// the mesh, `stack ls|services|ps` list it by its label, and `stack rm`
+/// takes everything of it away.
+#[test]
+fn docker_stack_deploy_of_a_compose_file() {
+    let daemon = Arc::new(Daemon::start());
+    let tag = std::process::id() % 10_000 + 1;
+    let under = Underlay::new(tag, 2);
+    let c = Cluster::new("stack").containerd(daemon.clone());
+    let mut nodes: Vec<Agent> = under
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let mut a = c.agent_in_netns(&format!("s{}", i + 1), ns);
+            a.ip = format!("{UNDERLAY}.{}", i + 1);
+            a
+        })
+        .collect();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stack_scenario(&mut nodes, &under)
+    }));
+    let owners: Vec<String> = nodes.iter().map(owner).collect();
+    let logs: String = nodes
+        .iter()
+        .map(|a| format!("===== {} =====\n{}\n", a.name, a.log()))
+        .collect();
+    drop(nodes);
+    for o in owners.iter().filter(|o| !o.is_empty()) {
+        let prefix = format!("apiary0-{o}-");
+        for e in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) {
+                let _ = sh("ip", &["netns", "del", &n]);
+            }
+        }
+    }
+    drop(under);
+    if let Err(e) = result {
+        eprintln!("{logs}");
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn stack_scenario(nodes: &mut [Agent], under: &Underlay) {
+    let (m, w) = (&nodes[0], &nodes[1]);
+    m.init_swarm(&[]).ok();
+    let token = m
+        .apiary(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_string();
+    w.join_swarm(&token, &m.addr()).ok();
+    eventually("two nodes Ready", PATIENCE, || {
+        let ls = m.docker(&["node", "ls", "--format", "{{.Status}}"]);
+        (ls.stdout.lines().filter(|l| *l == "Ready").count() == 2).then_some(())
+    });
+    let dir = m.dir.join("stack");
+    std::fs::create_dir_all(&dir).expect("stack dir");
+    std::fs::write(dir.join("token.txt"), "s3cret\n").expect("secret file");
+    let compose = format!(
+        r#"version: "3.8"
+services:
+  web:
+    image: busybox
+    command: ["sh", "-c", "{HTTPD}"]
+    ports:
+      - "8080:80"
+    deploy:
+      replicas: 2
+  api:
+    image: busybox
+    command: ["sleep", "3600"]
+    secrets:
+      - token
+    deploy:
+      placement:
+        constraints: ["node.hostname==s2"]
+secrets:
+  token:
+    file: ./token.txt
+"#
+    );
+    std::fs::write(dir.join("compose.yml"), compose).expect("compose file");
+    let file = dir.join("compose.yml").display().to_string();
+    let out = m.docker(&[
+        "stack",
+        "deploy",
+        "--resolve-image",
+        "never",
+        "-c",
+        &file,
+        "app",
+    ]);
+    let text = out.ok().to_string();
+    assert!(text.contains("Creating network app_default"), "{text}");
+    assert!(text.contains("Creating service app_web"), "{text}");
+
+    // Listed by the stack's label.
+    let ls = m.docker(&["stack", "ls", "--format", "{{.Name}} {{.Services}}"]);
+    assert_eq!(ls.ok().trim(), "app 2");
+    running(m, "app_web", 2);
+    let api = running(m, "app_api", 1);
+    let services = m.docker(&[
+        "stack",
+        "services",
+        "app",
+        "--format",
+        "{{.Name}} {{.Replicas}}",
+    ]);
+    let mut rows: Vec<&str> = services.ok().lines().collect();
+    rows.sort();
+    assert_eq!(rows, ["app_api 1/1", "app_web 2/2"]);
+    let ps = m.docker(&["stack", "ps", "app", "--format", "{{.Name}}"]);
+    assert_eq!(ps.ok().lines().count(), 3, "{}", ps.stdout);
+
+    // api reaches web by its short name (the alias on app_default).
+    let ns = format!("apiary0-{}-{}", owner(w), api[0]);
+    let web_vip = eventually("web to resolve in api", PATIENCE, || {
+        let (_, out) = in_ns(&ns, &["busybox", "nslookup", "web", "127.0.0.11"]);
+        out.lines()
+            .filter_map(|l| l.strip_prefix("Address: "))
+            .find(|a| !a.starts_with("127.0.0.11"))
+            .map(|a| a.trim().to_string())
+    });
+    assert!(http_get(&ns, &web_vip, 80).0, "api GETs web by name");
+    // The published port through the mesh, on both nodes.
+    for i in [1, 2] {
+        let addr = format!("{UNDERLAY}.{i}");
+        eventually(
+            &format!("the stack's port at {addr}:8080"),
+            PATIENCE,
+            || http_get(&under.switch.name, &addr, 8080).0.then_some(()),
+        );
+    }
+
+    // stack rm: services, the network and the secret go.
+    m.docker(&["stack", "rm", "app"]).ok();
+    eventually("the stack gone", PATIENCE, || {
+        let s = m.docker(&["service", "ls", "-q"]).stdout;
+        let n = m.docker(&["network", "ls", "--format", "{{.Name}}"]).stdout;
+        let sec = m.docker(&["secret", "ls", "-q"]).stdout;
+        (s.trim().is_empty() && !n.contains("app_default") && sec.trim().is_empty()).then_some(())
+    });
 }

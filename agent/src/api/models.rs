@@ -642,6 +642,27 @@ impl Filters {
         Ok(())
     }
 
+    /// Refuse a filter the endpoint does not know (Docker's 400).
+    pub fn validate(&self, accepted: &[&str]) -> ApiResult<()> {
+        for k in self.0.keys() {
+            if !accepted.contains(&k.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid filter '{k}': use {}",
+                    accepted.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `label` filter (a key, or key=value) holds for `labels`.
+    pub fn labels_match<'a>(&self, labels: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.get("label").iter().all(|l| match l.split_once('=') {
+            Some((k, v)) => labels(k) == Some(v),
+            None => labels(l).is_some(),
+        })
+    }
+
     /// Swarm's secret and config filters: `id` and `name` are prefixes,
     /// `names` exact names, `label` a key or key=value.
     pub fn matches_object(&self, id: &str, name: &str, labels: &BTreeMap<String, String>) -> bool {

@@ -178,6 +178,7 @@ pub async fn services_list<C: Control>(
 ) -> ApiResult<Json<Vec<m::Service>>> {
     let q = query(&uri)?;
     let filters = Filters::parse(q.get("filters").map(String::as_str))?;
+    filters.validate(&["id", "label", "mode", "name"])?;
     let with_status = bool_param(&q, "status");
     let ids = filters.0.get("id").cloned().unwrap_or_default();
     let names = filters.0.get("name").cloned().unwrap_or_default();
@@ -200,6 +201,10 @@ pub async fn services_list<C: Control>(
                     || modes
                         .iter()
                         .any(|mo| (mo == "global") == v.service.is_global())
+            })
+            .filter(|v| {
+                let labels = v.service.spec.labels.as_ref();
+                filters.labels_match(|k| labels.and_then(|l| l.get(k)).map(String::as_str))
             })
             .map(|v| service_to_api(v, with_status))
             .collect(),
@@ -286,7 +291,21 @@ pub async fn tasks_list<C: Control>(State(c): Ctl<C>, uri: Uri) -> ApiResult<Jso
         name: get("name"),
         up_to_date: !get("_up-to-date").is_empty(),
     };
-    let tasks = c.tasks(f).await?;
+    let mut tasks = c.tasks(f).await?;
+    // A task's labels are its service's (`docker stack ps` filters tasks
+    // by the stack's label).
+    if filters.0.contains_key("label") {
+        let services = c.services().await?;
+        let labels: std::collections::HashMap<&str, &std::collections::HashMap<String, String>> =
+            services
+                .iter()
+                .filter_map(|s| Some((s.service.id.0.as_str(), s.service.spec.labels.as_ref()?)))
+                .collect();
+        tasks.retain(|t| {
+            let l = labels.get(t.task.service_id.0.as_str());
+            filters.labels_match(|k| l.and_then(|l| l.get(k)).map(String::as_str))
+        });
+    }
     Ok(Json(tasks.iter().map(task_with_networks).collect()))
 }
 
