@@ -1,9 +1,9 @@
 //! Swarm networks as objects: `swarm init` makes `ingress`, `network
 //! create|ls|inspect|rm|prune` with both CLIs and the Python Docker SDK,
 //! subnets from the swarm's pool (`--default-addr-pool`), replicated to
-//! every manager, and bad input refused with nothing created. Services
-//! cannot attach to them yet (no overlay data path): that is refused
-//! with a message saying so.
+//! every manager, and bad input refused with nothing created; a service
+//! on one gets a virtual IP there. Also `docker events` of swarm objects
+//! (both CLIs' objects, the docker CLI and the Python SDK reading them).
 //!
 //! Needs the docker CLI and the Python SDK's venv (`scripts/setup` makes
 //! it in target/pyenv).
@@ -328,4 +328,150 @@ fn init_takes_the_address_pool_and_data_path_port() {
         "{{(index .IPAM.Config 0).Subnet}}",
     ]);
     assert_eq!(out.ok(), "10.60.0.0/26\n10.60.0.64/26\n");
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// `docker events` of swarm objects: kept ones with --since/--until, by
+/// type, live ones as they happen, and through the Python SDK.
+#[test]
+fn docker_events_of_swarm_objects() {
+    let c = Cluster::new("events").managers(1).start();
+    let m = &c.managers[0];
+    let t0 = format!("{:.3}", unix_now() - 1.0);
+    m.apiary_stdin(&["secret", "create", "ev-secret", "-"], b"x")
+        .ok();
+    m.docker(&["network", "create", "-d", "overlay", "ev-net"])
+        .ok();
+    m.docker(&[
+        "service",
+        "create",
+        "-d",
+        "--replicas",
+        "0",
+        "--name",
+        "ev-svc",
+        "busybox",
+        "sleep",
+        "1",
+    ])
+    .ok();
+    m.docker(&[
+        "service",
+        "update",
+        "-d",
+        "--replicas",
+        "0",
+        "--env-add",
+        "A=1",
+        "ev-svc",
+    ])
+    .ok();
+    m.docker(&["service", "rm", "ev-svc"]).ok();
+    let t1 = format!("{:.3}", unix_now() + 1.0);
+    let all = m
+        .docker(&[
+            "events",
+            "--since",
+            &t0,
+            "--until",
+            &t1,
+            "--format",
+            "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}",
+        ])
+        .ok()
+        .to_string();
+    let lines: Vec<&str> = all.lines().collect();
+    for want in [
+        "secret create ev-secret",
+        "network create ev-net",
+        "service create ev-svc",
+        "service update ev-svc",
+        "service remove ev-svc",
+    ] {
+        assert!(lines.contains(&want), "{want:?} in:\n{all}");
+    }
+    let pos = |w: &str| lines.iter().position(|l| *l == w);
+    assert!(
+        pos("service create ev-svc") < pos("service remove ev-svc"),
+        "in order: {all}"
+    );
+    let services = m
+        .docker(&[
+            "events",
+            "--since",
+            &t0,
+            "--until",
+            &t1,
+            "--filter",
+            "type=service",
+            "--filter",
+            "event=remove",
+            "--format",
+            "{{.Type}} {{.Action}}",
+        ])
+        .ok()
+        .to_string();
+    assert_eq!(services.trim(), "service remove", "{services}");
+    let err = m
+        .docker(&[
+            "events",
+            "--since",
+            &t0,
+            "--until",
+            &t1,
+            "--filter",
+            "colour=red",
+        ])
+        .fails()
+        .to_string();
+    assert!(err.contains("invalid filter 'colour'"), "{err}");
+
+    // Live: a watcher started first sees the next create.
+    let mut watcher = Command::new("docker")
+        .args([
+            "events",
+            "--filter",
+            "type=config",
+            "--format",
+            "{{.Action}} {{.Actor.Attributes.name}}",
+        ])
+        .env("DOCKER_HOST", m.host())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker events");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    m.apiary_stdin(&["config", "create", "ev-config", "-"], b"y")
+        .ok();
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let out = watcher.stdout.take().expect("stdout");
+        let mut r = std::io::BufReader::new(out);
+        r.read_line(&mut first).expect("read an event");
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert_eq!(first.trim(), "create ev-config");
+
+    // The Python SDK reads the same.
+    let script = format!(
+        "import docker\nc = docker.from_env()\nev = list(c.events(since={t0}, until={t1}, decode=True, filters={{'type': 'network'}}))\nnames = [e['Actor']['Attributes'].get('name') for e in ev]\nassert 'ev-net' in names, ev\nassert all(e['Type'] == 'network' and e['scope'] == 'swarm' for e in ev), ev\n"
+    );
+    let out = Command::new(python())
+        .args(["-c", &script])
+        .env("DOCKER_HOST", m.host())
+        .output()
+        .expect("python SDK");
+    assert!(
+        out.status.success(),
+        "python SDK events:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -25,6 +25,12 @@ pub struct ServiceView {
     pub vips: Vec<(String, String)>,
 }
 
+/// See `Control::events`.
+pub type EventFeed = (
+    Vec<crate::store::events::Event>,
+    Option<tokio::sync::broadcast::Receiver<crate::store::events::Event>>,
+);
+
 /// A task with the name of its service (for `service ps` names).
 #[derive(Clone, Debug)]
 pub struct TaskView {
@@ -320,6 +326,13 @@ pub trait Control: Send + Sync + 'static {
     fn network_remove(&self, id: &str) -> impl Future<Output = ControlResult<()>> + Send;
     /// The names of the services attached to the network.
     fn network_users(&self, id: &str) -> impl Future<Output = ControlResult<Vec<String>>> + Send;
+
+    /// Swarm events (`docker events`): those this manager kept, and the
+    /// next ones as they are applied. A node that is no manager has none
+    /// (None: nothing will come).
+    fn events(&self) -> impl Future<Output = ControlResult<EventFeed>> + Send {
+        async { Ok((Vec::new(), None)) }
+    }
 
     // Services and tasks. `id` may be a full ID, a name, or a unique ID
     // prefix.

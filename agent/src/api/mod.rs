@@ -7,6 +7,7 @@
 //! [`error`].
 
 pub mod error;
+mod events;
 pub mod images;
 pub mod models;
 mod networks;

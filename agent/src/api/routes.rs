@@ -83,6 +83,7 @@ pub fn router<C: Control>(control: Arc<C>) -> Router {
             "/networks/{id}",
             get(super::networks::network_inspect::<C>).delete(super::networks::network_remove::<C>),
         )
+        .route("/events", get(super::events::events::<C>))
         .route("/services", get(super::services::services_list::<C>))
         .route(
             "/services/create",

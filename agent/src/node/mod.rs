@@ -1705,6 +1705,16 @@ impl Control for NodeHandle {
         Ok(list)
     }
 
+    async fn events(&self) -> ControlResult<crate::control::EventFeed> {
+        Ok(match self.manager_or_err() {
+            Ok(m) => {
+                let (kept, live) = m.state.events().subscribe();
+                (kept, Some(live))
+            }
+            Err(_) => (Vec::new(), None),
+        })
+    }
+
     async fn network(&self, id: &str) -> ControlResult<crate::store::Network> {
         let m = self.manager_or_err()?;
         let n = networks::resolve_network(&m.state.read(), id)?;

@@ -70,6 +70,7 @@ pub struct StateReader {
     state: Arc<RwLock<State>>,
     applied: watch::Receiver<u64>,
     nodes: Arc<NodeWaiters>,
+    events: Arc<EventLog>,
 }
 
 /// The write side, owned by the state machine.
@@ -77,6 +78,58 @@ pub struct StateWriter {
     state: Arc<RwLock<State>>,
     applied: watch::Sender<u64>,
     nodes: Arc<NodeWaiters>,
+    events: Arc<EventLog>,
+}
+
+/// The events this manager applied (`docker events`): the last
+/// `EVENTS_KEPT` for `since`, and a channel for those to come. Local to
+/// the manager, like Docker's; not kept across restarts (the log entries
+/// replayed at start emit none).
+pub struct EventLog {
+    kept: std::sync::Mutex<std::collections::VecDeque<crate::store::events::Event>>,
+    live: tokio::sync::broadcast::Sender<crate::store::events::Event>,
+}
+
+const EVENTS_KEPT: usize = 1000;
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog {
+            kept: Default::default(),
+            live: tokio::sync::broadcast::channel(EVENTS_KEPT).0,
+        }
+    }
+}
+
+impl EventLog {
+    fn emit(&self, events: Vec<crate::store::events::Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        for mut e in events {
+            e.time_nano = now;
+            if kept.len() == EVENTS_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(e.clone());
+            // No receiver is no error: nobody is watching.
+            let _ = self.live.send(e);
+        }
+    }
+
+    /// The kept events, and a receiver of the next ones (subscribed under
+    /// the same lock: none is missed or seen twice).
+    pub fn subscribe(
+        &self,
+    ) -> (
+        Vec<crate::store::events::Event>,
+        tokio::sync::broadcast::Receiver<crate::store::events::Event>,
+    ) {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        (kept.iter().cloned().collect(), self.live.subscribe())
+    }
 }
 
 /// One wake-up per node for the assignment long polls: with 1,000 nodes
@@ -109,16 +162,19 @@ pub fn shared_state(initial: State, applied: u64) -> (StateWriter, StateReader) 
     let state = Arc::new(RwLock::new(initial));
     let (tx, rx) = watch::channel(applied);
     let nodes = Arc::new(NodeWaiters::default());
+    let events = Arc::new(EventLog::default());
     (
         StateWriter {
             state: state.clone(),
             applied: tx,
             nodes: nodes.clone(),
+            events: events.clone(),
         },
         StateReader {
             state,
             applied: rx,
             nodes,
+            events,
         },
     )
 }
@@ -144,6 +200,10 @@ impl StateReader {
     pub fn node_waiter(&self, node: &NodeId) -> Arc<Notify> {
         self.nodes.get(node)
     }
+    /// The swarm events this manager applied.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
 }
 
 impl StateWriter {
@@ -168,6 +228,11 @@ impl StateWriter {
             state: self.state.clone(),
             applied: self.applied.subscribe(),
             nodes: self.nodes.clone(),
+            events: self.events.clone(),
         }
+    }
+    /// Record what an applied entry did (after the write lock is let go).
+    pub fn emit(&self, events: Vec<crate::store::events::Event>) {
+        self.events.emit(events);
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod attachments;
 mod ca;
+pub mod events;
 pub mod hints;
 pub mod networks;
 mod services;

@@ -65,6 +65,8 @@ impl StateMachineStore {
 /// What one committed batch produced.
 pub(super) struct Batch {
     pub(super) responses: Vec<Response>,
+    /// What the entries did, for `docker events` (`store::events`).
+    pub(super) events: Vec<crate::store::events::Event>,
     pub(super) last: LogId,
     pub(super) membership: Option<StoredMembership>,
 }
@@ -85,13 +87,16 @@ pub(super) fn apply_entries(
         return Err(Op::WriteStateMachine.error(AnyError::error("apply called with no entries")));
     };
     let mut responses = Vec::with_capacity(entries.len());
+    let mut events = Vec::new();
     let mut membership = None;
     for entry in entries {
         match &entry.payload {
             EntryPayload::Blank => responses.push(Response::default()),
             EntryPayload::Normal(cmd) => {
                 let index = entry.log_id.index;
+                let described = crate::store::events::describe(state, cmd);
                 let response = state.apply(index, cmd);
+                events.extend(crate::store::events::emitted(described, &response));
                 responses.push(response);
             }
             EntryPayload::Membership(m) => {
@@ -102,6 +107,7 @@ pub(super) fn apply_entries(
     }
     Ok(Batch {
         responses,
+        events,
         last,
         membership,
     })
@@ -155,6 +161,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries.chunks(1) {
                 let batch = writer.with(|state| abort_on_panic(|| apply_entries(state, entry)))?;
                 responses.extend(batch.responses);
+                writer.emit(batch.events);
                 let mut a = lock(&applied);
                 a.last_applied = Some(batch.last);
                 if let Some(m) = batch.membership {
