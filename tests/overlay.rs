@@ -753,3 +753,198 @@ secrets:
         (s.trim().is_empty() && !n.contains("app_default") && sec.trim().is_empty()).then_some(())
     });
 }
+
+/// Sniff every frame in namespace `ns` for `secs` seconds (AF_PACKET,
+/// Python): whether `marker` was seen, and how many frames were.
+fn sniff(ns: &str, marker: &str, secs: f64) -> std::process::Child {
+    let script = format!(
+        "import socket, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\ns.settimeout(0.2)\nend = time.time() + {secs}\nseen, frames = False, 0\nwhile time.time() < end:\n    try:\n        b = s.recv(65535)\n    except socket.timeout:\n        continue\n    frames += 1\n    seen = seen or {marker:?}.encode() in b\nprint(seen, frames)\n"
+    );
+    Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 sniffer")
+}
+
+fn sniffed(child: std::process::Child) -> (bool, usize) {
+    let out = child.wait_with_output().expect("sniffer");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut w = text.split_whitespace();
+    let seen = w.next() == Some("True");
+    let frames = w.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    (seen, frames)
+}
+
+const MARKER: &str = "APIARY-PLAINTEXT-MARKER-0123456789";
+
+/// `--opt encrypted`: the same request over a plain and an encrypted
+/// overlay between two nodes, with a capture on the underlay: the plain
+/// one shows the payload, the encrypted one does not, and both deliver.
+#[test]
+fn an_encrypted_overlay_hides_its_traffic_on_the_wire() {
+    let daemon = Arc::new(Daemon::start());
+    let tag = std::process::id() % 10_000 + 2;
+    let under = Underlay::new(tag, 2);
+    let c = Cluster::new("crypt").containerd(daemon.clone());
+    let mut nodes: Vec<Agent> = under
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let mut a = c.agent_in_netns(&format!("e{}", i + 1), ns);
+            a.ip = format!("{UNDERLAY}.{}", i + 1);
+            a
+        })
+        .collect();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        encrypted_scenario(&mut nodes, &under)
+    }));
+    let owners: Vec<String> = nodes.iter().map(owner).collect();
+    let logs: String = nodes
+        .iter()
+        .map(|a| format!("===== {} =====\n{}\n", a.name, a.log()))
+        .collect();
+    drop(nodes);
+    for o in owners.iter().filter(|o| !o.is_empty()) {
+        let prefix = format!("apiary0-{o}-");
+        for e in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) {
+                let _ = sh("ip", &["netns", "del", &n]);
+            }
+        }
+    }
+    drop(under);
+    if let Err(e) = result {
+        eprintln!("{logs}");
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn encrypted_scenario(nodes: &mut [Agent], under: &Underlay) {
+    let (m, w) = (&nodes[0], &nodes[1]);
+    m.init_swarm(&[]).ok();
+    let token = m
+        .apiary(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_string();
+    w.join_swarm(&token, &m.addr()).ok();
+    eventually("two nodes Ready", PATIENCE, || {
+        let ls = m.docker(&["node", "ls", "--format", "{{.Status}}"]);
+        (ls.stdout.lines().filter(|l| *l == "Ready").count() == 2).then_some(())
+    });
+    m.docker(&["network", "create", "-d", "overlay", "plain-net"])
+        .ok();
+    m.docker(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--opt",
+        "encrypted",
+        "secret-net",
+    ])
+    .ok();
+    // The key never shows.
+    let inspect = m
+        .docker(&["network", "inspect", "secret-net"])
+        .ok()
+        .to_string();
+    assert!(inspect.contains("\"encrypted\""), "{inspect}");
+    assert!(!inspect.to_lowercase().contains("key"), "{inspect}");
+    let serve = format!(
+        "mkdir -p /www && for i in $(seq 60); do echo {MARKER}; done > /www/marker && exec httpd -f -p 80 -h /www"
+    );
+    m.docker(&[
+        "service",
+        "create",
+        "-d",
+        "--no-resolve-image",
+        "--name",
+        "srv",
+        "--network",
+        "plain-net",
+        "--network",
+        "secret-net",
+        "--constraint",
+        "node.hostname==e1",
+        "busybox",
+        "sh",
+        "-c",
+        &serve,
+    ])
+    .ok();
+    m.docker(&[
+        "service",
+        "create",
+        "-d",
+        "--no-resolve-image",
+        "--name",
+        "cli",
+        "--network",
+        "plain-net",
+        "--network",
+        "secret-net",
+        "--constraint",
+        "node.hostname==e2",
+        "busybox",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    let srv = running(m, "srv", 1);
+    let cli = running(m, "cli", 1);
+    let plain = task_addr(m, &srv[0], "plain-net");
+    let secret = task_addr(m, &srv[0], "secret-net");
+    let ns = format!("apiary0-{}-{}", owner(w), cli[0]);
+    let cli_secret = task_addr(m, &cli[0], "secret-net");
+    let addrs = in_ns(&ns, &["ip", "-o", "-4", "addr", "show"]).1;
+    let dev = addrs
+        .lines()
+        .find(|l| l.contains(&format!(" {cli_secret}/")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no device with {cli_secret}: {addrs}"))
+        .to_string();
+    let mtu = in_ns(&ns, &["ip", "link", "show", &dev]).1;
+    assert!(mtu.contains("mtu 1400"), "the encrypted network's MTU: {mtu}");
+    // Both deliver (the encrypted one through the agents' tunnel).
+    eventually("the encrypted network to deliver", PATIENCE, || {
+        (http_bytes(&ns, &secret, "/marker") > 2000).then_some(())
+    });
+    assert!(http_bytes(&ns, &plain, "/marker") > 2000);
+
+    let sniffer = sniff(&under.switch.name, MARKER, 3.0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let got = http_bytes(&ns, &plain, "/marker");
+    let (seen, frames) = sniffed(sniffer);
+    assert!(
+        got > 2000 && frames > 0,
+        "plain GET {got} bytes, {frames} frames"
+    );
+    assert!(
+        seen,
+        "the control: the plain overlay's payload shows on the underlay"
+    );
+
+    let sniffer = sniff(&under.switch.name, MARKER, 3.0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let got = http_bytes(&ns, &secret, "/marker");
+    let (seen, frames) = sniffed(sniffer);
+    assert!(
+        got > 2000 && frames > 0,
+        "encrypted GET {got} bytes, {frames} frames"
+    );
+    assert!(
+        !seen,
+        "the encrypted overlay's payload must not show on the underlay"
+    );
+    // Names resolve on it as on any overlay.
+    let (_, out) = in_ns(&ns, &["busybox", "nslookup", "srv", "127.0.0.11"]);
+    assert!(out.contains("Address: 10."), "{out}");
+}

@@ -167,6 +167,7 @@ pub fn views(state: &State, node: &NodeId) -> Vec<NetworkView> {
             node_addr: n.node_addrs.get(node).copied(),
             peers: peers.into_iter().collect(),
             services,
+            key: n.key.clone(),
         });
     }
     out

@@ -31,6 +31,7 @@ pub mod links;
 pub mod overlay;
 pub mod owner;
 pub mod rules;
+pub mod secure;
 pub mod sweep;
 pub mod view;
 

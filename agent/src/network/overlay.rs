@@ -64,6 +64,11 @@ pub fn overlay_vni(link: &str) -> Option<u32> {
 }
 
 pub fn mtu(view: &NetworkView) -> u32 {
+    if view.encrypted {
+        return view
+            .mtu
+            .map_or(super::secure::MTU, |m| m.min(super::secure::MTU));
+    }
     view.mtu
         .filter(|m| (576..=9000).contains(m))
         .unwrap_or(UNDERLAY_MTU - VXLAN_OVERHEAD)
@@ -99,6 +104,8 @@ struct Inner {
 
 pub struct Overlay {
     links: Links,
+    /// The encrypted networks' user-space data path.
+    tunnel: super::secure::Tunnel,
     inner: Mutex<Inner>,
     upstreams: Arc<Vec<SocketAddr>>,
 }
@@ -253,6 +260,7 @@ impl Overlay {
     pub fn new(upstreams: Vec<SocketAddr>) -> NetResult<Overlay> {
         Ok(Overlay {
             links: Links::open()?,
+            tunnel: super::secure::Tunnel::new(),
             inner: Mutex::new(Inner::default()),
             upstreams: Arc::new(upstreams),
         })
@@ -262,10 +270,7 @@ impl Overlay {
     /// on it for ingress.
     async fn ensure(&self, v: &NetworkView, port: u16) -> NetResult<()> {
         if v.encrypted {
-            return Err(NetError::Unsupported(format!(
-                "network {} is encrypted (--opt encrypted), which this node cannot do yet: create the network without it",
-                v.name
-            )));
+            return self.ensure_encrypted(v, port).await;
         }
         let br = bridge_name(v.vni);
         let vx = vxlan_name(v.vni);
@@ -298,7 +303,42 @@ impl Overlay {
         Ok(())
     }
 
+    /// An encrypted network: its bridge with the tunnel's TAP link on it.
+    async fn ensure_encrypted(&self, v: &NetworkView, port: u16) -> NetResult<()> {
+        let key = v.key.as_ref().and_then(|k| k.bytes()).ok_or_else(|| {
+            NetError::Invalid(format!(
+                "network {} is encrypted but this node was sent no key for it: the managers run an older version?",
+                v.name
+            ))
+        })?;
+        let br = bridge_name(v.vni);
+        if !self.links.exists(&br).await? {
+            ip_batch(None, &[format!("link add {br} type bridge")]).await?;
+        }
+        let tunnel_port = port.checked_add(1).ok_or_else(|| {
+            NetError::Invalid(format!(
+                "data path port {port} leaves no port above it for encrypted overlays"
+            ))
+        })?;
+        self.tunnel
+            .ensure(v.vni, &key, v.peers.clone(), tunnel_port)
+            .await?;
+        let tap = super::secure::tap_name(v.vni);
+        ip_batch(
+            None,
+            &[
+                format!("link set {tap} master {br} mtu {} up", mtu(v)),
+                format!("link set {br} up"),
+            ],
+        )
+        .await
+    }
+
     async fn sync_peers(&self, inner: &mut Inner, v: &NetworkView) -> NetResult<()> {
+        if v.encrypted {
+            // The tunnel's peers are set by `ensure`.
+            return Ok(());
+        }
         let vx = vxlan_name(v.vni);
         let have = match inner.fdb.get(&v.vni) {
             Some(h) => h.clone(),
@@ -379,6 +419,11 @@ impl Overlay {
             Err(e) => errors.push(e.to_string()),
         }
         inner.fdb.retain(|vni, _| wanted.contains(vni));
+        for vni in self.tunnel.vnis() {
+            if !wanted.contains(&vni) {
+                self.tunnel.remove(vni);
+            }
+        }
         let mesh = mesh_rules(views.iter().find(|v| v.ingress));
         if inner.mesh.as_ref() != Some(&mesh) {
             let r = if mesh.is_empty() {
@@ -457,6 +502,9 @@ impl Overlay {
         inner.members.clear();
         inner.views.clear();
         inner.fdb.clear();
+        for vni in self.tunnel.vnis() {
+            self.tunnel.remove(vni);
+        }
         let mut errors = Vec::new();
         for name in self
             .links

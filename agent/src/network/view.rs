@@ -31,6 +31,38 @@ pub struct NetworkView {
     /// VXLAN peers).
     pub peers: Vec<Ipv4Addr>,
     pub services: Vec<ServiceEntry>,
+    /// An encrypted network's traffic key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<TrafficKey>,
+}
+
+/// A network's traffic key (base64 of 32 bytes). Its `Debug` is redacted:
+/// no log line carries it.
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TrafficKey(pub String);
+
+impl std::fmt::Debug for TrafficKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrafficKey(<redacted>)")
+    }
+}
+
+impl TrafficKey {
+    /// A fresh random key.
+    pub fn generate() -> TrafficKey {
+        use base64::Engine;
+        let bytes: [u8; 32] = rand::random();
+        TrafficKey(base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+    pub fn bytes(&self) -> Option<[u8; 32]> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.0)
+            .ok()?
+            .try_into()
+            .ok()
+    }
 }
 
 /// A service on a network, as its tasks' DNS and load balancing see it.

@@ -7,7 +7,9 @@ use crate::pki;
 use crate::store::networks::{self, INGRESS};
 use crate::store::{Network, NetworkId, NetworkSpec, State, StoreErrorKind};
 
+/// A new network record: its ID, and the traffic key of an encrypted one.
 pub fn new_network(spec: NetworkSpec, now: &str) -> Network {
+    let encrypted = spec.options.contains_key("encrypted");
     Network {
         id: NetworkId(pki::new_node_id().0),
         version: 0,
@@ -17,6 +19,7 @@ pub fn new_network(spec: NetworkSpec, now: &str) -> Network {
         pool: Default::default(),
         vni: 0,
         node_addrs: Default::default(),
+        key: encrypted.then(crate::network::view::TrafficKey::generate),
     }
 }
 

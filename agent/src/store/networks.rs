@@ -94,6 +94,11 @@ pub struct Network {
     /// `apply` as nodes join.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_addrs: BTreeMap<super::NodeId, Ipv4Addr>,
+    /// `--opt encrypted`: the network's traffic key (base64, 32 bytes),
+    /// drawn by the proposer; sent only to the nodes on the network, over
+    /// their mutual-TLS sessions; never shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::network::view::TrafficKey>,
 }
 
 impl Network {

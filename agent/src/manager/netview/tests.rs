@@ -20,6 +20,7 @@ fn network(id: &str, ingress: bool) -> Network {
         pool: IpamPool::default(),
         vni: 0,
         node_addrs: Default::default(),
+        key: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn network(id: &str, subnet: &str, range: &str) -> Network {
         },
         vni: 4096,
         node_addrs: BTreeMap::new(),
+        key: None,
     }
 }
 

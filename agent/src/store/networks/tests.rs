@@ -27,6 +27,7 @@ fn net(id: &str, spec: NetworkSpec) -> Network {
         pool: Default::default(),
         vni: 0,
         node_addrs: Default::default(),
+        key: None,
     }
 }
 
