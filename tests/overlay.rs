@@ -912,7 +912,10 @@ fn encrypted_scenario(nodes: &mut [Agent], under: &Underlay) {
         .unwrap_or_else(|| panic!("no device with {cli_secret}: {addrs}"))
         .to_string();
     let mtu = in_ns(&ns, &["ip", "link", "show", &dev]).1;
-    assert!(mtu.contains("mtu 1400"), "the encrypted network's MTU: {mtu}");
+    assert!(
+        mtu.contains("mtu 1400"),
+        "the encrypted network's MTU: {mtu}"
+    );
     // Both deliver (the encrypted one through the agents' tunnel).
     eventually("the encrypted network to deliver", PATIENCE, || {
         (http_bytes(&ns, &secret, "/marker") > 2000).then_some(())
