@@ -214,23 +214,46 @@ fn http_bytes(ns: &str, addr: &str, path: &str) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn overlay_dns_vips_and_the_routing_mesh_across_three_nodes() {
+/// A swarm of `n` agents, each in a namespace of its own on a test-made
+/// underlay (`<prefix>1` the manager, the others workers, all Ready), for
+/// `scenario`; then everything of theirs is removed, and their logs shown
+/// if it failed.
+fn on_nodes(
+    name: &str,
+    prefix: &str,
+    tag_offset: u32,
+    n: usize,
+    scenario: impl FnOnce(&mut [Agent], &Underlay),
+) {
     let daemon = Arc::new(Daemon::start());
-    let tag = std::process::id() % 10_000;
-    let under = Underlay::new(tag, 3);
-    let c = Cluster::new("overlay").containerd(daemon.clone());
+    let tag = std::process::id() % 10_000 + tag_offset;
+    let under = Underlay::new(tag, n);
+    let c = Cluster::new(name).containerd(daemon.clone());
     let mut nodes: Vec<Agent> = under
         .nodes
         .iter()
         .enumerate()
         .map(|(i, ns)| {
-            let mut a = c.agent_in_netns(&format!("n{}", i + 1), ns);
+            let mut a = c.agent_in_netns(&format!("{prefix}{}", i + 1), ns);
             a.ip = format!("{UNDERLAY}.{}", i + 1);
             a
         })
         .collect();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let m = &nodes[0];
+        m.init_swarm(&[]).ok();
+        let token = m
+            .apiary(&["swarm", "join-token", "-q", "worker"])
+            .ok()
+            .trim()
+            .to_string();
+        for w in &nodes[1..] {
+            w.join_swarm(&token, &m.addr()).ok();
+        }
+        eventually(&format!("{n} nodes Ready"), PATIENCE, || {
+            let ls = m.docker(&["node", "ls", "--format", "{{.Status}}"]);
+            (ls.stdout.lines().filter(|l| *l == "Ready").count() == n).then_some(())
+        });
         scenario(&mut nodes, &under)
     }));
     let owners: Vec<String> = nodes.iter().map(owner).collect();
@@ -260,24 +283,14 @@ fn overlay_dns_vips_and_the_routing_mesh_across_three_nodes() {
     }
 }
 
+#[test]
+fn overlay_dns_vips_and_the_routing_mesh_across_three_nodes() {
+    on_nodes("overlay", "n", 0, 3, scenario);
+}
+
 fn scenario(nodes: &mut [Agent], under: &Underlay) {
-    let (first, rest) = nodes.split_at_mut(1);
-    let n1 = &first[0];
-    let (n2, n3) = rest.split_at_mut(1);
-    let (n2, n3) = (&n2[0], &mut n3[0]);
-    n1.init_swarm(&[]).ok();
-    let token = n1
-        .apiary(&["swarm", "join-token", "-q", "worker"])
-        .ok()
-        .trim()
-        .to_string();
-    for n in [n2, &*n3] {
-        n.join_swarm(&token, &n1.addr()).ok();
-    }
-    eventually("three nodes Ready", PATIENCE, || {
-        let ls = n1.docker(&["node", "ls", "--format", "{{.Status}}"]);
-        (ls.stdout.lines().filter(|l| *l == "Ready").count() == 3).then_some(())
-    });
+    let (first, rest) = nodes.split_at_mut(2);
+    let (n1, n3) = (&first[0], &mut rest[0]);
 
     n1.docker(&["network", "create", "-d", "overlay", "backnet"])
         .ok();
@@ -609,62 +622,11 @@ fn scenario(nodes: &mut [Agent], under: &Underlay) {
 /// takes everything of it away.
 #[test]
 fn docker_stack_deploy_of_a_compose_file() {
-    let daemon = Arc::new(Daemon::start());
-    let tag = std::process::id() % 10_000 + 1;
-    let under = Underlay::new(tag, 2);
-    let c = Cluster::new("stack").containerd(daemon.clone());
-    let mut nodes: Vec<Agent> = under
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            let mut a = c.agent_in_netns(&format!("s{}", i + 1), ns);
-            a.ip = format!("{UNDERLAY}.{}", i + 1);
-            a
-        })
-        .collect();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        stack_scenario(&mut nodes, &under)
-    }));
-    let owners: Vec<String> = nodes.iter().map(owner).collect();
-    let logs: String = nodes
-        .iter()
-        .map(|a| format!("===== {} =====\n{}\n", a.name, a.log()))
-        .collect();
-    drop(nodes);
-    for o in owners.iter().filter(|o| !o.is_empty()) {
-        let prefix = format!("apiary0-{o}-");
-        for e in std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&prefix) {
-                let _ = sh("ip", &["netns", "del", &n]);
-            }
-        }
-    }
-    drop(under);
-    if let Err(e) = result {
-        eprintln!("{logs}");
-        std::panic::resume_unwind(e);
-    }
+    on_nodes("stack", "s", 1, 2, stack_scenario);
 }
 
 fn stack_scenario(nodes: &mut [Agent], under: &Underlay) {
     let (m, w) = (&nodes[0], &nodes[1]);
-    m.init_swarm(&[]).ok();
-    let token = m
-        .apiary(&["swarm", "join-token", "-q", "worker"])
-        .ok()
-        .trim()
-        .to_string();
-    w.join_swarm(&token, &m.addr()).ok();
-    eventually("two nodes Ready", PATIENCE, || {
-        let ls = m.docker(&["node", "ls", "--format", "{{.Status}}"]);
-        (ls.stdout.lines().filter(|l| *l == "Ready").count() == 2).then_some(())
-    });
     let dir = m.dir.join("stack");
     std::fs::create_dir_all(&dir).expect("stack dir");
     std::fs::write(dir.join("token.txt"), "s3cret\n").expect("secret file");
@@ -783,62 +745,11 @@ const MARKER: &str = "APIARY-PLAINTEXT-MARKER-0123456789";
 /// one shows the payload, the encrypted one does not, and both deliver.
 #[test]
 fn an_encrypted_overlay_hides_its_traffic_on_the_wire() {
-    let daemon = Arc::new(Daemon::start());
-    let tag = std::process::id() % 10_000 + 2;
-    let under = Underlay::new(tag, 2);
-    let c = Cluster::new("crypt").containerd(daemon.clone());
-    let mut nodes: Vec<Agent> = under
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            let mut a = c.agent_in_netns(&format!("e{}", i + 1), ns);
-            a.ip = format!("{UNDERLAY}.{}", i + 1);
-            a
-        })
-        .collect();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        encrypted_scenario(&mut nodes, &under)
-    }));
-    let owners: Vec<String> = nodes.iter().map(owner).collect();
-    let logs: String = nodes
-        .iter()
-        .map(|a| format!("===== {} =====\n{}\n", a.name, a.log()))
-        .collect();
-    drop(nodes);
-    for o in owners.iter().filter(|o| !o.is_empty()) {
-        let prefix = format!("apiary0-{o}-");
-        for e in std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&prefix) {
-                let _ = sh("ip", &["netns", "del", &n]);
-            }
-        }
-    }
-    drop(under);
-    if let Err(e) = result {
-        eprintln!("{logs}");
-        std::panic::resume_unwind(e);
-    }
+    on_nodes("crypt", "e", 2, 2, encrypted_scenario);
 }
 
 fn encrypted_scenario(nodes: &mut [Agent], under: &Underlay) {
     let (m, w) = (&nodes[0], &nodes[1]);
-    m.init_swarm(&[]).ok();
-    let token = m
-        .apiary(&["swarm", "join-token", "-q", "worker"])
-        .ok()
-        .trim()
-        .to_string();
-    w.join_swarm(&token, &m.addr()).ok();
-    eventually("two nodes Ready", PATIENCE, || {
-        let ls = m.docker(&["node", "ls", "--format", "{{.Status}}"]);
-        (ls.stdout.lines().filter(|l| *l == "Ready").count() == 2).then_some(())
-    });
     m.docker(&["network", "create", "-d", "overlay", "plain-net"])
         .ok();
     m.docker(&[

@@ -193,43 +193,33 @@ pub(super) async fn ip(args: &[&str]) -> NetResult<String> {
 /// given): each spawn of `ip` costs milliseconds. Stops at the first
 /// command that fails, which the error names.
 pub(super) async fn ip_batch(ns: Option<&str>, lines: &[String]) -> NetResult<()> {
-    use tokio::io::AsyncWriteExt;
     let mut args = Vec::new();
     if let Some(ns) = ns {
         args.extend(["-n".to_string(), ns.to_string()]);
     }
     args.extend(["-batch".to_string(), "-".to_string()]);
+    let input = format!("{}\n", lines.join("\n"));
     let command = || format!("ip {} <<< {:?}", args.join(" "), lines.join("; "));
-    let failed = |e: std::io::Error| spawn_error("ip", command, e);
-    let mut child = tokio::process::Command::new("ip")
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(failed)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(format!("{}\n", lines.join("\n")).as_bytes())
-            .await
-            .map_err(failed)?;
-    }
-    let out = child.wait_with_output().await.map_err(failed)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Command {
-            command: command(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    stdin_run("ip", &args, &input, command).await
 }
 
 /// Run `program` with `input` on its stdin (`nft -f -`).
 pub(super) async fn run_input(program: &str, args: &[String], input: &str) -> NetResult<()> {
+    stdin_run(program, args, input, || {
+        format!("{program} {}", args.join(" "))
+    })
+    .await
+}
+
+/// `program args` fed `input`; errors name the run as `command` says.
+async fn stdin_run(
+    program: &str,
+    args: &[String],
+    input: &str,
+    command: impl Fn() -> String,
+) -> NetResult<()> {
     use tokio::io::AsyncWriteExt;
-    let command = || format!("{program} {}", args.join(" "));
-    let failed = |e: std::io::Error| spawn_error(program, command, e);
+    let failed = |e: std::io::Error| spawn_error(program, &command, e);
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::piped())

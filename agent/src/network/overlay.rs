@@ -405,25 +405,7 @@ impl Overlay {
         // Links of networks no longer in use, including those an earlier
         // process left (this agent alone runs overlays here: the lock).
         let wanted: BTreeSet<u32> = views.iter().map(|v| v.vni).collect();
-        match self.links.names().await {
-            Ok(names) => {
-                for name in names
-                    .iter()
-                    .filter(|n| overlay_vni(n).is_some_and(|v| !wanted.contains(&v)))
-                {
-                    if let Err(e) = ip(&["link", "del", name]).await {
-                        errors.push(e.to_string());
-                    }
-                }
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-        inner.fdb.retain(|vni, _| wanted.contains(vni));
-        for vni in self.tunnel.vnis() {
-            if !wanted.contains(&vni) {
-                self.tunnel.remove(vni);
-            }
-        }
+        errors.extend(self.remove_unwanted(&mut inner, &wanted).await);
         let mesh = mesh_rules(views.iter().find(|v| v.ingress));
         if inner.mesh.as_ref() != Some(&mesh) {
             let r = if mesh.is_empty() {
@@ -497,26 +479,37 @@ impl Overlay {
     }
 
     /// Leaving the swarm: every link and rule of the overlays goes.
+    /// Remove the links, flood entries and tunnels of every network not
+    /// in `wanted`; the errors, as text.
+    async fn remove_unwanted(&self, inner: &mut Inner, wanted: &BTreeSet<u32>) -> Vec<String> {
+        let mut errors = Vec::new();
+        match self.links.names().await {
+            Ok(names) => {
+                for name in names
+                    .iter()
+                    .filter(|n| overlay_vni(n).is_some_and(|v| !wanted.contains(&v)))
+                {
+                    if let Err(e) = ip(&["link", "del", name]).await {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        inner.fdb.retain(|vni, _| wanted.contains(vni));
+        for vni in self.tunnel.vnis() {
+            if !wanted.contains(&vni) {
+                self.tunnel.remove(vni);
+            }
+        }
+        errors
+    }
+
     pub async fn teardown(&self) -> NetResult<()> {
         let mut inner = self.inner.lock().await;
         inner.members.clear();
         inner.views.clear();
-        inner.fdb.clear();
-        for vni in self.tunnel.vnis() {
-            self.tunnel.remove(vni);
-        }
-        let mut errors = Vec::new();
-        for name in self
-            .links
-            .names()
-            .await?
-            .iter()
-            .filter(|n| overlay_vni(n).is_some())
-        {
-            if let Err(e) = ip(&["link", "del", name]).await {
-                errors.push(e.to_string());
-            }
-        }
+        let errors = self.remove_unwanted(&mut inner, &BTreeSet::new()).await;
         if inner.mesh.as_ref().is_none_or(|m| !m.is_empty()) {
             if let Err(e) = delete_table(None, MESH_TABLE).await {
                 warn!("removing the routing mesh's rules: {e}");

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::networks::{parse_subnet, Network, NetworkId};
 use super::state::{State, StoreError};
 use super::types::NodeId;
-use super::{Service, ServiceId, Task};
+use super::{ServiceId, Task};
 
 /// Docker's range for ingress ports a service does not choose.
 pub const DYNAMIC_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
@@ -183,19 +183,8 @@ impl State {
     /// The networks a service's tasks join, by ID: the ones its spec names
     /// (by ID or name), then ingress when it publishes a port there.
     pub fn service_networks(&self, spec: &ServiceSpec) -> Vec<NetworkId> {
-        let probe = Service {
-            id: ServiceId(String::new()),
-            version: 0,
-            created_at: String::new(),
-            updated_at: String::new(),
-            spec: spec.clone(),
-            previous_spec: None,
-            spec_version: 0,
-            registry_auth: None,
-            endpoint: Endpoint::default(),
-        };
         let mut out: Vec<NetworkId> = Vec::new();
-        for target in probe.network_refs() {
+        for target in super::services::spec_network_refs(spec) {
             let found = self
                 .networks
                 .values()
@@ -206,7 +195,7 @@ impl State {
                 }
             }
         }
-        if probe.publishes_ingress() {
+        if super::services::spec_publishes_ingress(spec) {
             if let Some(n) = self.ingress_network() {
                 if !out.contains(&n.id) {
                     out.push(n.id.clone());

@@ -96,30 +96,12 @@ impl Service {
     /// The networks the service is attached to, as given (ID or name):
     /// the task template's, and the older top-level field's.
     pub fn network_refs(&self) -> impl Iterator<Item = &str> {
-        let template = self
-            .spec
-            .task_template
-            .as_ref()
-            .and_then(|t| t.networks.as_ref());
-        #[allow(deprecated)]
-        let top = self.spec.networks.as_ref();
-        template
-            .into_iter()
-            .flatten()
-            .chain(top.into_iter().flatten())
-            .filter_map(|n| n.target.as_deref())
+        spec_network_refs(&self.spec)
     }
     /// Does it publish a port through the routing mesh (ingress mode, the
     /// default)?
     pub fn publishes_ingress(&self) -> bool {
-        use bollard_stubs::models::EndpointPortConfigPublishModeEnum as Mode;
-        self.spec
-            .endpoint_spec
-            .as_ref()
-            .and_then(|e| e.ports.as_ref())
-            .into_iter()
-            .flatten()
-            .any(|p| p.publish_mode.unwrap_or(Mode::INGRESS) == Mode::INGRESS)
+        spec_publishes_ingress(&self.spec)
     }
     /// Names and IDs of the secrets the task template references.
     pub fn secret_refs(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -153,6 +135,32 @@ impl Service {
             .as_ref()
             .and_then(|t| t.container_spec.as_ref())
     }
+}
+
+/// `Service::network_refs` of a spec.
+pub fn spec_network_refs(spec: &ServiceSpec) -> impl Iterator<Item = &str> {
+    let template = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.networks.as_ref());
+    #[allow(deprecated)]
+    let top = spec.networks.as_ref();
+    template
+        .into_iter()
+        .flatten()
+        .chain(top.into_iter().flatten())
+        .filter_map(|n| n.target.as_deref())
+}
+
+/// `Service::publishes_ingress` of a spec.
+pub fn spec_publishes_ingress(spec: &ServiceSpec) -> bool {
+    use bollard_stubs::models::EndpointPortConfigPublishModeEnum as Mode;
+    spec.endpoint_spec
+        .as_ref()
+        .and_then(|e| e.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|p| p.publish_mode.unwrap_or(Mode::INGRESS) == Mode::INGRESS)
 }
 
 /// Swarm's task states, in the order a task moves through them. A task
