@@ -356,6 +356,13 @@ pub trait Control: Send + Sync + 'static {
         spec: ServiceSpec,
         registry_auth: Option<RegistryAuth>,
     ) -> impl Future<Output = ControlResult<()>> + Send;
+    /// `service rollback`: the previous spec comes back (`version` must be
+    /// the service's).
+    fn service_rollback(
+        &self,
+        id: &str,
+        version: u64,
+    ) -> impl Future<Output = ControlResult<()>> + Send;
     fn service_remove(&self, id: &str) -> impl Future<Output = ControlResult<()>> + Send;
     fn tasks(
         &self,

@@ -49,7 +49,12 @@ pub fn service_to_api(v: &ServiceView, with_status: bool) -> m::Service {
                     .collect()
             }),
         }),
-        update_status: None,
+        update_status: s.update_status.as_ref().map(|u| m::ServiceUpdateStatus {
+            state: serde_json::from_value(serde_json::Value::String(u.state.as_str().into())).ok(),
+            started_at: non_empty(&u.started_at),
+            completed_at: u.completed_at.clone(),
+            message: Some(u.message.clone()),
+        }),
         service_status: with_status.then_some(m::ServiceServiceStatus {
             running_tasks: Some(v.running),
             desired_tasks: Some(v.desired),
@@ -247,17 +252,20 @@ pub async fn service_update<C: Control>(
 ) -> ApiResult<Json<m::ServiceUpdateResponse>> {
     let q = query(&uri)?;
     let version = version_param(&q, "service")?;
-    let mut spec: m::ServiceSpec = json_body(&body)?;
+    let spec: m::ServiceSpec = json_body(&body)?;
     // Without new credentials the service keeps its own (Docker's
     // `registryAuthFrom=spec`; apiary keeps no previous ones to roll back to).
     let auth = service_registry_auth(&headers)?;
-    if q.get("rollback").map(String::as_str) == Some("previous") {
-        let current = c.service(&id).await?;
-        spec = current.service.previous_spec.clone().ok_or_else(|| {
-            ApiError::bad_request(format!("service {id} has no previous spec to roll back to"))
-        })?;
+    match q.get("rollback").map(String::as_str) {
+        // Docker sends the current spec along and ignores it.
+        Some("previous") => c.service_rollback(&id, version).await?,
+        None | Some("") => c.service_update(&id, version, spec, auth).await?,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid rollback value {other:?}: the only one is \"previous\""
+            )))
+        }
     }
-    c.service_update(&id, version, spec, auth).await?;
     Ok(Json(m::ServiceUpdateResponse { warnings: None }))
 }
 

@@ -470,6 +470,8 @@ impl Control for Fake {
                 updated_at: "2026-01-01T00:00:00Z".into(),
                 spec,
                 previous_spec: None,
+                previous_spec_version: 0,
+                update_status: None,
                 spec_version: 0,
                 registry_auth,
                 endpoint: Default::default(),
@@ -514,6 +516,16 @@ impl Control for Fake {
             version,
             spec,
             registry_auth,
+            now: "2026-01-01T00:00:01Z".into(),
+        })
+    }
+
+    async fn service_rollback(&self, id: &str, version: u64) -> ControlResult<()> {
+        let v = self.service(id).await?;
+        self.apply(Command::RollbackService {
+            id: v.service.id,
+            guard: crate::store::RollbackGuard::Version(version),
+            message: crate::store::updates::MANUAL_ROLLBACK.into(),
             now: "2026-01-01T00:00:01Z".into(),
         })
     }

@@ -22,11 +22,14 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::store::{
-    Availability, Command, Node, NodeId, NodeState, Service, ServiceId, SharedSpec, State, Task,
-    TaskId, TaskState, TaskStatus, TaskStatusUpdate, ASSIGNED_MESSAGE,
+    place_of, Availability, Command, Node, NodeId, NodeState, Place, RollbackGuard, Service,
+    ServiceId, SharedSpec, State, Task, TaskId, TaskState, TaskStatus, TaskStatusUpdate,
+    ASSIGNED_MESSAGE,
 };
 
 use super::scheduler::Constraint;
+
+mod update;
 
 /// Tasks per `CreateTasks` command: keeps one raft entry under about
 /// 1 MiB (a task names its spec by key there: ~450 bytes of JSON; each
@@ -40,6 +43,16 @@ const TASKS_PER_COMMAND: usize = 1000;
 pub struct Plan {
     pub commands: Vec<Command>,
     pub wake_in: Option<Duration>,
+}
+
+/// A service's rolling update as `tend` carries it out.
+struct Rollout<'t> {
+    /// Out-of-date tasks this pass may still replace.
+    budget: u64,
+    start_first: bool,
+    /// The live task of the current spec in each place (slot, or node for
+    /// a global service).
+    current: HashMap<Place, &'t Task>,
 }
 
 /// Where a node stands for the tasks on it.
@@ -62,6 +75,9 @@ pub struct Orchestrator<'a> {
     /// The spec of the service whose tasks were made last: the tasks of
     /// one service share one copy (`store::spec`).
     spec: Option<(ServiceId, SharedSpec)>,
+    /// Rolling updates' progress (status changes, rollbacks): written
+    /// first.
+    updates: Vec<Command>,
     create: Vec<Task>,
     shutdown: Vec<TaskId>,
     remove: Vec<TaskId>,
@@ -91,6 +107,7 @@ pub fn reconcile_scoped(
         new_id,
         plan: Plan::default(),
         spec: None,
+        updates: Vec::new(),
         create: Vec::new(),
         shutdown: Vec::new(),
         remove: Vec::new(),
@@ -114,6 +131,7 @@ pub fn reconcile_scoped(
 impl Orchestrator<'_> {
     fn finish(mut self) -> Plan {
         let now = self.now_text.clone();
+        self.plan.commands.append(&mut self.updates);
         if !self.shutdown.is_empty() {
             self.plan.commands.push(Command::SetTasksDesired {
                 ids: std::mem::take(&mut self.shutdown),
@@ -181,18 +199,13 @@ impl Orchestrator<'_> {
             attempt,
             registry_auth: service.registry_auth.clone(),
             networks: Vec::new(),
+            running_since: None,
         });
     }
 
     /// Decide about one live task (desired running). Returns whether the
     /// slot stays occupied by it (false: it is being replaced or retired).
-    fn tend(
-        &mut self,
-        service: &Service,
-        task: &Task,
-        updating: &mut u64,
-        parallelism: u64,
-    ) -> bool {
+    fn tend(&mut self, service: &Service, task: &Task, rollout: &mut Rollout) -> bool {
         let node = task.node_id.as_ref().and_then(|n| self.state.nodes.get(n));
         // Lost node: replace. The old task shuts down when the node returns.
         if task.node_id.is_some() && !node_keeps_tasks(node) {
@@ -237,12 +250,26 @@ impl Orchestrator<'_> {
             self.new_task(service, task.slot, node, attempt);
             return false;
         }
-        // Rolling update: replace tasks of an older spec, `parallelism` at
-        // a time (stop-first, Swarm's default order).
-        if task.spec_version < service.spec_version && (parallelism == 0 || *updating < parallelism)
-        {
-            *updating += 1;
-            self.shutdown.push(task.id.clone());
+        // Rolling update: replace tasks of another spec, as many as the
+        // updater allows (`update::step`).
+        if task.spec_version != service.spec_version {
+            let place = place_of(task.slot, &task.node_id);
+            if let Some(new) = rollout.current.get(&place) {
+                // Replaced already: stop-first (or a duplicate of passes
+                // that straddled an update) retires the old task now,
+                // start-first once the new one runs.
+                if !rollout.start_first || new.status.state == TaskState::Running {
+                    self.shutdown.push(task.id.clone());
+                }
+                return true;
+            }
+            if rollout.budget == 0 {
+                return true;
+            }
+            rollout.budget -= 1;
+            if !rollout.start_first {
+                self.shutdown.push(task.id.clone());
+            }
             let node = if service.is_global() {
                 task.node_id.clone()
             } else {
@@ -254,40 +281,52 @@ impl Orchestrator<'_> {
         true
     }
 
-    fn parallelism(service: &Service) -> u64 {
-        service
-            .spec
-            .update_config
-            .as_ref()
-            .and_then(|u| u.parallelism)
-            .map(|p| p.max(0) as u64)
-            .unwrap_or(1)
-    }
-
-    /// Tasks of the current spec that are not running yet: the update
-    /// steps in flight.
-    fn in_flight(&self, service: &Service, tasks: &[&Task]) -> u64 {
-        let old_exists = tasks.iter().any(|t| t.spec_version < service.spec_version);
-        if !old_exists {
-            return 0;
+    /// The updater's decision about a service, and what tend needs of it.
+    fn rollout<'t>(&mut self, service: &Service, tasks: &[&'t Task], slots: u64) -> Rollout<'t> {
+        let step = update::step(service, tasks, slots, self.now);
+        if let Some(w) = step.wake_in {
+            self.wake(w);
         }
-        tasks
+        let now = self.now_text.clone();
+        match step.change {
+            Some(update::Change::Status(status)) => self.updates.push(Command::SetUpdateStatus {
+                id: service.id.clone(),
+                spec_version: service.spec_version,
+                status: Some(status),
+                now,
+            }),
+            Some(update::Change::Rollback { message }) => {
+                self.updates.push(Command::RollbackService {
+                    id: service.id.clone(),
+                    guard: RollbackGuard::SpecVersion(service.spec_version),
+                    message,
+                    now,
+                })
+            }
+            None => {}
+        }
+        let current = tasks
             .iter()
-            .filter(|t| {
-                t.spec_version == service.spec_version && t.status.state < TaskState::Running
-            })
-            .count() as u64
+            .filter(|t| t.desired_state <= TaskState::Running)
+            .filter(|t| t.spec_version == service.spec_version)
+            .map(|t| (place_of(t.slot, &t.node_id), *t))
+            .collect();
+        Rollout {
+            budget: step.budget,
+            start_first: step.start_first,
+            current,
+        }
     }
 
     fn replicated(&mut self, service: &Service) {
         let want = service.replicas().unwrap_or(0);
-        let live: Vec<&Task> = self
-            .state
-            .tasks_of_service(&service.id)
+        let all: Vec<&Task> = self.state.tasks_of_service(&service.id).collect();
+        let live: Vec<&Task> = all
+            .iter()
             .filter(|t| t.desired_state <= TaskState::Running)
+            .copied()
             .collect();
-        let parallelism = Self::parallelism(service);
-        let mut updating = self.in_flight(service, &live);
+        let mut rollout = self.rollout(service, &all, want);
         // Slots above the wanted count go away, highest first.
         let mut occupied: BTreeMap<u64, ()> = BTreeMap::new();
         for t in &live {
@@ -295,7 +334,7 @@ impl Orchestrator<'_> {
                 self.remove.push(t.id.clone());
                 continue;
             }
-            if self.tend(service, t, &mut updating, parallelism) {
+            if self.tend(service, t, &mut rollout) {
                 occupied.insert(t.slot, ());
             } else {
                 // Replacement already created in this slot.
@@ -310,10 +349,11 @@ impl Orchestrator<'_> {
     }
 
     fn global(&mut self, service: &Service) {
-        let live: Vec<&Task> = self
-            .state
-            .tasks_of_service(&service.id)
+        let all: Vec<&Task> = self.state.tasks_of_service(&service.id).collect();
+        let live: Vec<&Task> = all
+            .iter()
             .filter(|t| t.desired_state <= TaskState::Running)
+            .copied()
             .collect();
         let constraints: Vec<Constraint> = service
             .spec
@@ -330,8 +370,8 @@ impl Orchestrator<'_> {
                 && n.spec.availability == Availability::Active
                 && constraints.iter().all(|c| c.matches(n))
         };
-        let parallelism = Self::parallelism(service);
-        let mut updating = self.in_flight(service, &live);
+        let nodes: BTreeSet<&NodeId> = live.iter().filter_map(|t| t.node_id.as_ref()).collect();
+        let mut rollout = self.rollout(service, &all, nodes.len() as u64);
         let mut covered: HashMap<&NodeId, ()> = HashMap::new();
         for t in &live {
             let Some(n) = &t.node_id else { continue };
@@ -350,7 +390,7 @@ impl Orchestrator<'_> {
                 covered.insert(n, ());
                 continue;
             }
-            self.tend(service, t, &mut updating, parallelism);
+            self.tend(service, t, &mut rollout);
             covered.insert(n, ());
         }
         for node in self.state.nodes.values() {

@@ -1751,6 +1751,8 @@ impl Control for NodeHandle {
             spec,
             previous_spec: None,
             spec_version: 0,
+            previous_spec_version: 0,
+            update_status: None,
             registry_auth,
             endpoint: Default::default(),
         };
@@ -1796,6 +1798,19 @@ impl Control for NodeHandle {
             version,
             spec,
             registry_auth,
+            now: crate::util::now_rfc3339(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn service_rollback(&self, id: &str, version: u64) -> ControlResult<()> {
+        let m = self.manager_or_err()?;
+        let sid = services::resolve_service(&m.state.read(), id)?.id.clone();
+        m.propose(Command::RollbackService {
+            id: sid,
+            guard: crate::store::RollbackGuard::Version(version),
+            message: crate::store::updates::MANUAL_ROLLBACK.to_string(),
             now: crate::util::now_rfc3339(),
         })
         .await?;

@@ -39,6 +39,51 @@ fn invalid(msg: String) -> ControlError {
 
 /// Check a spec from a client and fill in what the store needs (secret and
 /// config IDs from names). Errors name the field and what to do.
+/// Swarm's checks of the update and rollback configs (`validateUpdate`),
+/// with its wording; parallelism is unsigned there.
+fn check_update_configs(spec: &ServiceSpec) -> ControlResult<()> {
+    let u = spec.update_config.clone().unwrap_or_default();
+    let r = spec.rollback_config.clone().unwrap_or_default();
+    for (what, parallelism, delay, monitor, ratio) in [
+        (
+            "update",
+            u.parallelism,
+            u.delay,
+            u.monitor,
+            u.max_failure_ratio,
+        ),
+        (
+            "rollback",
+            r.parallelism,
+            r.delay,
+            r.monitor,
+            r.max_failure_ratio,
+        ),
+    ] {
+        if parallelism.is_some_and(|p| p < 0) {
+            return Err(invalid(format!(
+                "TaskSpec: {what}-parallelism cannot be negative"
+            )));
+        }
+        if delay.is_some_and(|d| d < 0) {
+            return Err(invalid(format!(
+                "TaskSpec: {what}-delay cannot be negative"
+            )));
+        }
+        if monitor.is_some_and(|d| d < 0) {
+            return Err(invalid(format!(
+                "TaskSpec: {what}-monitor cannot be negative"
+            )));
+        }
+        if ratio.is_some_and(|x| !(0.0..=1.0).contains(&x)) {
+            return Err(invalid(format!(
+                "TaskSpec: {what}-maxfailureratio cannot be less than 0 or bigger than 1"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSpec> {
     if spec.name.as_deref().unwrap_or("").is_empty() {
         // Docker names unnamed services randomly too.
@@ -59,6 +104,7 @@ pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSp
             )));
         }
     }
+    check_update_configs(&spec)?;
     let dnsrr = crate::store::attachments::dnsrr(&spec);
     let template = spec
         .task_template

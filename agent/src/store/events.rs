@@ -59,6 +59,25 @@ fn node_name(state: &State, id: &super::NodeId) -> String {
         .unwrap_or_default()
 }
 
+/// A service update event for a change of its update state (none if the
+/// state stays).
+fn update_state_event(
+    state: &State,
+    id: &super::ServiceId,
+    new: Option<super::UpdateState>,
+) -> Option<Event> {
+    let s = state.services.get(id)?;
+    let old = s.update_status.as_ref().map(|u| u.state);
+    if old == new {
+        return None;
+    }
+    let mut e = event("service", "update", &id.0, s.name());
+    let name = |x: Option<super::UpdateState>| x.map_or("", |x| x.as_str()).to_string();
+    e.attributes.insert("updatestate.old".into(), name(old));
+    e.attributes.insert("updatestate.new".into(), name(new));
+    Some(e)
+}
+
 pub fn describe(state: &State, cmd: &Command) -> Described {
     let one = |v: Vec<Event>| Described::One(v);
     match cmd {
@@ -75,6 +94,18 @@ pub fn describe(state: &State, cmd: &Command) -> Described {
             &id.0,
             spec.name.as_deref().unwrap_or_default(),
         )]),
+        // Docker's service events carry the update state's change.
+        Command::SetUpdateStatus { id, status, .. } => {
+            let new = status.as_ref().map(|s| s.state);
+            one(update_state_event(state, id, new).into_iter().collect())
+        }
+        Command::RollbackService { id, .. } => {
+            one(
+                update_state_event(state, id, Some(super::UpdateState::RollbackStarted))
+                    .into_iter()
+                    .collect(),
+            )
+        }
         Command::RemoveService { id, .. } => {
             let name = state.services.get(id).map(|s| s.name()).unwrap_or_default();
             one(vec![event("service", "remove", &id.0, name)])

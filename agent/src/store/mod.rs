@@ -17,6 +17,7 @@ mod services;
 pub mod spec;
 mod state;
 mod types;
+pub mod updates;
 
 pub use attachments::{Endpoint, NetAddr};
 pub use ca::{CaRotation, NodeTls};
@@ -29,3 +30,4 @@ pub use services::{
 pub use spec::SharedSpec;
 pub use state::{State, StoreError, StoreErrorKind};
 pub use types::*;
+pub use updates::{RollbackGuard, UpdateState, UpdateStatus};

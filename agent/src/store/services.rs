@@ -63,8 +63,16 @@ pub struct Service {
     #[serde(default)]
     pub previous_spec: Option<ServiceSpec>,
     /// Bumped whenever the task template or the published ports change:
-    /// tasks made from an older one are replaced (rolling update).
+    /// tasks made from another one are replaced (rolling update).
     pub spec_version: u64,
+    /// The `spec_version` of `previous_spec`: a rollback brings it back
+    /// with the spec, so tasks still made from that spec are kept.
+    #[serde(default)]
+    pub previous_spec_version: u64,
+    /// Where its rolling update stands (None: never updated, or changed
+    /// since without a task change, as Swarm clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<super::updates::UpdateStatus>,
     /// Given with `--with-registry-auth`; copied into each new task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuth>,
@@ -298,6 +306,10 @@ pub struct Task {
     /// when the task is created).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<super::attachments::NetAddr>,
+    /// When its worker first reported it running (the status moves on and
+    /// forgets): an update's monitor and delay count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_since: Option<String>,
 }
 
 impl Task {
@@ -984,6 +996,17 @@ impl State {
         let tasks_change = s.spec.task_template != spec.task_template
             || s.spec.endpoint_spec != spec.endpoint_spec;
         s.previous_spec = Some(std::mem::replace(&mut s.spec, spec.clone()));
+        s.previous_spec_version = s.spec_version;
+        // Every update clears the status (Swarm's rule): a paused update
+        // resumes with any `service update`, and a scale is no update.
+        // The orchestrator starts a new one where tasks are out of date.
+        s.update_status = tasks_change.then(|| {
+            super::updates::UpdateStatus::started(
+                super::updates::UpdateState::Updating,
+                super::updates::UPDATE_IN_PROGRESS,
+                now,
+            )
+        });
         // An update without credentials keeps the ones the service has
         // (Docker's rule): `service scale` must not make a private image
         // unreachable. New credentials reach the tasks made from now on.
@@ -1035,6 +1058,20 @@ impl State {
     /// New tasks from the orchestrator. A task whose slot (or, for global
     /// services, node) already has a live task is skipped: a second leader
     /// replaying the same decision must not double a replica.
+    /// May `t`, of the service's current spec, join the wanted task in
+    /// its place? Only if none there is of that spec yet (rare enough to
+    /// look through the service's tasks: a start-first update, or passes
+    /// that straddled an update).
+    fn start_first_room(&self, service: &Service, t: &Task, slot: u64) -> bool {
+        t.spec_version == service.spec_version
+            && !self.tasks_of_service(&t.service_id).any(|o| {
+                wanted(o)
+                    && o.spec_version == t.spec_version
+                    && place_of(if service.is_global() { 0 } else { o.slot }, &o.node_id)
+                        == place_of(slot, &t.node_id)
+            })
+    }
+
     pub(super) fn create_tasks(&mut self, index: u64, tasks: &[Task]) {
         for t in tasks {
             let Some(service) = self.services.get(&t.service_id) else {
@@ -1054,7 +1091,9 @@ impl State {
                 .places
                 .get(&t.service_id)
                 .is_some_and(|p| p.contains_key(&place_of(slot, &t.node_id)));
-            if taken {
+            // A start-first update puts the new task beside the old one:
+            // one wanted task per place and spec version.
+            if taken && !self.start_first_room(service, t, slot) {
                 continue;
             }
             let mut t = t.clone();
@@ -1153,6 +1192,9 @@ impl State {
                         .get(&t.service_id)
                         .is_none_or(|s| s.previous_spec.is_some()));
             let before = Before::of(t);
+            if coming_up {
+                t.running_since = Some(u.status.timestamp.clone());
+            }
             t.status = u.status.clone();
             t.version = index;
             t.updated_at = u.status.timestamp.clone();

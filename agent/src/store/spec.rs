@@ -380,6 +380,7 @@ mod tests {
             attempt: 0,
             registry_auth: None,
             networks: Vec::new(),
+            running_since: None,
         }
     }
 

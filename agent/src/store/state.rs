@@ -251,6 +251,8 @@ impl State {
         match cmd {
             Command::CreateService { .. }
             | Command::UpdateService { .. }
+            | Command::SetUpdateStatus { .. }
+            | Command::RollbackService { .. }
             | Command::RemoveService { .. }
             | Command::CreateTasks { .. }
             | Command::AssignTasks { .. }
@@ -330,6 +332,18 @@ impl State {
                 registry_auth,
                 now,
             } => self.update_service(index, id, *version, spec, registry_auth.as_ref(), now),
+            Command::SetUpdateStatus {
+                id,
+                spec_version,
+                status,
+                now,
+            } => self.set_update_status(index, id, *spec_version, status, now),
+            Command::RollbackService {
+                id,
+                guard,
+                message,
+                now,
+            } => self.rollback_service(index, id, guard, message, now),
             Command::RemoveService { id, now } => self.remove_service(index, id, now),
             Command::CreateTasks { tasks } => {
                 self.create_tasks(index, tasks);

@@ -417,6 +417,22 @@ pub enum Command {
         registry_auth: Option<RegistryAuth>,
         now: String,
     },
+    /// The orchestrator's progress on a rolling update (dropped if the
+    /// service's spec version is no longer `spec_version`).
+    SetUpdateStatus {
+        id: ServiceId,
+        spec_version: u64,
+        status: Option<super::updates::UpdateStatus>,
+        now: String,
+    },
+    /// `service rollback`, or the orchestrator's automatic rollback of a
+    /// failing update: the previous spec comes back.
+    RollbackService {
+        id: ServiceId,
+        guard: super::updates::RollbackGuard,
+        message: String,
+        now: String,
+    },
     /// `service rm`: its tasks are asked to go (desired state remove).
     RemoveService {
         id: ServiceId,

@@ -61,6 +61,8 @@ pub(crate) fn service(id: &str, replicas: Option<i64>) -> Service {
             ..Default::default()
         },
         previous_spec: None,
+        previous_spec_version: 0,
+        update_status: None,
         spec_version: 1,
         registry_auth: None,
         endpoint: Default::default(),
@@ -586,3 +588,5 @@ fn a_pass_gives_each_node_its_new_tasks_in_one_command() {
         "{split} nodes get their new tasks in several commands"
     );
 }
+
+mod updates;

@@ -574,6 +574,8 @@ fn service(id: &str, replicas: i64) -> Service {
             ..Default::default()
         },
         previous_spec: None,
+        previous_spec_version: 0,
+        update_status: None,
         spec_version: 0,
         registry_auth: None,
         endpoint: Default::default(),
@@ -596,6 +598,7 @@ fn task(id: &str, service: &str, slot: u64) -> Task {
         status: crate::store::TaskStatus::new(crate::store::TaskState::Pending, "pending", "t0"),
         attempt: 0,
         networks: Vec::new(),
+        running_since: None,
         registry_auth: None,
     }
 }
