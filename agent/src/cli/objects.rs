@@ -130,7 +130,8 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     cur.as_str().unwrap_or_default()
 }
 
-fn ago(rfc3339: &str) -> String {
+/// `2 minutes ago`, as docker writes a time in the past.
+pub(crate) fn ago(rfc3339: &str) -> String {
     use time::format_description::well_known::Rfc3339;
     match time::OffsetDateTime::parse(rfc3339, &Rfc3339) {
         Ok(t) => {

@@ -3,6 +3,7 @@
 
 mod logs;
 mod progress;
+pub(crate) mod rollout;
 pub(crate) mod spec;
 pub(crate) mod tasks;
 
@@ -40,8 +41,22 @@ pub enum ServiceCommand {
     Rm(RmArgs),
     /// Scale one or multiple replicated services
     Scale(ScaleArgs),
+    /// Revert changes to a service's configuration
+    Rollback(RollbackArgs),
     /// Update a service
     Update(Box<UpdateArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Suppress progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
 }
 
 #[derive(Args, Debug)]
@@ -130,12 +145,8 @@ pub struct CreateArgs {
     /// Network attachments (NAME, or name=NAME,alias=A)
     #[arg(long, value_parser = spec::parse_network)]
     pub network: Vec<m::NetworkAttachmentConfig>,
-    /// Maximum number of tasks updated simultaneously (0 to update all at once)
-    #[arg(long = "update-parallelism")]
-    pub update_parallelism: Option<u64>,
-    /// Delay between updates (ns|us|ms|s|m|h)
-    #[arg(long = "update-delay", value_parser = parse_dur)]
-    pub update_delay: Option<i64>,
+    #[command(flatten)]
+    pub rollout: rollout::RolloutFlags,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -311,15 +322,14 @@ pub struct UpdateArgs {
     /// Endpoint mode (vip or dnsrr)
     #[arg(long = "endpoint-mode", value_parser = parse_endpoint_mode)]
     pub endpoint_mode: Option<m::EndpointSpecModeEnum>,
-    /// Maximum number of tasks updated simultaneously (0 to update all at once)
-    #[arg(long = "update-parallelism")]
-    pub update_parallelism: Option<u64>,
-    /// Delay between updates (ns|us|ms|s|m|h)
-    #[arg(long = "update-delay", value_parser = parse_dur)]
-    pub update_delay: Option<i64>,
+    #[command(flatten)]
+    pub rollout: rollout::RolloutFlags,
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
+    /// Rollback to previous specification
+    #[arg(long)]
+    pub rollback: bool,
     /// Send registry authentication details (from `apiary login`) to swarm agents
     #[arg(long = "with-registry-auth")]
     pub with_registry_auth: bool,
@@ -342,6 +352,7 @@ pub async fn run(c: &mut Client, cmd: ServiceCommand, out: &mut Output) -> Resul
         ServiceCommand::Ps(a) => ps(c, a, out).await,
         ServiceCommand::Rm(a) => rm(c, a, out).await,
         ServiceCommand::Scale(a) => scale(c, a, out).await,
+        ServiceCommand::Rollback(a) => rollback(c, a, out).await,
         ServiceCommand::Update(a) => update(c, *a, out).await,
     }
 }
@@ -460,14 +471,7 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
         max_replicas: a.replicas_max_per_node.map(|x| x as i64),
         platforms: None,
     });
-    let update_config = (a.update_parallelism.is_some() || a.update_delay.is_some()).then(|| {
-        m::ServiceSpecUpdateConfig {
-            parallelism: a.update_parallelism.map(|x| x as i64),
-            delay: a.update_delay,
-            ..Default::default()
-        }
-    });
-    Ok(m::ServiceSpec {
+    let mut spec = m::ServiceSpec {
         name: a.name.clone(),
         labels: spec::labels(&a.label),
         task_template: Some(m::TaskSpec {
@@ -479,7 +483,6 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
             ..Default::default()
         }),
         mode: Some(mode),
-        update_config,
         endpoint_spec: (!a.publish.is_empty() || a.endpoint_mode.is_some()).then(|| {
             m::EndpointSpec {
                 mode: a.endpoint_mode,
@@ -487,7 +490,9 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
             }
         }),
         ..Default::default()
-    })
+    };
+    a.rollout.apply(&mut spec);
+    Ok(spec)
 }
 
 async fn create(c: &mut Client, a: CreateArgs, out: &mut Output) -> Result<(), CliError> {
@@ -634,6 +639,25 @@ pub fn pretty_service(s: &m::Service) -> String {
             o.push_str(&format!(" Replicas:\t{r}\n"));
         }
     }
+    if let Some(u) = &s.update_status {
+        o.push_str("UpdateStatus:\n");
+        o.push_str(&format!(
+            " State:\t\t{}\n",
+            u.state.map(|x| x.to_string()).unwrap_or_default()
+        ));
+        if let Some(started) = u.started_at.as_deref() {
+            o.push_str(&format!(" Started:\t{}\n", super::objects::ago(started)));
+        }
+        if u.state == Some(m::ServiceUpdateStatusStateEnum::COMPLETED) {
+            if let Some(done) = u.completed_at.as_deref() {
+                o.push_str(&format!(" Completed:\t{}\n", super::objects::ago(done)));
+            }
+        }
+        o.push_str(&format!(
+            " Message:\t{}\n",
+            u.message.as_deref().unwrap_or_default()
+        ));
+    }
     o.push_str("Placement:\n");
     let placement = task.placement.clone().unwrap_or_default();
     if let Some(cons) = placement.constraints.filter(|c| !c.is_empty()) {
@@ -675,6 +699,35 @@ pub fn pretty_service(s: &m::Service) -> String {
         o.push_str(&format!(
             " Update order:      {}\n",
             u.order
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "stop-first".into())
+        ));
+    }
+    if let Some(r) = &spec.rollback_config {
+        o.push_str("RollbackConfig:\n");
+        o.push_str(&format!(" Parallelism:\t{}\n", r.parallelism.unwrap_or(0)));
+        if let Some(d) = r.delay.filter(|d| *d > 0) {
+            o.push_str(&format!(" Delay:\t\t{}\n", super::opts::format_duration(d)));
+        }
+        o.push_str(&format!(
+            " On failure:\t{}\n",
+            r.failure_action
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "pause".into())
+        ));
+        if let Some(mo) = r.monitor.filter(|d| *d > 0) {
+            o.push_str(&format!(
+                " Monitoring Period: {}\n",
+                super::opts::format_duration(mo)
+            ));
+        }
+        o.push_str(&format!(
+            " Max failure ratio: {}\n",
+            r.max_failure_ratio.unwrap_or(0.0)
+        ));
+        o.push_str(&format!(
+            " Rollback order:    {}\n",
+            r.order
                 .map(|x| x.to_string())
                 .unwrap_or_else(|| "stop-first".into())
         ));
@@ -1217,19 +1270,62 @@ pub fn apply_update(a: &UpdateArgs, spec: &mut m::ServiceSpec) -> Result<(), Cli
             ep.mode = a.endpoint_mode;
         }
     }
-    if a.update_parallelism.is_some() || a.update_delay.is_some() {
-        let u = spec.update_config.get_or_insert_with(Default::default);
-        if let Some(p) = a.update_parallelism {
-            u.parallelism = Some(p as i64);
-        }
-        if let Some(d) = a.update_delay {
-            u.delay = Some(d);
-        }
+    a.rollout.apply(spec);
+    Ok(())
+}
+
+/// `service rollback`, and `service update --rollback`: the agent brings
+/// the previous spec back (`?rollback=previous`; the spec sent along is
+/// the current one, as docker sends it).
+async fn rollback(c: &mut Client, a: RollbackArgs, out: &mut Output) -> Result<(), CliError> {
+    let svc = get_service(c, &a.service).await?;
+    let id = svc.id.clone().unwrap_or_else(|| a.service.clone());
+    let version = svc.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+    c.post_with(
+        &format!(
+            "/services/{}/update?version={version}&rollback=previous",
+            encode_segment(&id)
+        ),
+        &svc.spec.unwrap_or_default(),
+        &[],
+    )
+    .await?;
+    out.println(&a.service);
+    if !a.detach && !a.quiet {
+        out.flush();
+        progress::wait(c, &id).await?;
     }
     Ok(())
 }
 
 async fn update(c: &mut Client, mut a: UpdateArgs, out: &mut Output) -> Result<(), CliError> {
+    if a.rollback {
+        // Docker's rule: --rollback says everything.
+        let base = m::ServiceSpec {
+            task_template: Some(m::TaskSpec {
+                container_spec: Some(Default::default()),
+                ..Default::default()
+            }),
+            mode: Some(m::ServiceSpecMode {
+                replicated: Some(Default::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut probe = base.clone();
+        apply_update(&a, &mut probe)?;
+        if probe != base || a.with_registry_auth {
+            return Err(CliError::Client(
+                "other flags may not be combined with --rollback".into(),
+            ));
+        }
+        let r = RollbackArgs {
+            detach: a.detach,
+            quiet: a.quiet,
+            service: a.service,
+        };
+        return rollback(c, r, out).await;
+    }
     // Services keep their networks by ID: names given are resolved first
     // (the change itself is not async).
     for n in a.network_add.iter_mut() {

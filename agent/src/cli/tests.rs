@@ -813,6 +813,123 @@ mod services {
         assert!(r.unwrap_err().to_string().contains("ghost"));
     }
 
+    #[tokio::test]
+    async fn update_and_rollback_configs_and_service_rollback() {
+        let s = start(Fake::new()).await;
+        let (r, _) = cli(
+            &s,
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "web",
+                "--update-failure-action",
+                "rollback",
+                "--update-order",
+                "start-first",
+                "--update-delay",
+                "20s",
+                "--rollback-parallelism",
+                "0",
+                "busybox",
+            ],
+        )
+        .await;
+        r.unwrap();
+        let (_, out) = cli(
+            &s,
+            &[
+                "service",
+                "inspect",
+                "--format",
+                "{{json .Spec.UpdateConfig}}",
+                "web",
+            ],
+        )
+        .await;
+        // What is not given is Docker's default, as the docker CLI fills it.
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&out.out).unwrap(),
+            serde_json::json!({"Parallelism": 1, "Delay": 20_000_000_000i64,
+                "FailureAction": "rollback", "Monitor": 5_000_000_000i64,
+                "MaxFailureRatio": 0.0, "Order": "start-first"})
+        );
+        let bad = <super::TestCli as clap::Parser>::try_parse_from([
+            "apiary",
+            "service",
+            "create",
+            "--update-order",
+            "sideways",
+            "busybox",
+        ])
+        .unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("invalid order \"sideways\": use start-first or stop-first"),
+            "{bad}"
+        );
+        let (r, _) = cli(
+            &s,
+            &[
+                "service",
+                "update",
+                "--rollback",
+                "--image",
+                "busybox:2",
+                "web",
+            ],
+        )
+        .await;
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "error: other flags may not be combined with --rollback"
+        );
+        let (r, _) = cli(&s, &["service", "rollback", "-d", "web"]).await;
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("does not have a previous spec"),
+            "nothing to roll back to yet"
+        );
+        let (r, _) = cli(
+            &s,
+            &["service", "update", "-d", "--image", "busybox:2", "web"],
+        )
+        .await;
+        r.unwrap();
+        let (r, out) = cli(&s, &["service", "update", "-d", "--rollback", "web"]).await;
+        r.unwrap();
+        assert_eq!(out.out, "web\n");
+        let (_, out) = cli(&s, &["service", "inspect", "--pretty", "web"]).await;
+        assert!(
+            out.out.contains(" Image:\t\tbusybox:latest\n"),
+            "{}",
+            out.out
+        );
+        assert!(
+            out.out
+                .contains("UpdateStatus:\n State:\t\trollback_started\n"),
+            "{}",
+            out.out
+        );
+        assert!(
+            out.out.contains(" Message:\tmanually requested rollback\n"),
+            "{}",
+            out.out
+        );
+        assert!(
+            out.out.contains(" Delay:\t\t20s\n On failure:\trollback\n"),
+            "{}",
+            out.out
+        );
+        assert!(
+            out.out.contains("RollbackConfig:\n Parallelism:\t0\n"),
+            "{}",
+            out.out
+        );
+    }
+
     #[test]
     fn log_frames_and_prefixes() {
         use crate::cli::service::logs_for_tests::*;

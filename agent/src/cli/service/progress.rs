@@ -151,9 +151,37 @@ pub async fn wait(c: &mut Client, service_id: &str) -> Result<(), CliError> {
     let mut failed: HashSet<String> = HashSet::new();
     let mut last_err = String::new();
     let mut converged_since: Option<Instant> = None;
+    let mut rollback_said = false;
     loop {
         let service: m::Service = c.get(&svc_path).await?;
         let tasks: Vec<m::Task> = c.get(&tasks_path).await?;
+        // A rolling update is done when the agent says so (after its
+        // monitor period); a paused one ends the wait with an error, and
+        // a rollback is followed to its end, as docker does.
+        use m::ServiceUpdateStatusStateEnum as U;
+        let update = service.update_status.clone().unwrap_or_default();
+        let message = update.message.clone().unwrap_or_default();
+        match update.state {
+            Some(U::PAUSED) => {
+                return Err(CliError::Client(format!(
+                    "service update paused: {message}"
+                )))
+            }
+            Some(U::ROLLBACK_PAUSED) => {
+                return Err(CliError::Client(format!(
+                    "service rollback paused: {message}"
+                )))
+            }
+            Some(U::ROLLBACK_STARTED) if !rollback_said => {
+                rollback_said = true;
+                // The drawing so far stays above the line.
+                drawn = 0;
+                println!("rollback: {message}");
+                last.clear();
+            }
+            _ => {}
+        }
+        let settling = matches!(update.state, Some(U::UPDATING | U::ROLLBACK_STARTED));
         for t in &tasks {
             let (state, err) = state_err(t);
             if state == "failed" || state == "rejected" {
@@ -171,7 +199,7 @@ pub async fn wait(c: &mut Client, service_id: &str) -> Result<(), CliError> {
             snap.running, snap.wanted
         )];
         lines.extend(snap.lines.iter().cloned());
-        let done = snap.wanted > 0 && snap.running == snap.wanted;
+        let done = snap.wanted > 0 && snap.running == snap.wanted && !settling;
         converged_since = match (done, converged_since) {
             (true, None) => Some(Instant::now()),
             (true, s) => s,
@@ -180,6 +208,19 @@ pub async fn wait(c: &mut Client, service_id: &str) -> Result<(), CliError> {
         let stable = converged_since.is_some_and(|s| s.elapsed() >= STABLE_FOR);
         if stable {
             lines.push("verify: Service converged ".into());
+        } else if settling && snap.wanted > 0 && snap.running == snap.wanted {
+            let spec = service.spec.clone().unwrap_or_default();
+            let monitor = if update.state == Some(U::ROLLBACK_STARTED) {
+                spec.rollback_config.and_then(|r| r.monitor)
+            } else {
+                spec.update_config.and_then(|u| u.monitor)
+            }
+            .filter(|m| *m > 0)
+            .unwrap_or(5_000_000_000);
+            lines.push(format!(
+                "verify: Waiting {} seconds to verify that tasks are stable... ",
+                (monitor as u64).div_ceil(1_000_000_000)
+            ));
         } else if done {
             lines.push("verify: Waiting 1 seconds to verify that tasks are stable... ".into());
         }
