@@ -1,7 +1,8 @@
 //! Rolling updates on real agents and containers: the chapter's update
 //! walk-through (parallelism 2, a delay) with the docker CLI, rollback by
 //! hand and automatic, a paused update and its resumption, start-first
-//! with one replica, and the apiary CLI's progress view.
+//! with one replica, and the apiary CLI's progress view; health checks
+//! gating a task's start, replacing an unhealthy one and failing an update.
 //!
 //! Two images stand for the chapter's `tu-demo:v1` and `:v2`: busybox with
 //! a different `/version` file in each, loaded on every node.
@@ -320,6 +321,163 @@ fn rolling_updates_and_rollbacks_on_real_containers() {
         "start-first keeps the old task until the new one runs"
     );
     assert_eq!(running(m, "one", Some("demo:v2")), 1);
+
+    // Health checks. A task is `starting` until its check passes, fails
+    // when it turns unhealthy, and is replaced.
+    let t0 = Instant::now();
+    m.docker(&[
+        "service",
+        "create",
+        "--name",
+        "hc",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "2",
+        // Without a start period the failures of its first 4 s would count.
+        "--health-start-period",
+        "8s",
+        "--no-resolve-image",
+        "-d",
+        "demo:v1",
+        "sh",
+        "-c",
+        "sleep 4; touch /tmp/ok; sleep 6; rm /tmp/ok; sleep 3600",
+    ])
+    .ok();
+    let (mut saw_starting, mut healthy_at) = (false, None);
+    while healthy_at.is_none() && t0.elapsed() < Duration::from_secs(60) {
+        let states = tasks(m, "hc");
+        saw_starting |= states.iter().any(|(_, s)| s.starts_with("Starting"));
+        if states.iter().any(|(_, s)| s.starts_with("Running")) {
+            healthy_at = Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let healthy_at = healthy_at.unwrap_or_else(|| {
+        panic!(
+            "hc never became healthy:\n{}\n{}",
+            m.docker(&["service", "ps", "--no-trunc", "hc"]).stdout,
+            c.logs()
+        )
+    });
+    assert!(
+        saw_starting,
+        "the task was shown starting before it was healthy"
+    );
+    assert!(
+        healthy_at >= Duration::from_secs(4),
+        "running only once /tmp/ok exists: {healthy_at:?}"
+    );
+    let first = m
+        .docker(&[
+            "service",
+            "ps",
+            "-q",
+            "--filter",
+            "desired-state=running",
+            "hc",
+        ])
+        .ok()
+        .trim()
+        .to_string();
+    // /tmp/ok goes 10 s after the start; two failed probes 1 s apart make
+    // it unhealthy, and the restart policy's 5 s delay precedes the new one.
+    let replaced = loop {
+        let out = m
+            .docker(&[
+                "service",
+                "ps",
+                "--no-trunc",
+                "--format",
+                "{{.ID}}|{{.DesiredState}}|{{.CurrentState}}|{{.Error}}",
+                "hc",
+            ])
+            .ok()
+            .to_string();
+        let failed = out
+            .lines()
+            .any(|l| l.starts_with(&first) && l.contains("dockerexec: unhealthy container"));
+        let again = out
+            .lines()
+            .any(|l| !l.starts_with(&first) && l.contains("|Running|Running"));
+        if failed && again {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the unhealthy task was not replaced:\n{out}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "health: healthy after {healthy_at:?}; unhealthy at ~10 s of the container's life, replacement running at {replaced:?} from create"
+    );
+    m.docker(&["service", "rm", "hc"]).ok();
+
+    // An update whose new check never passes never counts as running: it
+    // fails the update, which rolls back to the old check.
+    m.docker(&[
+        "service",
+        "create",
+        "--name",
+        "hu",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "1s",
+        "--no-resolve-image",
+        "-d",
+        "demo:v1",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    running_on(&c, m, "hu", 1);
+    m.docker(&[
+        "service",
+        "update",
+        "--health-cmd",
+        "false",
+        "--health-retries",
+        "1",
+        "--update-failure-action",
+        "rollback",
+        "--update-order",
+        "start-first",
+        "--no-resolve-image",
+        "-d",
+        "hu",
+    ])
+    .ok();
+    let fewest = watch_until(&c, "hu", "rollback_completed");
+    assert_eq!(fewest, 1, "start-first: the old healthy task kept running");
+    assert_eq!(
+        inspect(
+            m,
+            "hu",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Healthcheck.Test}}"
+        ),
+        r#"["CMD-SHELL","true"]"#
+    );
+    let err = m
+        .apiary(&[
+            "service",
+            "update",
+            "--no-healthcheck",
+            "--health-cmd",
+            "true",
+            "hu",
+        ])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("--no-healthcheck conflicts with --health-* options"),
+        "{err}"
+    );
 
     // Bad input: Swarm's wording, nothing changed.
     let err = m

@@ -216,12 +216,31 @@ pub async fn services_list<C: Control>(
     ))
 }
 
+/// A service spec from a request body. Go decodes JSON keys without regard
+/// to case and the docker CLI writes the health check as `Healthcheck` (its
+/// Go field) where the API's schema, and so our types, say `HealthCheck`:
+/// without this a `docker service create --health-cmd` lost its check.
+fn spec_body(body: &Bytes) -> ApiResult<m::ServiceSpec> {
+    let mut v: serde_json::Value = json_body(body)?;
+    if let Some(cs) = v
+        .pointer_mut("/TaskTemplate/ContainerSpec")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        if let Some(h) = cs.remove("Healthcheck") {
+            cs.entry("HealthCheck").or_insert(h);
+        }
+    }
+    let bytes = serde_json::to_vec(&v)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    json_body(&Bytes::from(bytes))
+}
+
 pub async fn service_create<C: Control>(
     State(c): Ctl<C>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<m::ServiceCreateResponse>)> {
-    let spec: m::ServiceSpec = json_body(&body)?;
+    let spec = spec_body(&body)?;
     let auth = service_registry_auth(&headers)?;
     let id = c.service_create(spec, auth).await?;
     Ok((
@@ -252,7 +271,7 @@ pub async fn service_update<C: Control>(
 ) -> ApiResult<Json<m::ServiceUpdateResponse>> {
     let q = query(&uri)?;
     let version = version_param(&q, "service")?;
-    let spec: m::ServiceSpec = json_body(&body)?;
+    let spec = spec_body(&body)?;
     // Without new credentials the service keeps its own (Docker's
     // `registryAuthFrom=spec`; apiary keeps no previous ones to roll back to).
     let auth = service_registry_auth(&headers)?;

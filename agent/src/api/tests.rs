@@ -1488,3 +1488,26 @@ async fn services_keep_registry_auth_out_of_their_spec() {
         .unwrap();
     assert_eq!(open.registry_auth, None);
 }
+
+#[tokio::test]
+async fn services_keep_the_docker_clis_healthcheck_key() {
+    // The docker CLI writes `Healthcheck` (its Go field name), the API's
+    // schema says `HealthCheck`: both must reach the stored spec.
+    let s = start(Fake::new()).await;
+    for (name, key) in [("a", "Healthcheck"), ("b", "HealthCheck")] {
+        let spec = format!(
+            r#"{{"Name":"{name}","TaskTemplate":{{"ContainerSpec":{{"Image":"busybox","{key}":{{"Test":["CMD-SHELL","true"],"Retries":2}}}}}}}}"#
+        );
+        let a = raw(&s, Method::POST, "/services/create", Some(&spec)).await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        let a = raw(&s, Method::GET, &format!("/services/{name}"), None).await;
+        let cs = &json(&a)["Spec"]["TaskTemplate"]["ContainerSpec"];
+        let h = if cs["HealthCheck"].is_null() {
+            &cs["Healthcheck"]
+        } else {
+            &cs["HealthCheck"]
+        };
+        assert_eq!(h["Test"][1], "true", "{name}: {cs}");
+        assert_eq!(h["Retries"], 2, "{name}: {cs}");
+    }
+}

@@ -1,6 +1,7 @@
 //! `apiary service ...`: create, inspect, logs, ls, ps, rm, scale, update
 //! (docker's `service` commands), plus the task listing `node ps` shares.
 
+mod health;
 mod logs;
 mod progress;
 pub(crate) mod rollout;
@@ -147,6 +148,8 @@ pub struct CreateArgs {
     pub network: Vec<m::NetworkAttachmentConfig>,
     #[command(flatten)]
     pub rollout: rollout::RolloutFlags,
+    #[command(flatten)]
+    pub health: health::HealthFlags,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -324,6 +327,8 @@ pub struct UpdateArgs {
     pub endpoint_mode: Option<m::EndpointSpecModeEnum>,
     #[command(flatten)]
     pub rollout: rollout::RolloutFlags,
+    #[command(flatten)]
+    pub health: health::HealthFlags,
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
@@ -432,6 +437,7 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
         stop_signal: a.stop_signal.clone(),
         stop_grace_period: a.stop_grace_period,
         mounts: (!a.mount.is_empty()).then(|| a.mount.clone()),
+        health_check: a.health.for_create()?,
         ..Default::default()
     };
     let resources = (a.limit_cpu.is_some()
@@ -1271,6 +1277,14 @@ pub fn apply_update(a: &UpdateArgs, spec: &mut m::ServiceSpec) -> Result<(), Cli
         }
     }
     a.rollout.apply(spec);
+    a.health.update(
+        &mut spec
+            .task_template
+            .get_or_insert_with(Default::default)
+            .container_spec
+            .get_or_insert_with(Default::default)
+            .health_check,
+    )?;
     Ok(())
 }
 

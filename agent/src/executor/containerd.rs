@@ -544,11 +544,22 @@ impl Containerd {
             volumes_dir: self.volumes_dir(),
         };
         let oci = spec::build(spec, &img.config, &resolved)?;
+        let mut labels = spec.labels.clone();
+        let probe = super::health::probe(
+            spec.healthcheck.as_ref(),
+            super::health::of_image(&img.config).as_ref(),
+        )
+        .map_err(ExecError::InvalidSpec)?;
+        if let Some(p) = probe {
+            let json = serde_json::to_string(&p)
+                .map_err(|e| ExecError::Runtime(format!("encoding the health check: {e}")))?;
+            labels.insert(super::health::LABEL.into(), json);
+        }
         let value = serde_json::to_vec(&oci)
             .map_err(|e| ExecError::Runtime(format!("encoding the runtime spec: {e}")))?;
         let container = Container {
             id: spec.id.clone(),
-            labels: spec.labels.clone(),
+            labels,
             image: img.name.clone(),
             runtime: Some(Runtime {
                 name: RUNTIME.into(),
@@ -836,6 +847,19 @@ impl Executor for Containerd {
         self.do_list().boxed()
     }
 
+    fn probe<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ExecResult<Option<super::health::Probe>>> {
+        self.do_probe(id).boxed()
+    }
+
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        argv: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, ExecResult<i64>> {
+        self.do_exec(id, argv, timeout).boxed()
+    }
+
     fn log_path(&self, id: &str) -> Option<PathBuf> {
         Some(self.log_file(id))
     }
@@ -977,6 +1001,8 @@ fn unmount_tmpfs(dir: &Path) -> ExecResult<()> {
         Err(e) => Err(io_err("remove", dir, e)),
     }
 }
+
+mod exec;
 
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 pub mod containerd;
+pub mod health;
 pub mod image;
 pub mod logdriver;
 pub mod logs;
@@ -116,6 +117,8 @@ pub struct ContainerSpec {
     /// Credentials for pulling the image (the service's
     /// `--with-registry-auth`); None pulls anonymously.
     pub registry_auth: Option<pull::Credentials>,
+    /// The service's health check (`--health-*`), over the image's.
+    pub healthcheck: Option<health::Healthcheck>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -215,6 +218,23 @@ pub trait Executor: Send + Sync + 'static {
     fn list(&self) -> BoxFuture<'_, ExecResult<Vec<ContainerState>>>;
     /// Where the container's log (JSON lines, see `logs`) is written.
     fn log_path(&self, id: &str) -> Option<PathBuf>;
+    /// The health probe the container was made with (`health`), if any.
+    fn probe<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, ExecResult<Option<health::Probe>>> {
+        Box::pin(futures::future::ready(Ok(None)))
+    }
+    /// Run `argv` in the running container, as its own user, env and
+    /// directory, with no input or output; its exit code. Killed after
+    /// `timeout` (an error).
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        _argv: &'a [String],
+        _timeout: Duration,
+    ) -> BoxFuture<'a, ExecResult<i64>> {
+        Box::pin(futures::future::ready(Err(ExecError::Runtime(format!(
+            "this executor cannot run commands in container {id}"
+        )))))
+    }
     /// Import an image tarball (OCI layout or `docker save`); returns the
     /// names loaded. Only a real runtime holds images.
     fn load_image(&self, _tar: Vec<u8>) -> BoxFuture<'_, ExecResult<Vec<String>>> {

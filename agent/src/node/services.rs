@@ -84,6 +84,36 @@ fn check_update_configs(spec: &ServiceSpec) -> ControlResult<()> {
     Ok(())
 }
 
+/// Swarm's checks of a health check (`validateHealthCheck`), with its
+/// wording: durations are 0 (inherit) or at least 1 ms, retries not negative.
+fn check_health(spec: &ServiceSpec) -> ControlResult<()> {
+    let Some(h) = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.container_spec.as_ref())
+        .and_then(|c| c.health_check.as_ref())
+    else {
+        return Ok(());
+    };
+    for (field, v) in [
+        ("Interval", h.interval),
+        ("Timeout", h.timeout),
+        ("StartPeriod", h.start_period),
+    ] {
+        if v.is_some_and(|v| v != 0 && v < 1_000_000) {
+            return Err(invalid(format!(
+                "ContainerSpec: {field} in HealthConfig cannot be less than 1ms"
+            )));
+        }
+    }
+    if h.retries.is_some_and(|r| r < 0) {
+        return Err(invalid(
+            "ContainerSpec: Retries in HealthConfig cannot be negative".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSpec> {
     if spec.name.as_deref().unwrap_or("").is_empty() {
         // Docker names unnamed services randomly too.
@@ -105,6 +135,7 @@ pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSp
         }
     }
     check_update_configs(&spec)?;
+    check_health(&spec)?;
     let dnsrr = crate::store::attachments::dnsrr(&spec);
     let template = spec
         .task_template

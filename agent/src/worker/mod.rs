@@ -18,6 +18,7 @@
 //! a finished task must not keep its address or its host ports.
 
 mod cleanup;
+mod health;
 pub mod spec;
 
 pub use cleanup::clear;
@@ -421,7 +422,7 @@ async fn run_task(
         u.status.ports = published(ports);
         let _ = reports.send(u);
     };
-    match adopted {
+    let (pid, ports, mut announced) = match adopted {
         Some(ContainerStatus::Running { pid }) => {
             debug!(task.id = %id, "adopted a running container");
             // Its overlays' names and VIPs are served by this process:
@@ -440,7 +441,10 @@ async fn run_task(
                     Vec::new()
                 }
             };
+            // It was running before: it stays so unless its health check
+            // (watched again below) fails.
             running(pid, &ports);
+            (pid, ports, true)
         }
         Some(ContainerStatus::Exited { code }) => {
             finish(&id, code, &reports).await;
@@ -474,7 +478,7 @@ async fn run_task(
             match ex.start(&id.0).await {
                 Ok(pid) => {
                     debug!(task.id = %id, pid, "container started");
-                    running(pid, &ports)
+                    (pid, ports, false)
                 }
                 Err(e) => {
                     send(TaskState::Failed, "starting", Some(e.to_string()));
@@ -484,6 +488,23 @@ async fn run_task(
                 }
             }
         }
+    };
+    // A container with a health check stays `starting` until it is
+    // healthy (what rolling updates wait for) and fails when unhealthy.
+    let probe = ex.probe(&id.0).await.unwrap_or_else(|e| {
+        warn!(task.id = %id, "reading the container's health check: {e}");
+        None
+    });
+    let (_watcher, mut health) = match probe {
+        Some(p) => {
+            let (w, rx) = health::spawn(ex.clone(), &id.0, p);
+            (Some(w), Some(rx))
+        }
+        None => (None, None),
+    };
+    if health.is_none() && !announced {
+        running(pid, &ports);
+        announced = true;
     }
     loop {
         if *desired.borrow_and_update() > TaskState::Running {
@@ -546,6 +567,34 @@ async fn run_task(
                 detach_quietly(&h, &id.0).await;
                 return;
             }
+            change = async { health.as_mut()?.recv().await }, if health.is_some() => match change {
+                Some(health::Health::Healthy) => {
+                    if !announced {
+                        running(pid, &ports);
+                        announced = true;
+                    }
+                }
+                Some(health::Health::Unhealthy) => {
+                    info!(task.id = %id, "the container is unhealthy: stopping it");
+                    if let Err(e) = ex.stop(&id.0, stop_signal.as_deref(), grace).await {
+                        warn!(task.id = %id, "stopping the unhealthy container failed: {e}");
+                    }
+                    let code = ex.wait(&id.0).await.map(|e| e.code).ok();
+                    detach_quietly(&h, &id.0).await;
+                    // Swarm's words for it (swarmkit's container adapter).
+                    let mut u = update(
+                        &id,
+                        TaskState::Failed,
+                        "failed",
+                        Some("dockerexec: unhealthy container".into()),
+                    );
+                    u.status.exit_code = code;
+                    u.status.container_id = Some(id.0.clone());
+                    let _ = reports.send(u);
+                    return;
+                }
+                None => health = None,
+            },
             r = desired.changed() => {
                 if r.is_err() {
                     // The worker is stopping: leave the container running.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bollard_stubs::models::MountTypeEnum;
 
+use crate::executor::health::Healthcheck;
 use crate::executor::pull::AuthConfig;
 use crate::executor::{ContainerSpec, FileMount, Mount, MountKind};
 use crate::network::view::{NetworkView, TaskNetwork};
@@ -155,6 +156,15 @@ pub fn container_spec(task: &Task, a: &Assignments) -> Result<ContainerSpec, Str
         netns: None,
         labels,
         registry_auth,
+        healthcheck: c.health_check.as_ref().map(|h| Healthcheck {
+            test: h.test.clone().unwrap_or_default(),
+            interval: h.interval.unwrap_or(0),
+            timeout: h.timeout.unwrap_or(0),
+            start_period: h.start_period.unwrap_or(0),
+            // The API's StartInterval is newer than the spec types we use.
+            start_interval: 0,
+            retries: h.retries.unwrap_or(0),
+        }),
     })
 }
 
