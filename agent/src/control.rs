@@ -36,6 +36,9 @@ pub type EventFeed = (
 pub struct TaskView {
     pub task: Task,
     pub service_name: String,
+    /// Of a job: desired to complete (Swarm's DesiredState `complete`,
+    /// kept as running in the store) in iteration `task.spec_version`.
+    pub job: bool,
     /// Its networks, each with its address/prefix on it.
     pub networks: Vec<(crate::store::Network, String)>,
 }

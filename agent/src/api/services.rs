@@ -60,7 +60,14 @@ pub fn service_to_api(v: &ServiceView, with_status: bool) -> m::Service {
             desired_tasks: Some(v.desired),
             completed_tasks: Some(v.completed),
         }),
-        job_status: None,
+        // Each update of a job is a run of it: the spec version numbers
+        // the runs, the last update (or the creation) started this one.
+        job_status: s.job().map(|_| m::ServiceJobStatus {
+            job_iteration: Some(m::ObjectVersion {
+                index: Some(s.spec_version),
+            }),
+            last_execution: non_empty(&s.updated_at).or_else(|| non_empty(&s.created_at)),
+        }),
     }
 }
 
@@ -172,8 +179,14 @@ pub fn task_to_api(v: &TaskView) -> m::Task {
                 .then_some(host_ports),
             }),
         }),
-        desired_state: state_to_api(t.desired_state),
-        job_iteration: None,
+        desired_state: if v.job && t.desired_state == crate::store::TaskState::Running {
+            Some(m::TaskState::COMPLETE)
+        } else {
+            state_to_api(t.desired_state)
+        },
+        job_iteration: v.job.then_some(m::ObjectVersion {
+            index: Some(t.spec_version),
+        }),
     }
 }
 
@@ -205,7 +218,7 @@ pub async fn services_list<C: Control>(
                 modes.is_empty()
                     || modes
                         .iter()
-                        .any(|mo| (mo == "global") == v.service.is_global())
+                        .any(|mo| mo.as_str() == crate::store::mode_of(&v.service.spec))
             })
             .filter(|v| {
                 let labels = v.service.spec.labels.as_ref();

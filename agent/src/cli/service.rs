@@ -68,9 +68,12 @@ pub struct CreateArgs {
     /// Number of tasks
     #[arg(long)]
     pub replicas: Option<u64>,
-    /// Service mode ("replicated" or "global")
+    /// Service mode ("replicated", "global", "replicated-job" or "global-job")
     #[arg(long, default_value = "replicated")]
     pub mode: String,
+    /// Number of job tasks to run concurrently (default: --replicas)
+    #[arg(long = "max-concurrent")]
+    pub max_concurrent: Option<u64>,
     /// Publish a port as a node port
     #[arg(short = 'p', long, value_parser = parse_publish)]
     pub publish: Vec<m::EndpointPortConfig>,
@@ -420,12 +423,38 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
                 ..Default::default()
             }
         }
-        other => {
-            return Err(CliError::Client(format!(
-                "invalid service mode {other:?}: use replicated or global"
-            )))
+        "replicated-job" => {
+            // As the docker CLI: --replicas is the total, and at most that
+            // many at once unless --max-concurrent says otherwise.
+            let total = a.replicas.unwrap_or(1) as i64;
+            m::ServiceSpecMode {
+                replicated_job: Some(m::ServiceSpecModeReplicatedJob {
+                    max_concurrent: Some(a.max_concurrent.map_or(total, |c| c as i64)),
+                    total_completions: Some(total),
+                }),
+                ..Default::default()
+            }
         }
+        "global-job" => {
+            if a.replicas.is_some() {
+                return Err(CliError::Client(
+                    "replicas can only be used with replicated or replicated-job mode".into(),
+                ));
+            }
+            m::ServiceSpecMode {
+                global_job: Some(HashMap::new()),
+                ..Default::default()
+            }
+        }
+        other => return Err(CliError::Client(format!(
+            "invalid service mode {other:?}: use replicated, global, replicated-job or global-job"
+        ))),
     };
+    if a.max_concurrent.is_some() && a.mode != "replicated-job" {
+        return Err(CliError::Client(
+            "max-concurrent can only be used with replicated-job mode".into(),
+        ));
+    }
     let container = m::TaskSpecContainerSpec {
         image: Some(with_default_tag(&a.image)),
         args: (!a.args.is_empty()).then(|| a.args.clone()),
@@ -639,6 +668,16 @@ pub fn pretty_service(s: &m::Service) -> String {
     let mode = spec.mode.clone().unwrap_or_default();
     if mode.global.is_some() {
         o.push_str("Service Mode:\tGlobal\n");
+    } else if mode.global_job.is_some() {
+        o.push_str("Service Mode:\tGlobal Job\n");
+    } else if let Some(j) = &mode.replicated_job {
+        o.push_str("Service Mode:\tReplicated Job\n");
+        if let Some(c) = j.max_concurrent {
+            o.push_str(&format!(" Max Concurrent:\t{c}\n"));
+        }
+        if let Some(t) = j.total_completions {
+            o.push_str(&format!(" Total Completions:\t{t}\n"));
+        }
     } else {
         o.push_str("Service Mode:\tReplicated\n");
         if let Some(r) = mode.replicated.and_then(|r| r.replicas) {
@@ -855,7 +894,7 @@ pub fn service_ports(s: &m::Service) -> String {
 /// One `service ls` row with docker's field names.
 pub fn service_row(s: &m::Service) -> serde_json::Value {
     let spec = s.spec.clone().unwrap_or_default();
-    let global = spec.mode.as_ref().is_some_and(|md| md.global.is_some());
+    let mode = spec.mode.clone().unwrap_or_default();
     let st = s.service_status.clone().unwrap_or_default();
     let max = spec
         .task_template
@@ -868,9 +907,31 @@ pub fn service_row(s: &m::Service) -> serde_json::Value {
         st.running_tasks.unwrap_or(0),
         st.desired_tasks.unwrap_or(0)
     );
-    if max > 0 {
+    let (running, desired, completed) = (
+        st.running_tasks.unwrap_or(0),
+        st.desired_tasks.unwrap_or(0),
+        st.completed_tasks.unwrap_or(0),
+    );
+    // Docker's: a job shows its progress as a whole instead of the per
+    // node maximum.
+    if let Some(j) = &mode.replicated_job {
+        let total = j.total_completions.unwrap_or(0);
+        replicas = format!("{running}/{desired} ({completed}/{total} completed)");
+    } else if mode.global_job.is_some() {
+        let total = desired + completed;
+        replicas = format!("{running}/{desired} ({completed}/{total} completed)");
+    } else if max > 0 {
         replicas.push_str(&format!(" (max {max} per node)"));
     }
+    let mode_name = if mode.replicated_job.is_some() {
+        "replicated job"
+    } else if mode.global_job.is_some() {
+        "global job"
+    } else if mode.global.is_some() {
+        "global"
+    } else {
+        "replicated"
+    };
     let image = spec
         .task_template
         .as_ref()
@@ -881,7 +942,7 @@ pub fn service_row(s: &m::Service) -> serde_json::Value {
     json!({
         "ID": tasks::trunc_id(&id),
         "Name": spec.name.unwrap_or_default(),
-        "Mode": if global { "global" } else { "replicated" },
+        "Mode": mode_name,
         "Replicas": replicas,
         "Image": tasks::display_image(&image),
         "Ports": service_ports(s),
@@ -1160,15 +1221,7 @@ async fn scale(c: &mut Client, a: ScaleArgs, out: &mut Output) -> Result<(), Cli
             }
         };
         let mut change = |spec: &mut m::ServiceSpec| -> Result<(), CliError> {
-            match spec.mode.as_mut().and_then(|md| md.replicated.as_mut()) {
-                Some(r) => {
-                    r.replicas = Some(replicas as i64);
-                    Ok(())
-                }
-                None => Err(CliError::Client(
-                    "scale can only be used with replicated or replicated-job mode".into(),
-                )),
-            }
+            set_replicas(spec, replicas, "scale")
         };
         match update_spec(c, &name, &mut change, false).await {
             Ok(id) => {
@@ -1190,6 +1243,22 @@ async fn scale(c: &mut Client, a: ScaleArgs, out: &mut Output) -> Result<(), Cli
     finish(errs)
 }
 
+/// `--replicas N` / `scale S=N`: a replicated service's replicas, a
+/// replicated job's total completions (as the docker CLI).
+fn set_replicas(spec: &mut m::ServiceSpec, n: u64, what: &str) -> Result<(), CliError> {
+    let mode = spec.mode.get_or_insert_with(Default::default);
+    if let Some(r) = mode.replicated.as_mut() {
+        r.replicas = Some(n as i64);
+    } else if let Some(j) = mode.replicated_job.as_mut() {
+        j.total_completions = Some(n as i64);
+    } else {
+        return Err(CliError::Client(format!(
+            "{what} can only be used with replicated or replicated-job mode"
+        )));
+    }
+    Ok(())
+}
+
 fn env_key(e: &str) -> &str {
     e.split_once('=').map_or(e, |(k, _)| k)
 }
@@ -1197,14 +1266,7 @@ fn env_key(e: &str) -> &str {
 /// `service update`'s changes to a spec (pure, so it is tested without an agent).
 pub fn apply_update(a: &UpdateArgs, spec: &mut m::ServiceSpec) -> Result<(), CliError> {
     if let Some(r) = a.replicas {
-        match spec.mode.as_mut().and_then(|md| md.replicated.as_mut()) {
-            Some(rep) => rep.replicas = Some(r as i64),
-            None => {
-                return Err(CliError::Client(
-                    "replicas can only be used with replicated or replicated-job mode".into(),
-                ))
-            }
-        }
+        set_replicas(spec, r, "replicas")?;
     }
     let task = spec.task_template.get_or_insert_with(Default::default);
     let cs = task.container_spec.get_or_insert_with(Default::default);

@@ -22,7 +22,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::store::{
-    place_of, Availability, Command, Node, NodeId, NodeState, Place, RollbackGuard, Service,
+    place_of, Availability, Command, Job, Node, NodeId, NodeState, Place, RollbackGuard, Service,
     ServiceId, SharedSpec, State, Task, TaskId, TaskState, TaskStatus, TaskStatusUpdate,
     ASSIGNED_MESSAGE,
 };
@@ -118,7 +118,9 @@ pub fn reconcile_scoped(
         None => Box::new(state.services.values()),
     };
     for service in services {
-        if service.is_global() {
+        if let Some(job) = service.job() {
+            o.job(service, job);
+        } else if service.is_global() {
             o.global(service);
         } else {
             o.replicated(service);
@@ -398,6 +400,110 @@ impl Orchestrator<'_> {
                 self.new_task(service, 0, Some(node.id.clone()), 0);
             }
         }
+    }
+
+    /// A job: its current iteration's tasks run to completion, at most
+    /// `max_concurrent` at once (a global job: once on each node that can
+    /// take it, nodes that join later included); a failed task is
+    /// restarted by its policy in its place; tasks of an earlier iteration
+    /// are shut down. No rolling update: each update is a new run.
+    fn job(&mut self, service: &Service, job: Job) {
+        let all: Vec<&Task> = self.state.tasks_of_service(&service.id).collect();
+        let mut rollout = Rollout {
+            budget: 0,
+            start_first: false,
+            current: HashMap::new(),
+        };
+        let mut places: BTreeSet<Place> = BTreeSet::new();
+        let (mut active, mut done) = (0u64, 0u64);
+        for t in all.iter().filter(|t| t.desired_state <= TaskState::Running) {
+            if t.spec_version != service.spec_version {
+                self.shutdown.push(t.id.clone());
+                continue;
+            }
+            if let Job::Global = job {
+                let fits = t
+                    .node_id
+                    .as_ref()
+                    .is_some_and(|n| self.global_fit(service, n));
+                if !fits {
+                    self.shutdown.push(t.id.clone());
+                    continue;
+                }
+            }
+            places.insert(place_of(t.slot, &t.node_id));
+            // Done, even if its node has gone since: restart `any` acts
+            // as `on-failure` for a job (Swarm).
+            if t.status.state == TaskState::Complete {
+                done += 1;
+                continue;
+            }
+            if self.tend(service, t, &mut rollout) {
+                if !t.status.state.is_terminal() {
+                    active += 1;
+                }
+            } else {
+                // Replaced in its place by `tend` (a restart, a lost node).
+                active += 1;
+            }
+        }
+        match job {
+            Job::Replicated {
+                max_concurrent,
+                total,
+            } => {
+                let room = max_concurrent
+                    .saturating_sub(active)
+                    .min(total.saturating_sub(done + active));
+                let free = (1..=total)
+                    .filter(|slot| !places.contains(&place_of(*slot, &None)))
+                    .take(room as usize)
+                    .collect::<Vec<_>>();
+                for slot in free {
+                    self.new_task(service, slot, None, 0);
+                }
+            }
+            Job::Global => {
+                let covered: BTreeSet<&NodeId> = all
+                    .iter()
+                    .filter(|t| {
+                        t.desired_state <= TaskState::Running
+                            && t.spec_version == service.spec_version
+                    })
+                    .filter_map(|t| t.node_id.as_ref())
+                    .collect();
+                let nodes: Vec<NodeId> = self
+                    .state
+                    .nodes
+                    .values()
+                    .filter(|n| !covered.contains(&n.id) && n.status.state == NodeState::Ready)
+                    .filter(|n| self.global_fit(service, &n.id))
+                    .map(|n| n.id.clone())
+                    .collect();
+                for n in nodes {
+                    self.new_task(service, 0, Some(n), 0);
+                }
+            }
+        }
+    }
+
+    /// May node `n` run a global service's (or global job's) task: active
+    /// and within the placement constraints?
+    fn global_fit(&self, service: &Service, n: &NodeId) -> bool {
+        let Some(node) = self.state.nodes.get(n) else {
+            return false;
+        };
+        node.spec.availability == Availability::Active
+            && service
+                .spec
+                .task_template
+                .as_ref()
+                .and_then(|t| t.placement.as_ref())
+                .and_then(|p| p.constraints.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| Constraint::parse(c).ok())
+                .all(|c| c.matches(node))
     }
 
     /// Delete what no longer needs keeping.

@@ -1786,10 +1786,14 @@ impl Control for NodeHandle {
             let state = m.state.read();
             let current = services::resolve_service(&state, id)?;
             let spec = services::validate(&state, spec)?;
-            if current.is_global() != spec.mode.as_ref().is_some_and(|m| m.global.is_some()) {
-                return Err(ControlError::InvalidArgument(
-                    "a service's mode (replicated or global) cannot change: remove it and create it again".into(),
-                ));
+            let (was, now) = (
+                crate::store::mode_of(&current.spec),
+                crate::store::mode_of(&spec),
+            );
+            if was != now {
+                return Err(ControlError::InvalidArgument(format!(
+                    "service mode change is not allowed ({was} to {now}): remove the service and create it again"
+                )));
             }
             (current.id.clone(), spec)
         };

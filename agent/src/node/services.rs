@@ -122,9 +122,23 @@ pub fn validate(state: &State, mut spec: ServiceSpec) -> ControlResult<ServiceSp
     }
     check_name(spec.name.as_deref().unwrap_or(""))?;
     let mode = spec.mode.clone().unwrap_or_default();
-    if mode.replicated_job.is_some() || mode.global_job.is_some() {
+    if let Some(j) = &mode.replicated_job {
+        for (what, v) in [
+            ("MaxConcurrent", j.max_concurrent),
+            ("TotalCompletions", j.total_completions),
+        ] {
+            if let Some(v) = v.filter(|v| *v < 0) {
+                return Err(invalid(format!(
+                    "invalid {what} value {v} for a replicated job: it must be 0 or more"
+                )));
+            }
+        }
+    }
+    if crate::store::job_of(&spec).is_some() && spec.update_config.is_some() {
+        // swarmkit's wording: a job is run again by each update, not
+        // rolled out.
         return Err(invalid(
-            "job modes (replicated-job, global-job) are not supported yet: use --mode replicated or --mode global".into(),
+            "jobs may not have an update config: drop the --update-* flags".into(),
         ));
     }
     if let Some(r) = mode.replicated.as_ref().and_then(|r| r.replicas) {
@@ -350,7 +364,13 @@ fn view_with(state: &State, s: &Service, stranded: &HashMap<&ServiceId, u64>) ->
         running: c
             .running
             .saturating_sub(stranded.get(&s.id).copied().unwrap_or(0)),
-        desired: s.replicas().unwrap_or(c.live),
+        desired: match s.job() {
+            // Swarm's: a replicated job wants MaxConcurrent at a time, a
+            // global job the nodes that have not completed yet.
+            Some(crate::store::Job::Replicated { max_concurrent, .. }) => max_concurrent,
+            Some(crate::store::Job::Global) => c.live.saturating_sub(c.completed),
+            None => s.replicas().unwrap_or(c.live),
+        },
         completed: c.completed,
         vips: s
             .endpoint
@@ -400,6 +420,10 @@ pub fn task_view(state: &State, t: &Task) -> TaskView {
             .get(&t.service_id)
             .map(|s| s.name().to_string())
             .unwrap_or_default(),
+        job: state
+            .services
+            .get(&t.service_id)
+            .is_some_and(|s| s.job().is_some()),
     }
 }
 

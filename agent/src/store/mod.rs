@@ -23,9 +23,9 @@ pub use attachments::{Endpoint, NetAddr};
 pub use ca::{CaRotation, NodeTls};
 pub use networks::{AddrPool, IpamPool, Network, NetworkId, NetworkSpec};
 pub use services::{
-    place_of, NodeView, Place, PublishedPort, RegistryAuth, RestartPolicy, Service, ServiceId,
-    ServiceSpec, Task, TaskCounts, TaskId, TaskIndex, TaskSpec, TaskState, TaskStatus,
-    TaskStatusUpdate, ASSIGNED_MESSAGE,
+    job_of, mode_of, place_of, Job, NodeView, Place, PublishedPort, RegistryAuth, RestartPolicy,
+    Service, ServiceId, ServiceSpec, Task, TaskCounts, TaskId, TaskIndex, TaskSpec, TaskState,
+    TaskStatus, TaskStatusUpdate, ASSIGNED_MESSAGE,
 };
 pub use spec::SharedSpec;
 pub use state::{State, StoreError, StoreErrorKind};

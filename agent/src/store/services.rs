@@ -81,12 +81,58 @@ pub struct Service {
     pub endpoint: super::attachments::Endpoint,
 }
 
+/// A job runs its tasks to completion once per iteration (a spec
+/// version: every update of a job is one, as in Swarm) instead of keeping
+/// them running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// At most `max_concurrent` at once until `total` have completed.
+    Replicated { max_concurrent: u64, total: u64 },
+    /// One completion on every node that can take it.
+    Global,
+}
+
+/// A spec's mode as Docker names it (the `mode` filter, `service ls`).
+pub fn mode_of(spec: &ServiceSpec) -> &'static str {
+    let mode = spec.mode.as_ref();
+    match job_of(spec) {
+        Some(Job::Replicated { .. }) => "replicated-job",
+        Some(Job::Global) => "global-job",
+        None if mode.is_some_and(|m| m.global.is_some()) => "global",
+        None => "replicated",
+    }
+}
+
+/// A spec's job mode, with Docker's defaults: MaxConcurrent 1, and
+/// TotalCompletions as MaxConcurrent.
+pub fn job_of(spec: &ServiceSpec) -> Option<Job> {
+    let mode = spec.mode.as_ref()?;
+    if mode.global_job.is_some() {
+        return Some(Job::Global);
+    }
+    let r = mode.replicated_job.as_ref()?;
+    let max_concurrent = r.max_concurrent.unwrap_or(1).max(0) as u64;
+    let total = r
+        .total_completions
+        .map_or(max_concurrent, |t| t.max(0) as u64);
+    Some(Job::Replicated {
+        max_concurrent,
+        total,
+    })
+}
+
 impl Service {
     pub fn name(&self) -> &str {
         self.spec.name.as_deref().unwrap_or("")
     }
-    /// Replicas wanted, or None for a global service.
+    /// Replicas wanted (for a replicated job, its total completions), or
+    /// None for a global service or global job.
     pub fn replicas(&self) -> Option<u64> {
+        match self.job() {
+            Some(Job::Replicated { total, .. }) => return Some(total),
+            Some(Job::Global) => return None,
+            None => {}
+        }
         let mode = self.spec.mode.as_ref();
         if mode.and_then(|m| m.global.as_ref()).is_some() {
             return None;
@@ -100,6 +146,10 @@ impl Service {
     }
     pub fn is_global(&self) -> bool {
         self.replicas().is_none()
+    }
+    /// What kind of job it is, if it is one.
+    pub fn job(&self) -> Option<Job> {
+        job_of(&self.spec)
     }
     /// The networks the service is attached to, as given (ID or name):
     /// the task template's, and the older top-level field's.
@@ -657,7 +707,9 @@ impl TaskCounts {
         TaskCounts {
             live: u64::from(live),
             running: u64::from(live && t.status.state == TaskState::Running),
-            completed: u64::from(t.status.state == TaskState::Complete),
+            // A job's completions of its current run (earlier runs' tasks
+            // are shut down).
+            completed: u64::from(live && t.status.state == TaskState::Complete),
         }
     }
 
@@ -993,14 +1045,18 @@ impl State {
             return Err(StoreError::not_found(format!("service {id} not found")));
         };
         s.endpoint = endpoint;
-        let tasks_change = s.spec.task_template != spec.task_template
+        // Any update of a job runs it again (Swarm's job iteration), and a
+        // job has no rolling update to follow.
+        let job = job_of(spec).is_some();
+        let tasks_change = job
+            || s.spec.task_template != spec.task_template
             || s.spec.endpoint_spec != spec.endpoint_spec;
         s.previous_spec = Some(std::mem::replace(&mut s.spec, spec.clone()));
         s.previous_spec_version = s.spec_version;
         // Every update clears the status (Swarm's rule): a paused update
         // resumes with any `service update`, and a scale is no update.
         // The orchestrator starts a new one where tasks are out of date.
-        s.update_status = tasks_change.then(|| {
+        s.update_status = (tasks_change && !job).then(|| {
             super::updates::UpdateStatus::started(
                 super::updates::UpdateState::Updating,
                 super::updates::UPDATE_IN_PROGRESS,

@@ -154,6 +154,10 @@ pub async fn wait(c: &mut Client, service_id: &str) -> Result<(), CliError> {
     let mut rollback_said = false;
     loop {
         let service: m::Service = c.get(&svc_path).await?;
+        let mode = service.spec.as_ref().and_then(|s| s.mode.clone());
+        if mode.is_some_and(|md| md.replicated_job.is_some() || md.global_job.is_some()) {
+            return wait_job(c, service_id, tty).await;
+        }
         let tasks: Vec<m::Task> = c.get(&tasks_path).await?;
         // A rolling update is done when the agent says so (after its
         // monitor period); a paused one ends the wait with an error, and
@@ -234,6 +238,80 @@ pub async fn wait(c: &mut Client, service_id: &str) -> Result<(), CliError> {
                 "service {service_id} did not converge: {} tasks failed, the last with: {}\nSee `apiary service ps {service_id} --no-trunc` for every task's error.",
                 failed.len(),
                 if last_err.is_empty() { "no error message" } else { &last_err }
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A job's progress, as docker shows it: completions out of the total,
+/// the tasks running out of those wanted at once, then `job complete`.
+async fn wait_job(c: &mut Client, service_id: &str, tty: bool) -> Result<(), CliError> {
+    let filters = serde_json::json!({"id": {service_id: true}});
+    let path = format!(
+        "/services?status=true&filters={}",
+        encode_query(&filters.to_string())
+    );
+    let tasks_filters = serde_json::json!({"service": {service_id: true}});
+    let tasks_path = format!(
+        "/tasks?filters={}",
+        encode_query(&tasks_filters.to_string())
+    );
+    let (mut drawn, mut last) = (0usize, Vec::<String>::new());
+    loop {
+        let services: Vec<m::Service> = c.get(&path).await?;
+        let Some(service) = services.into_iter().next() else {
+            return Err(CliError::Client(format!(
+                "service {service_id} was removed"
+            )));
+        };
+        let iteration = service
+            .job_status
+            .as_ref()
+            .and_then(|j| j.job_iteration.as_ref())
+            .and_then(|v| v.index);
+        let st = service.service_status.clone().unwrap_or_default();
+        let (running, desired, completed) = (
+            st.running_tasks.unwrap_or(0),
+            st.desired_tasks.unwrap_or(0),
+            st.completed_tasks.unwrap_or(0),
+        );
+        let total = match service
+            .spec
+            .as_ref()
+            .and_then(|s| s.mode.as_ref())
+            .and_then(|m| m.replicated_job.as_ref())
+        {
+            Some(j) => j.total_completions.unwrap_or(0).max(0) as u64,
+            None => desired + completed,
+        };
+        let tasks: Vec<m::Task> = c.get(&tasks_path).await?;
+        let failed = tasks
+            .iter()
+            .filter(|t| t.job_iteration.as_ref().and_then(|v| v.index) == iteration)
+            .filter(|t| {
+                matches!(
+                    t.status.as_ref().and_then(|s| s.state),
+                    Some(m::TaskState::FAILED | m::TaskState::REJECTED)
+                )
+            })
+            .count();
+        let mut lines = vec![
+            format!("job progress: {completed} out of {total} complete "),
+            format!("active tasks: {running} out of {desired} tasks "),
+        ];
+        let done = completed >= total && running == 0;
+        if done {
+            lines.push("job complete".into());
+        }
+        draw(tty, &mut drawn, &last, &lines);
+        last = lines;
+        if done {
+            return Ok(());
+        }
+        if failed >= MAX_FAILURES {
+            return Err(CliError::Client(format!(
+                "job {service_id} did not complete: {failed} tasks failed\nSee `apiary service ps {service_id} --no-trunc` for every task's error."
             )));
         }
         tokio::time::sleep(POLL).await;

@@ -589,4 +589,5 @@ fn a_pass_gives_each_node_its_new_tasks_in_one_command() {
     );
 }
 
+mod jobs;
 mod updates;

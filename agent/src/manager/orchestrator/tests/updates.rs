@@ -26,7 +26,7 @@ fn update_image(st: &mut State, sid: &ServiceId, image: &str, index: u64, now: &
     assert!(r.error.is_none(), "{r:?}");
 }
 
-fn report(st: &mut State, ids: Vec<TaskId>, state: TaskState, at: &str) {
+pub(super) fn report(st: &mut State, ids: Vec<TaskId>, state: TaskState, at: &str) {
     let updates = ids
         .into_iter()
         .map(|id| TaskStatusUpdate {
