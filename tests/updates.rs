@@ -479,6 +479,96 @@ fn rolling_updates_and_rollbacks_on_real_containers() {
         "{err}"
     );
 
+    // Jobs: a replicated job runs 2 at a time until 3 completed, and is
+    // not restarted; the apiary CLI follows a global job to its end.
+    m.docker(&[
+        "service",
+        "create",
+        "--name",
+        "batch",
+        "--mode",
+        "replicated-job",
+        "--replicas",
+        "3",
+        "--max-concurrent",
+        "2",
+        "--no-resolve-image",
+        "-d",
+        "demo:v1",
+        "sh",
+        "-c",
+        "sleep 1",
+    ])
+    .ok();
+    let t0 = Instant::now();
+    let ls = loop {
+        let ls = m
+            .docker(&[
+                "service",
+                "ls",
+                "--filter",
+                "name=batch",
+                "--format",
+                "{{.Mode}} {{.Replicas}}",
+            ])
+            .ok()
+            .trim()
+            .to_string();
+        if ls.ends_with("(3/3 completed)") {
+            break ls;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the job did not complete: {ls}\n{}\n{}",
+            m.docker(&["service", "ps", "--no-trunc", "batch"]).stdout,
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(ls, "replicated job 0/2 (3/3 completed)");
+    std::thread::sleep(Duration::from_secs(3));
+    let ps = m
+        .docker(&[
+            "service",
+            "ps",
+            "--format",
+            "{{.DesiredState}} {{.CurrentState}}",
+            "batch",
+        ])
+        .ok()
+        .to_string();
+    assert_eq!(
+        ps.lines().count(),
+        3,
+        "completed tasks are not restarted:\n{ps}"
+    );
+    assert!(
+        ps.lines().all(|l| l.starts_with("Complete Complete")),
+        "{ps}"
+    );
+    let out = m
+        .apiary(&[
+            "service",
+            "create",
+            "--name",
+            "once",
+            "--mode",
+            "global-job",
+            "demo:v1",
+            "true",
+        ])
+        .ok()
+        .to_string();
+    assert!(out.contains("job complete"), "{out}");
+    let err = m
+        .docker(&["service", "scale", "once=2"])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("scale can only be used with replicated or replicated-job mode"),
+        "{err}"
+    );
+
     // Bad input: Swarm's wording, nothing changed.
     let err = m
         .docker(&[

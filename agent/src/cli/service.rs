@@ -446,9 +446,11 @@ pub fn build_spec(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
                 ..Default::default()
             }
         }
-        other => return Err(CliError::Client(format!(
+        other => {
+            return Err(CliError::Client(format!(
             "invalid service mode {other:?}: use replicated, global, replicated-job or global-job"
-        ))),
+        )))
+        }
     };
     if a.max_concurrent.is_some() && a.mode != "replicated-job" {
         return Err(CliError::Client(
