@@ -301,6 +301,9 @@ pub struct UpdateArgs {
     /// Number of tasks
     #[arg(long)]
     pub replicas: Option<u64>,
+    /// Number of job tasks to run concurrently
+    #[arg(long = "max-concurrent")]
+    pub max_concurrent: Option<u64>,
     /// Add or update an environment variable
     #[arg(long = "env-add")]
     pub env_add: Vec<String>,
@@ -1269,6 +1272,16 @@ fn env_key(e: &str) -> &str {
 pub fn apply_update(a: &UpdateArgs, spec: &mut m::ServiceSpec) -> Result<(), CliError> {
     if let Some(r) = a.replicas {
         set_replicas(spec, r, "replicas")?;
+    }
+    if let Some(c) = a.max_concurrent {
+        match spec.mode.as_mut().and_then(|md| md.replicated_job.as_mut()) {
+            Some(j) => j.max_concurrent = Some(c as i64),
+            None => {
+                return Err(CliError::Client(
+                    "max-concurrent can only be used with replicated-job mode".into(),
+                ))
+            }
+        }
     }
     let task = spec.task_template.get_or_insert_with(Default::default);
     let cs = task.container_spec.get_or_insert_with(Default::default);

@@ -1201,3 +1201,79 @@ fn docker_config_entries_match_however_they_are_written() {
     std::fs::write(&path, "[").unwrap();
     assert!(login::DockerConfig::load(&path).is_err());
 }
+
+#[tokio::test]
+async fn job_modes_are_sent_as_the_docker_cli_sends_them() {
+    let s = start(Fake::new()).await;
+    let mode = |name: &str| {
+        let st = s.fake.lock();
+        let svc = st
+            .objects
+            .services
+            .values()
+            .find(|v| v.name() == name)
+            .unwrap()
+            .clone();
+        serde_json::to_value(svc.spec.mode).unwrap()
+    };
+    let (r, _) = cli(
+        &s,
+        &[
+            "service",
+            "create",
+            "--name",
+            "batch",
+            "--mode",
+            "replicated-job",
+            "--replicas",
+            "3",
+            "-d",
+            "busybox",
+            "true",
+        ],
+    )
+    .await;
+    r.unwrap();
+    // --max-concurrent defaults to --replicas.
+    assert_eq!(
+        mode("batch"),
+        serde_json::json!({"ReplicatedJob": {"MaxConcurrent": 3, "TotalCompletions": 3}})
+    );
+    let (r, _) = cli(
+        &s,
+        &["service", "update", "--max-concurrent", "1", "-d", "batch"],
+    )
+    .await;
+    r.unwrap();
+    let (r, _) = cli(&s, &["service", "scale", "-d", "batch=5"]).await;
+    r.unwrap();
+    assert_eq!(
+        mode("batch"),
+        serde_json::json!({"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 5}})
+    );
+    let (r, _) = cli(
+        &s,
+        &[
+            "service",
+            "create",
+            "--name",
+            "once",
+            "--mode",
+            "global-job",
+            "--max-concurrent",
+            "2",
+            "-d",
+            "busybox",
+            "true",
+        ],
+    )
+    .await;
+    let err = r.unwrap_err().to_string();
+    assert!(
+        err.contains("max-concurrent can only be used with replicated-job mode"),
+        "{err}"
+    );
+    let (r, _) = cli(&s, &["service", "create", "--mode", "job", "busybox"]).await;
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("invalid service mode \"job\""), "{err}");
+}
